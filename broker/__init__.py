@@ -1,0 +1,1 @@
+"""paxq package."""

@@ -1,0 +1,108 @@
+"""Messages between replicas. Small immutable values that compare by value.
+
+Every message names its sender (`src`) so a reply needs no envelope. A value is a batch: a tuple
+of opaque commands; the empty tuple is a no-op.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .ballot import Ballot
+
+Value = tuple[bytes, ...]
+NOOP: Value = ()
+
+
+class Prepare(NamedTuple):
+    """Phase 1a for every slot from `from_slot` on."""
+
+    src: int
+    ballot: Ballot
+    from_slot: int
+
+
+class Promise(NamedTuple):
+    """Phase 1b: the acceptor's commit point and its accepted entries at or above
+    max(from_slot, commit), as (slot, ballot, value)."""
+
+    src: int
+    ballot: Ballot
+    commit: int
+    entries: tuple[tuple[int, Ballot, Value], ...]
+
+
+class Accept(NamedTuple):
+    """Phase 2a for one slot; `commit` piggybacks the leader's commit point."""
+
+    src: int
+    ballot: Ballot
+    slot: int
+    value: Value
+    commit: int
+
+
+class Accepted(NamedTuple):
+    """Phase 2b."""
+
+    src: int
+    ballot: Ballot
+    slot: int
+
+
+class Reject(NamedTuple):
+    """A prepare, accept or heartbeat at `rejected` refused: the sender promised `promised`."""
+
+    src: int
+    rejected: Ballot
+    promised: Ballot
+
+
+class Heartbeat(NamedTuple):
+    """The leader is alive; slots below `commit` are chosen."""
+
+    src: int
+    ballot: Ballot
+    commit: int
+
+
+class HeartbeatAck(NamedTuple):
+    """A follower still follows `ballot` (the leader counts these to keep its quorum)."""
+
+    src: int
+    ballot: Ballot
+    commit: int
+
+
+class CatchupRequest(NamedTuple):
+    """Send me chosen slots from `from_slot` on."""
+
+    src: int
+    from_slot: int
+
+
+class CatchupReply(NamedTuple):
+    """Chosen values for the slots from_slot, from_slot+1, ...; `commit` is the sender's."""
+
+    src: int
+    from_slot: int
+    values: tuple[Value, ...]
+    commit: int
+
+
+Message = (
+    Prepare
+    | Promise
+    | Accept
+    | Accepted
+    | Reject
+    | Heartbeat
+    | HeartbeatAck
+    | CatchupRequest
+    | CatchupReply
+)
+
+
+def value_bytes(value: Value) -> int:
+    """Payload size of a batch, as the byte bounds count it."""
+    return sum(map(len, value))

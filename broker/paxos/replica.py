@@ -1,0 +1,592 @@
+"""One Multi-Paxos replica (acceptor, learner and, when elected, leader) as a sans-IO machine.
+
+Inputs: `step(message)`, `tick()`, `propose(command)`. Outputs accumulate and are taken with
+`ready()`; the runtime must persist `Ready.persist` (one synced write) before it sends
+`Ready.messages`, and hand `Ready.committed` to the application in order. Nothing here reads a
+clock, touches a socket or a disk, or draws randomness other than from the `rng` it is given.
+
+Protocol notes (the why behind the code):
+- A leader runs phase 1 once for every slot from its commit point on (`Prepare.from_slot`), then
+  phase 2 per slot. Promises report entries only at or above max(from_slot, acceptor's commit), so
+  they stay small; slots below the highest reported commit are chosen already and are fetched by
+  catch-up, never proposed again.
+- The commit point travels on accepts and heartbeats. A follower marks slot s chosen only if its
+  own entry at s was accepted in the leader's current ballot (a leader proposes one value per slot
+  per ballot) or was learned chosen; otherwise it asks for the chosen value (catch-up).
+- Promise changes are persisted as their own record; an accepted entry and the commit point too.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from random import Random
+
+from .ballot import LEARNED, ZERO, Ballot
+from .config import Config
+from .messages import (
+    NOOP,
+    Accept,
+    Accepted,
+    CatchupReply,
+    CatchupRequest,
+    Heartbeat,
+    HeartbeatAck,
+    Message,
+    Prepare,
+    Promise,
+    Reject,
+    Value,
+    value_bytes,
+)
+from .records import AcceptRecord, CommitRecord, DurableState, PromiseRecord, Record
+
+
+class Role(enum.IntEnum):
+    FOLLOWER = 0
+    CANDIDATE = 1
+    LEADER = 2
+
+
+class ProposeResult(enum.IntEnum):
+    """What became of a command handed to `propose`."""
+
+    QUEUED = 0  # it will be put in a slot by this leader (or reported in Ready.dropped)
+    NOT_LEADER = 1  # try `leader_hint`
+    OVERLOADED = 2  # the leader's queue is at its bound; back off
+    TOO_LARGE = 3  # larger than a whole batch may be
+
+
+class Ready:
+    """Output of one turn. Persist, then send, then apply, in that order."""
+
+    __slots__ = ("committed", "dropped", "messages", "persist", "snapshot_requests")
+
+    def __init__(self) -> None:
+        self.persist: list[Record] = []
+        self.messages: list[tuple[int, Message]] = []
+        #: (slot, value) to apply, strictly in slot order, continuing where the last one ended
+        self.committed: list[tuple[int, Value]] = []
+        #: commands accepted by `propose` that will never get a slot here (leadership lost
+        #: before they were batched); never proposed, so safe to submit again elsewhere
+        self.dropped: list[bytes] = []
+        #: peers that asked for slots this replica has compacted away: send them a snapshot
+        self.snapshot_requests: list[tuple[int, int]] = []
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.persist
+            or self.messages
+            or self.committed
+            or self.dropped
+            or self.snapshot_requests
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Ready(persist={self.persist!r}, messages={self.messages!r}, "
+            f"committed={self.committed!r}, dropped={self.dropped!r}, "
+            f"snapshot_requests={self.snapshot_requests!r})"
+        )
+
+
+class _InFlight:
+    """A slot this leader proposed and has not yet seen chosen."""
+
+    __slots__ = ("acks", "sent_tick", "value")
+
+    def __init__(self, value: Value, acks: set[int], sent_tick: int) -> None:
+        self.value = value
+        self.acks = acks
+        self.sent_tick = sent_tick
+
+
+class Replica:
+    """See the module docstring. Public attributes are read-only views for runtimes and tests."""
+
+    def __init__(
+        self,
+        node_id: int,
+        config: Config,
+        rng: Random,
+        durable: DurableState | None = None,
+    ) -> None:
+        if node_id not in config.nodes:
+            raise ValueError(f"node {node_id} is not a member of {config.nodes}")
+        self.id = node_id
+        self.config = config
+        self.peers = tuple(n for n in config.nodes if n != node_id)
+        self.quorum = config.quorum
+        self._rng = rng
+
+        state = durable if durable is not None else DurableState()
+        # Acceptor and learner state, rebuilt from what was persisted.
+        self.promised: Ballot = state.promised
+        self.log: dict[int, tuple[Ballot, Value]] = dict(state.log)
+        self.commit: int = state.commit
+        self.log_start: int = state.log_start
+        #: next slot to hand to the application; after a restart the log is applied again
+        self.applied: int = state.log_start
+
+        self.role = Role.FOLLOWER
+        self.ballot: Ballot = ZERO  # the ballot this replica campaigns or leads with
+        self.leader_hint: int | None = None
+        self._round_seen = self.promised.round
+        self._tick = 0
+        self._election_elapsed = 0
+        self._failed_campaigns = 0
+        self._election_timeout = self._draw_election_timeout()
+
+        # Candidate state.
+        self._promises: dict[int, Promise] = {}
+        # Leader state.
+        self.next_slot = self.commit
+        self._inflight: dict[int, _InFlight] = {}
+        self._chosen_ahead: set[int] = set()  # chosen slots above the commit point
+        self._pending: deque[bytes] = deque()
+        self._pending_bytes = 0
+        self._heartbeat_elapsed = 0
+        self._heard: dict[int, int] = {}  # peer -> tick we last heard it follow our ballot
+        self._quorum_check_elapsed = 0
+        # Catch-up state (any role).
+        self._known_commit = self.commit
+        self._catchup_source: int | None = None
+        self._catchup_sent_tick: int | None = None
+
+        self._out = Ready()
+        self._handlers = {
+            Prepare: self._on_prepare,
+            Promise: self._on_promise,
+            Accept: self._on_accept,
+            Accepted: self._on_accepted,
+            Reject: self._on_reject,
+            Heartbeat: self._on_heartbeat,
+            HeartbeatAck: self._on_heartbeat_ack,
+            CatchupRequest: self._on_catchup_request,
+            CatchupReply: self._on_catchup_reply,
+        }
+        self._emit_committed()
+
+    # ----------------------------------------------------------------------------- inputs
+
+    def step(self, message: Message) -> None:
+        """Handle one message from a peer. Messages from non-members are ignored."""
+        if message.src not in self.config.nodes or message.src == self.id:
+            return
+        self._handlers[type(message)](message)
+
+    def tick(self) -> None:
+        """Advance logical time by one tick."""
+        self._tick += 1
+        if self.role is Role.LEADER:
+            self._leader_tick()
+        else:
+            self._election_elapsed += 1
+            if self._election_elapsed >= self._election_timeout:
+                if self.role is Role.CANDIDATE:
+                    self._failed_campaigns += 1  # phase 1 found no quorum in time
+                self._campaign()
+        if (
+            self._catchup_sent_tick is not None
+            and self._tick - self._catchup_sent_tick >= self.config.catchup_retry_ticks
+        ):
+            self._catchup_sent_tick = None
+            self._request_catchup()
+
+    def propose(self, command: bytes) -> ProposeResult:
+        """Queue a command for the next batch. Only a leader takes commands."""
+        if self.role is not Role.LEADER:
+            return ProposeResult.NOT_LEADER
+        size = len(command)
+        if size > self.config.batch_bytes_max:
+            return ProposeResult.TOO_LARGE
+        if (
+            len(self._pending) >= self.config.pending_count_max
+            or self._pending_bytes + size > self.config.pending_bytes_max
+        ):
+            return ProposeResult.OVERLOADED
+        self._pending.append(command)
+        self._pending_bytes += size
+        return ProposeResult.QUEUED
+
+    def campaign(self) -> None:
+        """Start phase 1 now (the runtime or a test may force an election)."""
+        self._campaign()
+
+    def ready(self) -> Ready | None:
+        """Cut batches into free pipeline slots, then hand over this turn's output (or None)."""
+        if self.role is Role.LEADER and self._pending:
+            self._fill_pipeline()
+        if not self._out:
+            return None
+        out, self._out = self._out, Ready()
+        return out
+
+    # ----------------------------------------------------------------- snapshot seam
+
+    def compact(self, through_slot: int) -> None:
+        """Drop log entries below `through_slot`; the application holds a snapshot of them."""
+        if through_slot > self.applied:
+            raise ValueError(f"cannot compact past applied slot {self.applied}")
+        for slot in range(self.log_start, through_slot):
+            self.log.pop(slot, None)
+        self.log_start = max(self.log_start, through_slot)
+
+    def install_snapshot(self, through_slot: int) -> None:
+        """The application installed a snapshot covering every slot below `through_slot`."""
+        if through_slot <= self.commit:
+            return
+        for slot in [s for s in self.log if s < through_slot]:
+            del self.log[slot]
+        self.log_start = self.commit = self.applied = through_slot
+        self._known_commit = max(self._known_commit, through_slot)
+        self.next_slot = max(self.next_slot, through_slot)
+        self._out.persist.append(CommitRecord(through_slot))
+
+    # ------------------------------------------------------------------------ election
+
+    def _draw_election_timeout(self) -> int:
+        base = self.config.election_ticks_base
+        spread = base << min(self._failed_campaigns, self.config.backoff_exponent_max)
+        return base + self._rng.randrange(spread)
+
+    def _reset_election_timer(self) -> None:
+        self._election_elapsed = 0
+        self._election_timeout = self._draw_election_timeout()
+
+    def _campaign(self) -> None:
+        if self.role is Role.LEADER:
+            self._step_down()
+        self.role = Role.CANDIDATE
+        self.leader_hint = None
+        self._round_seen = max(self._round_seen, self.promised.round) + 1
+        self.ballot = Ballot(self._round_seen, self.id)
+        self._promises = {}
+        self._reset_election_timer()
+        self._raise_promise(self.ballot)
+        self._promises[self.id] = self._promise_for(self.ballot, self.commit)
+        for peer in self.peers:
+            self._send(peer, Prepare(self.id, self.ballot, self.commit))
+        self._maybe_win()
+
+    def _promise_for(self, ballot: Ballot, from_slot: int) -> Promise:
+        start = max(from_slot, self.commit)
+        entries = tuple((slot, b, v) for slot, (b, v) in self.log.items() if slot >= start)
+        return Promise(self.id, ballot, self.commit, entries)
+
+    def _maybe_win(self) -> None:
+        if len(self._promises) < self.quorum:
+            return
+        promises = self._promises.values()
+        top = max(promises, key=lambda p: p.commit)
+        floor = top.commit
+        # For each slot at or above the highest reported commit, the value accepted in the
+        # highest ballot must be proposed again; slots nobody reports get a no-op.
+        adopted: dict[int, tuple[Ballot, Value]] = {}
+        for promise in promises:
+            for slot, ballot, value in promise.entries:
+                if slot >= floor:
+                    current = adopted.get(slot)
+                    if current is None or ballot > current[0]:
+                        adopted[slot] = (ballot, value)
+        self.role = Role.LEADER
+        self.leader_hint = self.id
+        self._failed_campaigns = 0
+        self._promises = {}
+        self._inflight = {}
+        self._chosen_ahead = set()
+        self._heard = {}
+        self._heartbeat_elapsed = 0
+        self._quorum_check_elapsed = 0
+        self.next_slot = max(floor, self.commit)
+        end = max(adopted, default=self.next_slot - 1) + 1
+        for slot in range(self.next_slot, end):
+            entry = adopted.get(slot)
+            self._propose_slot(slot, entry[1] if entry is not None else NOOP)
+        self.next_slot = max(self.next_slot, end)
+        if floor > self.commit:
+            self._note_commit(floor, top.src)
+        self._broadcast_heartbeat()
+
+    def _step_down(self) -> None:
+        """Leave candidacy or leadership; queued commands go back to their senders."""
+        if self.role is Role.LEADER:
+            self._out.dropped.extend(self._pending)
+            self._pending.clear()
+            self._pending_bytes = 0
+            self._inflight = {}
+            self._chosen_ahead = set()
+        self._promises = {}
+        self.role = Role.FOLLOWER
+        self.leader_hint = None
+        self._reset_election_timer()
+
+    def _raise_promise(self, ballot: Ballot) -> None:
+        if ballot > self.promised:
+            self.promised = ballot
+            self._out.persist.append(PromiseRecord(ballot))
+        if ballot.round > self._round_seen:
+            self._round_seen = ballot.round
+
+    def _admit_leader(self, m: Accept | Heartbeat) -> bool:
+        """Refuse a leader below our promise (telling it why); follow one at or above it."""
+        if m.ballot < self.promised:
+            self._send(m.src, Reject(self.id, m.ballot, self.promised))
+            return False
+        self._follow(m.ballot)
+        return True
+
+    def _follow(self, ballot: Ballot) -> None:
+        """A leader at `ballot` (>= our promise) is active: follow it."""
+        if self.role is not Role.FOLLOWER and ballot != self.ballot:
+            self._step_down()
+        self.leader_hint = ballot.node
+        self._election_elapsed = 0
+        if self._failed_campaigns:  # the backoff ends once a leader is heard
+            self._failed_campaigns = 0
+            self._election_timeout = self._draw_election_timeout()
+
+    # ------------------------------------------------------------------------ handlers
+
+    def _on_prepare(self, m: Prepare) -> None:
+        if m.ballot < self.promised:
+            self._send(m.src, Reject(self.id, m.ballot, self.promised))
+            return
+        if m.ballot > self.promised and self.role is not Role.FOLLOWER:
+            self._step_down()
+        self._raise_promise(m.ballot)
+        self.leader_hint = None
+        self._reset_election_timer()  # give the candidate time to finish
+        self._send(m.src, self._promise_for(m.ballot, m.from_slot))
+
+    def _on_promise(self, m: Promise) -> None:
+        if self.role is Role.CANDIDATE and m.ballot == self.ballot:
+            self._promises[m.src] = m
+            self._maybe_win()
+
+    def _on_accept(self, m: Accept) -> None:
+        if not self._admit_leader(m):
+            return
+        self._raise_promise(m.ballot)
+        slot = m.slot
+        if slot >= self.log_start:
+            current = self.log.get(slot)
+            # Below the commit point the entry is the chosen value: keep it. A LEARNED entry is
+            # above every ballot, so it is never overwritten either.
+            if slot >= self.commit and (current is None or current[0] < m.ballot):
+                current = (m.ballot, m.value)
+                self.log[slot] = current
+                self._out.persist.append(AcceptRecord(slot, m.ballot, m.value))
+            # Acknowledge only a value we hold: a stale leader must not count a vote for a
+            # different value at a slot we know is chosen.
+            if current is not None and (current[1] is m.value or current[1] == m.value):
+                self._send(m.src, Accepted(self.id, m.ballot, slot))
+        self._learn_commit(m.ballot, m.commit, m.src)
+
+    def _on_accepted(self, m: Accepted) -> None:
+        if self.role is not Role.LEADER or m.ballot != self.ballot:
+            return
+        self._heard[m.src] = self._tick
+        inflight = self._inflight.get(m.slot)
+        if inflight is None:
+            return
+        inflight.acks.add(m.src)
+        if len(inflight.acks) >= self.quorum:
+            del self._inflight[m.slot]
+            if m.slot >= self.commit:  # catch-up may have taught us this slot already
+                self._chosen_ahead.add(m.slot)
+                self._advance_commit()
+
+    def _on_reject(self, m: Reject) -> None:
+        if m.promised.round > self._round_seen:
+            self._round_seen = m.promised.round
+        if self.role is Role.FOLLOWER or m.rejected != self.ballot or m.promised <= self.ballot:
+            return
+        if self.role is Role.CANDIDATE:
+            self._failed_campaigns += 1
+        self._step_down()
+
+    def _on_heartbeat(self, m: Heartbeat) -> None:
+        if not self._admit_leader(m):
+            return
+        self._send(m.src, HeartbeatAck(self.id, m.ballot, self.commit))
+        self._learn_commit(m.ballot, m.commit, m.src)
+
+    def _on_heartbeat_ack(self, m: HeartbeatAck) -> None:
+        if self.role is Role.LEADER and m.ballot == self.ballot:
+            self._heard[m.src] = self._tick
+            self._note_commit(m.commit, m.src)  # a new leader may lag its followers
+
+    def _on_catchup_request(self, m: CatchupRequest) -> None:
+        if m.from_slot >= self.commit:
+            return
+        if m.from_slot < self.log_start:
+            self._out.snapshot_requests.append((m.src, self.log_start))
+            return
+        values: list[Value] = []
+        size = 0
+        end = min(self.commit, m.from_slot + self.config.catchup_slots_max)
+        for slot in range(m.from_slot, end):
+            value = self.log[slot][1]
+            size += value_bytes(value)
+            if values and size > self.config.catchup_bytes_max:
+                break
+            values.append(value)
+        self._send(m.src, CatchupReply(self.id, m.from_slot, tuple(values), self.commit))
+
+    def _on_catchup_reply(self, m: CatchupReply) -> None:
+        if m.src == self._catchup_source:
+            self._catchup_sent_tick = None  # answered: the next request may go at once
+        if m.from_slot <= self.commit:
+            for offset in range(self.commit - m.from_slot, len(m.values)):
+                slot = m.from_slot + offset
+                value = m.values[offset]
+                current = self.log.get(slot)
+                # An entry already holding the chosen value keeps its ballot; any other is
+                # replaced and marked LEARNED (never with a lower ballot: see ballot.LEARNED).
+                if current is None or current[1] != value:
+                    self.log[slot] = (LEARNED, value)
+                    self._out.persist.append(AcceptRecord(slot, LEARNED, value))
+                self._chosen_ahead.discard(slot)
+                self._inflight.pop(slot, None)
+            new_commit = m.from_slot + len(m.values)
+            if new_commit > self.commit:
+                self._set_commit(new_commit)
+                self._advance_commit()
+        self._note_commit(m.commit, m.src)
+
+    # ------------------------------------------------------------------- commit and apply
+
+    def _learn_commit(self, ballot: Ballot, commit: int, src: int) -> None:
+        """A leader at `ballot` says slots below `commit` are chosen."""
+        slot = self.commit
+        log = self.log
+        while slot < commit:
+            entry = log.get(slot)
+            if entry is None or (entry[0] != ballot and entry[0] != LEARNED):
+                break
+            slot += 1
+        if slot > self.commit:
+            self._set_commit(slot)
+        self._note_commit(commit, src)
+
+    def _note_commit(self, commit: int, src: int) -> None:
+        """`src` has chosen slots up to `commit`: fetch what we cannot prove chosen ourselves.
+
+        Only a peer at least as far along as the best commit point we know of becomes the
+        catch-up source: asking one that is behind would go unanswered forever.
+        """
+        if commit > self.commit and commit >= self._known_commit:
+            self._known_commit = commit
+            self._catchup_source = src
+        if self._known_commit > self.commit and self._catchup_sent_tick is None:
+            self._request_catchup()
+
+    def _request_catchup(self) -> None:
+        if self._catchup_source is None or self._known_commit <= self.commit:
+            return
+        self._catchup_sent_tick = self._tick
+        self._send(self._catchup_source, CatchupRequest(self.id, self.commit))
+
+    def _advance_commit(self) -> None:
+        chosen = self._chosen_ahead
+        slot = self.commit
+        while slot in chosen:
+            chosen.discard(slot)
+            slot += 1
+        if slot > self.commit:
+            self._set_commit(slot)
+
+    def _set_commit(self, commit: int) -> None:
+        self.commit = commit
+        if commit > self._known_commit:
+            self._known_commit = commit
+        self._out.persist.append(CommitRecord(commit))
+        self._emit_committed()
+
+    def _emit_committed(self) -> None:
+        log = self.log
+        committed = self._out.committed
+        for slot in range(self.applied, self.commit):
+            committed.append((slot, log[slot][1]))
+        self.applied = self.commit
+
+    # --------------------------------------------------------------------------- leader
+
+    def _fill_pipeline(self) -> None:
+        cfg = self.config
+        pending = self._pending
+        while pending and len(self._inflight) + len(self._chosen_ahead) < cfg.window_slots_max:
+            batch: list[bytes] = []
+            size = 0
+            while pending and len(batch) < cfg.batch_count_max:
+                n = len(pending[0])
+                if batch and size + n > cfg.batch_bytes_max:
+                    break
+                batch.append(pending.popleft())
+                size += n
+            self._pending_bytes -= size
+            self._propose_slot(self.next_slot, tuple(batch))
+            self.next_slot += 1
+
+    def _propose_slot(self, slot: int, value: Value) -> None:
+        ballot = self.ballot
+        self.log[slot] = (ballot, value)
+        self._out.persist.append(AcceptRecord(slot, ballot, value))
+        self._inflight[slot] = _InFlight(value, {self.id}, self._tick)
+        message = Accept(self.id, ballot, slot, value, self.commit)
+        send = self._out.messages.append
+        for peer in self.peers:
+            send((peer, message))
+        if self.quorum == 1:
+            del self._inflight[slot]
+            self._chosen_ahead.add(slot)
+            self._advance_commit()
+
+    def _leader_tick(self) -> None:
+        cfg = self.config
+        self._heartbeat_elapsed += 1
+        if self._heartbeat_elapsed >= cfg.heartbeat_ticks:
+            self._broadcast_heartbeat()
+        # Resend accepts that have not reached everyone (lost messages, restarted peers).
+        for slot, inflight in self._inflight.items():
+            if self._tick - inflight.sent_tick >= cfg.resend_ticks:
+                inflight.sent_tick = self._tick
+                message = Accept(self.id, self.ballot, slot, inflight.value, self.commit)
+                for peer in self.peers:
+                    if peer not in inflight.acks:
+                        self._send(peer, message)
+        # Check quorum: a leader cut off from a majority stops taking commands it cannot commit.
+        self._quorum_check_elapsed += 1
+        if self._quorum_check_elapsed >= 2 * cfg.election_ticks_base:
+            self._quorum_check_elapsed = 0
+            since = self._tick - 2 * cfg.election_ticks_base
+            heard = sum(1 for t in self._heard.values() if t > since)
+            if heard + 1 < self.quorum:
+                self._step_down()
+
+    def _broadcast_heartbeat(self) -> None:
+        self._heartbeat_elapsed = 0
+        message = Heartbeat(self.id, self.ballot, self.commit)
+        send = self._out.messages.append
+        for peer in self.peers:
+            send((peer, message))
+
+    def _send(self, to: int, message: Message) -> None:
+        self._out.messages.append((to, message))
+
+    # --------------------------------------------------------------------------- views
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    @property
+    def inflight_count(self) -> int:
+        return len(self._inflight)
+
+    def __repr__(self) -> str:
+        return (
+            f"Replica(id={self.id}, role={self.role.name}, ballot={self.ballot}, "
+            f"promised={self.promised}, commit={self.commit}, next_slot={self.next_slot})"
+        )

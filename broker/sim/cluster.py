@@ -1,0 +1,509 @@
+"""The whole cluster in one process: replicas of the real core, a faulty network, crashing disks,
+skewed clocks and clients, all driven by one seeded event queue.
+
+The runtime contract of `paxos.Replica` is honoured exactly as a real node must: after every
+input, the replica's records are persisted to its disk before its messages leave, then committed
+slots are applied. A crash discards everything but the disk.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from random import Random
+
+from ..paxos import Config, DurableState, PromiseRecord, ProposeResult, Replica, Role, Value
+from .checkers import History, Violation
+from .settings import SimSettings
+
+ReplicaFactory = Callable[[int, Config, Random, DurableState | None], Replica]
+
+# Event kinds, in the heap as (time_ms, seq, kind, target, payload).
+_DELIVER = 0  # payload: a paxos message for replica `target`
+_TICK = 1  # payload: the incarnation the tick belongs to
+_REQUEST = 2  # a client request reaches replica `target`; payload (client, command)
+_REPLY = 3  # a reply reaches client `target`; payload (command, status, slot or hint)
+_CLIENT = 4  # client `target` may issue a command
+_RESEND = 5  # client `target` sends `payload` (a command) again
+_TIMEOUT = 6  # client `target` gives up on (command, attempt) unless answered
+_PARTITION = 7
+_CRASH = 8
+_RESTART = 9  # payload: unused
+
+_OK, _NOT_LEADER, _RETRY = 0, 1, 2
+
+
+@dataclass
+class SimStats:
+    deliveries: int = 0
+    messages_lost: int = 0
+    events: int = 0
+    crashes: int = 0
+    partitions: int = 0
+    elections: int = 0
+    commands_issued: int = 0
+    commands_acked: int = 0
+    commands_abandoned: int = 0
+    slots_chosen: int = 0
+    sim_ms: float = 0.0
+    wall_s: float = 0.0
+    liveness_ms: float = 0.0
+
+    @property
+    def deliveries_per_s(self) -> float:
+        return self.deliveries / self.wall_s if self.wall_s else 0.0
+
+
+@dataclass
+class SimResult:
+    settings: SimSettings
+    stats: SimStats
+    violation: Violation | None = None
+    trace: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.violation is None
+
+
+class _Node:
+    __slots__ = ("applied", "disk", "id", "incarnation", "led", "replica", "sessions", "tick_ms")
+
+    def __init__(self, node_id: int, tick_ms: float) -> None:
+        self.id = node_id
+        self.tick_ms = tick_ms
+        self.disk = DurableState()
+        self.replica: Replica | None = None
+        self.applied: list[Value] = []  # the application: slots applied, in order
+        self.sessions: dict[bytes, int] = {}  # command -> client waiting for it
+        self.incarnation = 0
+        self.led = None  # last ballot this node led (to count elections)
+
+
+class _Client:
+    __slots__ = ("attempts", "guess", "id", "issued", "outstanding", "seq")
+
+    def __init__(self, client_id: int, guess: int) -> None:
+        self.id = client_id
+        self.guess = guess  # which replica it believes leads
+        self.seq = 0
+        self.outstanding: dict[bytes, float] = {}  # command -> issued at
+        self.attempts: dict[bytes, int] = {}
+
+
+class Simulation:
+    def __init__(
+        self,
+        settings: SimSettings,
+        replica_factory: ReplicaFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.rng = Random(settings.seed ^ 0x5EED)
+        self.config = settings.paxos_config()
+        self.factory = replica_factory or Replica
+        self.history = History()
+        self.stats = SimStats()
+        self.now = 0.0
+        self.trace: deque[tuple] = deque(maxlen=settings.trace_events)
+        self._heap: list[tuple] = []
+        self._seq = itertools.count()
+        faults = settings.faults
+        self.loss = faults.loss
+        self.duplicate = faults.duplicate
+        self.long_delay = faults.long_delay
+        self.crash_after_sync = faults.crash_after_sync
+        self.crash_after_promise = faults.crash_after_promise
+        self.faulty = True
+        self.issuing = True
+        #: from this time on (set by the liveness phase) no command may go unanswered
+        self.settled_at = float("inf")
+        #: link[a][b]: messages from replica a reach replica b (partitions may be one-way or
+        #: non-transitive, as in a bridge)
+        self.link = self._full_links()
+        skew = faults.clock_skew
+        self.nodes = [
+            _Node(i, settings.tick_ms * self.rng.uniform(1 - skew, 1 + skew))
+            for i in range(settings.nodes)
+        ]
+        self.clients = [
+            _Client(c, self.rng.randrange(settings.nodes)) for c in range(settings.clients)
+        ]
+        for node in self.nodes:
+            self._start(node)
+        for client in self.clients:
+            self._push(self.rng.uniform(0, settings.client_think_ms), _CLIENT, client.id, None)
+        if faults.partition_interval_ms:
+            self._push(self.rng.expovariate(1 / faults.partition_interval_ms), _PARTITION, 0, None)
+        if faults.crash_interval_ms:
+            self._push(self.rng.expovariate(1 / faults.crash_interval_ms), _CRASH, 0, None)
+
+    # ---------------------------------------------------------------------------- running
+
+    def run(self) -> SimResult:
+        started = time.perf_counter()
+        violation = None
+        try:
+            self._run_events(self.settings.steps)
+            self._liveness_phase()
+        except Violation as caught:
+            violation = caught
+        self.stats.wall_s = time.perf_counter() - started
+        self.stats.sim_ms = self.now
+        self.stats.slots_chosen = len(self.history.chosen)
+        self.stats.commands_acked = len(self.history.acked)
+        trace = self._format_trace() if violation else []
+        return SimResult(self.settings, self.stats, violation, trace)
+
+    def _run_events(self, limit: int, until_ms: float = float("inf")) -> None:
+        heap = self._heap
+        pop = heapq.heappop
+        trace = self.trace.append
+        stats = self.stats
+        nodes = self.nodes
+        for _ in range(limit):
+            if not heap or heap[0][0] > until_ms:
+                return
+            now, _, kind, target, payload = pop(heap)
+            self.now = now
+            stats.events += 1
+            if kind == _DELIVER:
+                node = nodes[target]
+                replica = node.replica
+                if replica is None or not self.link[payload.src][target]:
+                    stats.messages_lost += 1
+                    continue
+                stats.deliveries += 1
+                trace((now, target, payload))
+                replica.step(payload)
+                self._drain(node)
+            elif kind == _TICK:
+                node = nodes[target]
+                if node.replica is None or payload != node.incarnation:
+                    continue
+                node.replica.tick()
+                self._drain(node)
+                self._push(node.tick_ms, _TICK, target, payload)
+            else:
+                self._other_event(kind, target, payload)
+
+    def _other_event(self, kind: int, target: int, payload) -> None:
+        if kind == _REQUEST:
+            self.stats.deliveries += 1
+            self._on_request(target, payload)
+        elif kind == _REPLY:
+            self.stats.deliveries += 1
+            self._on_reply(target, payload)
+        elif kind == _CLIENT:
+            self._on_client(target)
+        elif kind == _RESEND:
+            self._send_request(self.clients[target], payload)
+        elif kind == _TIMEOUT:
+            client = self.clients[target]
+            command, attempt = payload
+            if command in client.outstanding and client.attempts[command] == attempt:
+                issued = client.outstanding.pop(command)
+                del client.attempts[command]
+                self.stats.commands_abandoned += 1
+                if issued >= self.settled_at:
+                    raise Violation(
+                        "liveness",
+                        f"{command!r} issued at {issued:.1f} ms, after the cluster healed and "
+                        f"settled, went unanswered for {self.settings.client_timeout_ms:.0f} ms",
+                    )
+        elif kind == _PARTITION:
+            self._on_partition()
+        elif kind == _CRASH:
+            self._on_crash()
+        elif kind == _RESTART:
+            node = self.nodes[target]
+            if node.replica is None:
+                self._start(node)
+
+    def _push(self, delay_ms: float, kind: int, target: int, payload) -> None:
+        heapq.heappush(self._heap, (self.now + delay_ms, next(self._seq), kind, target, payload))
+
+    # -------------------------------------------------------------------------- replicas
+
+    def _start(self, node: _Node) -> None:
+        node.incarnation += 1
+        node.applied = []
+        node.sessions = {}
+        node.led = None
+        node.replica = self.factory(
+            node.id, self.config, Random(self.rng.getrandbits(64)), node.disk.copy()
+        )
+        self.trace.append((self.now, node.id, f"start (incarnation {node.incarnation})"))
+        self._drain(node)
+        self._push(self.rng.uniform(0, node.tick_ms), _TICK, node.id, node.incarnation)
+
+    def _drain(self, node: _Node) -> None:
+        """The runtime's turn: persist, then send, then apply and answer clients."""
+        replica = node.replica
+        ready = replica.ready()
+        if ready is None:
+            return
+        if ready.persist:
+            apply_record = node.disk.apply
+            for record in ready.persist:
+                apply_record(record)
+        if ready.messages:
+            rng = self.rng
+            faults = self.settings.faults
+            low, high = faults.delay_ms_min, faults.delay_ms_max
+            push = heapq.heappush
+            heap = self._heap
+            seq = self._seq
+            now = self.now
+            for dst, message in ready.messages:
+                if rng.random() < self.loss:
+                    continue
+                delay = low + (high - low) * rng.random()
+                if rng.random() < self.long_delay:
+                    delay *= 20
+                push(heap, (now + delay, next(seq), _DELIVER, dst, message))
+                if rng.random() < self.duplicate:
+                    push(heap, (now + delay * 2 * rng.random(), next(seq), _DELIVER, dst, message))
+        if ready.committed:
+            on_apply = self.history.on_apply
+            applied = node.applied
+            sessions = node.sessions
+            for slot, value in ready.committed:
+                on_apply(node.id, len(applied), slot, value)
+                applied.append(value)
+                if sessions:
+                    for command in value:
+                        client = sessions.pop(command, None)
+                        if client is not None:
+                            self._reply(client, command, _OK, slot)
+        if ready.dropped:
+            for command in ready.dropped:
+                client = node.sessions.pop(command, None)
+                if client is not None:
+                    self._reply(client, command, _RETRY, None)
+        if replica.role is Role.LEADER and replica.ballot != node.led:
+            node.led = replica.ballot
+            self.stats.elections += 1
+            self.trace.append((self.now, node.id, f"leads with ballot {replica.ballot}"))
+        if ready.persist:
+            crash = self.crash_after_sync
+            if any(type(record) is PromiseRecord for record in ready.persist):
+                crash = self.crash_after_promise
+            if self.rng.random() < crash:
+                self._crash(node)
+
+    def _crash(self, node: _Node) -> None:
+        node.replica = None
+        self.stats.crashes += 1
+        self.trace.append((self.now, node.id, "crash"))
+        restart_ms = self.rng.uniform(0, self.settings.faults.restart_ms_max)
+        self._push(restart_ms, _RESTART, node.id, None)
+
+    # --------------------------------------------------------------------------- clients
+
+    def _on_client(self, client_id: int) -> None:
+        client = self.clients[client_id]
+        settings = self.settings
+        if self.issuing and len(client.outstanding) < settings.client_outstanding_max:
+            client.seq += 1
+            command = b"c%d.%d" % (client.id, client.seq)
+            self.history.on_propose(command)
+            self.stats.commands_issued += 1
+            client.outstanding[command] = self.now
+            client.attempts[command] = 0
+            self._send_request(client, command)
+        self._push(self.rng.uniform(0, 2 * settings.client_think_ms), _CLIENT, client_id, None)
+
+    def _send_request(self, client: _Client, command: bytes) -> None:
+        if command not in client.outstanding:
+            return
+        attempt = client.attempts[command] + 1
+        client.attempts[command] = attempt
+        self._push(self.settings.client_timeout_ms, _TIMEOUT, client.id, (command, attempt))
+        if self.faulty and self.rng.random() < self.loss:
+            return
+        if self.rng.random() < self.settings.client_wander:
+            client.guess = self.rng.randrange(len(self.nodes))
+        self._push(self._delay(), _REQUEST, client.guess, (client.id, command))
+
+    def _on_request(self, node_id: int, payload: tuple[int, bytes]) -> None:
+        client_id, command = payload
+        node = self.nodes[node_id]
+        replica = node.replica
+        if replica is None or command in node.sessions:
+            return
+        result = replica.propose(command)
+        if result is ProposeResult.QUEUED:
+            node.sessions[command] = client_id
+            self._drain(node)
+        elif result is ProposeResult.NOT_LEADER:
+            self._reply(client_id, command, _NOT_LEADER, replica.leader_hint)
+        else:
+            self._reply(client_id, command, _RETRY, node_id)
+
+    def _reply(self, client_id: int, command: bytes, status: int, detail: int | None) -> None:
+        if self.faulty and self.rng.random() < self.loss:
+            return
+        self._push(self._delay(), _REPLY, client_id, (command, status, detail))
+
+    def _on_reply(self, client_id: int, payload: tuple[bytes, int, int | None]) -> None:
+        command, status, detail = payload
+        client = self.clients[client_id]
+        issued = client.outstanding.get(command)
+        if issued is None:
+            return  # abandoned, or a late duplicate
+        if status == _OK:
+            del client.outstanding[command]
+            del client.attempts[command]
+            self.history.on_ack(command, detail, issued, self.now)
+            return
+        # Never given a slot: safe to send the same command again.
+        client.guess = detail if detail is not None else self.rng.randrange(len(self.nodes))
+        self._push(self.rng.uniform(1.0, 20.0), _RESEND, client_id, command)
+
+    def _delay(self) -> float:
+        faults = self.settings.faults
+        return self.rng.uniform(faults.delay_ms_min, faults.delay_ms_max)
+
+    # ---------------------------------------------------------------------------- faults
+
+    def _leader(self) -> int | None:
+        """The live replica leading with the highest ballot, if any (faults aim at it)."""
+        leaders = [
+            node
+            for node in self.nodes
+            if node.replica is not None and node.replica.role is Role.LEADER
+        ]
+        return max(leaders, key=lambda node: node.replica.ballot).id if leaders else None
+
+    def _full_links(self) -> list[list[bool]]:
+        n = self.settings.nodes
+        return [[True] * n for _ in range(n)]
+
+    def _split(self, side: list[int]) -> list[list[bool]]:
+        """Links within each side only; side[i] names the side of replica i."""
+        n = len(side)
+        return [[side[a] == side[b] for b in range(n)] for a in range(n)]
+
+    def _on_partition(self) -> None:
+        if not self.faulty:
+            return
+        n = len(self.nodes)
+        rng = self.rng
+        leader = self._leader()
+        partitioned = any(not ok for row in self.link for ok in row)
+        if partitioned or rng.random() < 0.25:
+            self.link = self._full_links()
+            self.trace.append((self.now, -1, "heal"))
+        else:
+            choice = rng.random()
+            side = [0] * n
+            if choice < 0.3 and leader is not None:  # the leader alone, or with one other
+                side[leader] = 1
+                if rng.random() < 0.5:
+                    side[rng.randrange(n)] = 1
+                self.link = self._split(side)
+            elif choice < 0.45:  # one replica alone
+                side[rng.randrange(n)] = 1
+                self.link = self._split(side)
+            elif choice < 0.7:  # a bridge: two halves that only one replica joins
+                order = list(range(n))
+                rng.shuffle(order)
+                bridge, rest = order[0], order[1:]
+                for i in rest[: len(rest) // 2]:
+                    side[i] = 1
+                self.link = self._split(side)
+                for other in range(n):
+                    self.link[bridge][other] = self.link[other][bridge] = True
+            elif choice < 0.8:  # one way: a replica hears the others but is not heard
+                victim = rng.randrange(n)
+                self.link = self._full_links()
+                for other in range(n):
+                    if other != victim:
+                        self.link[victim][other] = False
+            else:  # any split
+                self.link = self._split([rng.randrange(2) for _ in range(n)])
+            self.stats.partitions += 1
+            self.trace.append((self.now, -1, f"partition {self._describe_links()}"))
+        faults = self.settings.faults
+        self._push(rng.expovariate(1 / faults.partition_interval_ms), _PARTITION, 0, None)
+
+    def _describe_links(self) -> str:
+        n = len(self.nodes)
+        cut = [f"{a}->{b}" for a in range(n) for b in range(n) if a != b and not self.link[a][b]]
+        return "cut " + " ".join(cut)
+
+    def _on_crash(self) -> None:
+        if not self.faulty:
+            return
+        faults = self.settings.faults
+        rng = self.rng
+        alive = [node.id for node in self.nodes if node.replica is not None]
+        leader = self._leader()
+        if alive:
+            victim = leader if leader is not None and rng.random() < 0.5 else rng.choice(alive)
+            self._crash(self.nodes[victim])
+        self._push(rng.expovariate(1 / faults.crash_interval_ms), _CRASH, 0, None)
+
+    # -------------------------------------------------------------------------- liveness
+
+    def _liveness_phase(self) -> None:
+        """Heal everything, stop faults, and demand progress and convergence in time."""
+        settings = self.settings
+        healed = self.now
+        self.faulty = False
+        self.loss = self.duplicate = self.long_delay = 0.0
+        self.crash_after_sync = self.crash_after_promise = 0.0
+        self.link = self._full_links()
+        self.settled_at = healed + settings.liveness_settle_ms
+        self.trace.append((self.now, -1, "liveness phase: healed, faults off"))
+        for node in self.nodes:
+            if node.replica is None:
+                self._start(node)
+        budget_end = healed + settings.liveness_budget_ms
+        event_cap = max(10 * settings.steps, 1_000_000)
+        self._run_events(event_cap, until_ms=budget_end)
+        self.issuing = False
+        # Let the last commands drain: every outstanding one must be answered.
+        drain_end = budget_end + settings.client_timeout_ms + 1_000.0
+        self._run_events(event_cap, until_ms=drain_end)
+        self.stats.liveness_ms = self.now - healed
+        self._check_liveness()
+        logs = [node.applied for node in self.nodes]
+        self.history.check_durable(logs)
+        self.history.check_linearizable()
+
+    def _check_liveness(self) -> None:
+        settled = self.settled_at
+        for client in self.clients:
+            for command, issued in client.outstanding.items():
+                if issued >= settled:
+                    raise Violation(
+                        "liveness",
+                        f"{command!r} issued at {issued:.1f} ms is unanswered at {self.now:.1f} ms",
+                    )
+        progress = sum(1 for issued, _ in self.history.acked.values() if issued >= settled)
+        if progress == 0:
+            raise Violation("liveness", "no command issued after the heal was acknowledged")
+        commits = [node.replica.commit for node in self.nodes]
+        lengths = [len(node.applied) for node in self.nodes]
+        if len(set(commits)) != 1 or len(set(lengths)) != 1:
+            raise Violation(
+                "liveness", f"replicas did not converge: commit {commits}, applied {lengths}"
+            )
+
+    # ----------------------------------------------------------------------------- trace
+
+    def _format_trace(self) -> list[str]:
+        lines = []
+        for now, node, what in self.trace:
+            who = f"node {node}" if node >= 0 else "network"
+            lines.append(f"{now:12.3f} ms  {who:8}  {what}")
+        return lines
+
+
+def run_seed(settings: SimSettings, replica_factory: ReplicaFactory | None = None) -> SimResult:
+    return Simulation(settings, replica_factory).run()

@@ -1,0 +1,134 @@
+"""Every setting of a simulation run, derived from one seed (printed first, so a run replays)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from random import Random
+
+from ..paxos import Config
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Network, process and clock faults of the safety phase."""
+
+    #: chance that one message is lost, and that it is delivered twice
+    loss: float
+    duplicate: float
+    #: one-way delay is uniform in [min, max]; `long_delay` of the messages take 20x longer,
+    #: so stale messages from old ballots arrive late (reordering comes from the spread)
+    delay_ms_min: float
+    delay_ms_max: float
+    long_delay: float
+    #: mean time between changes of the partition (a new split, or a heal)
+    partition_interval_ms: float
+    #: mean time between crashes of a random replica; a crashed replica restarts after a
+    #: uniform delay up to `restart_ms_max`, keeping only what it persisted
+    crash_interval_ms: float
+    restart_ms_max: float
+    #: chance that a replica crashes right after a turn that synced records (once its messages
+    #: are out): crashes land next to disk writes, where recovery bugs live. Promise records
+    #: are rare next to accepts, so turns that synced a promise have a chance of their own.
+    crash_after_sync: float
+    crash_after_promise: float
+    #: each replica's tick runs at a rate in [1 - skew, 1 + skew] of the nominal one
+    clock_skew: float
+
+    @classmethod
+    def none(cls) -> Faults:
+        return cls(0.0, 0.0, 1.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    seed: int
+    nodes: int
+    steps: int
+    faults: Faults
+    clients: int
+    #: commands a client has outstanding at most, and the think time between issues
+    client_outstanding_max: int
+    client_think_ms: float
+    #: a request unanswered this long is abandoned (its outcome stays unknown)
+    client_timeout_ms: float
+    #: chance that a client sends to a random replica instead of the one it believes leads
+    #: (a reconnect through the seed list)
+    client_wander: float
+    tick_ms: float
+    window_slots_max: int
+    batch_count_max: int
+    pending_count_max: int
+    catchup_slots_max: int
+    #: after the safety phase, faults stop; commands issued from heal + settle on must be
+    #: acknowledged, and replicas must converge, by heal + budget
+    liveness_settle_ms: float
+    liveness_budget_ms: float
+    #: the last events kept to print with a violation
+    trace_events: int = 80
+
+    @classmethod
+    def from_seed(
+        cls, seed: int, nodes: int = 5, steps: int = 20_000, *, faults: bool = True
+    ) -> SimSettings:
+        rng = Random(seed)
+        fault_settings = (
+            Faults(
+                loss=rng.choice((0.001, 0.01, 0.03, 0.1, 0.2)),
+                duplicate=rng.choice((0.001, 0.01, 0.05, 0.1)),
+                delay_ms_min=rng.uniform(0.1, 2.0),
+                delay_ms_max=rng.uniform(3.0, 30.0),
+                long_delay=rng.choice((0.001, 0.01, 0.05)),
+                partition_interval_ms=rng.uniform(50.0, 1_000.0),
+                crash_interval_ms=rng.uniform(50.0, 1_500.0),
+                restart_ms_max=rng.choice((50.0, 200.0, 1_000.0)),
+                crash_after_sync=rng.choice((0.0002, 0.001, 0.003, 0.01, 0.03)),
+                crash_after_promise=rng.choice((0.01, 0.05, 0.2, 0.5)),
+                clock_skew=rng.uniform(0.0, 0.5),
+            )
+            if faults
+            else Faults.none()
+        )
+        return cls(
+            seed=seed,
+            nodes=nodes,
+            steps=steps,
+            faults=fault_settings,
+            clients=rng.randint(1, 8),
+            client_outstanding_max=rng.randint(1, 8),
+            client_think_ms=rng.uniform(0.5, 20.0),
+            client_timeout_ms=rng.uniform(200.0, 2_000.0),
+            client_wander=rng.choice((0.0, 0.05, 0.2)),
+            tick_ms=10.0,
+            window_slots_max=rng.randint(1, 16),
+            batch_count_max=rng.randint(1, 64),
+            pending_count_max=rng.choice((16, 256, 4096)),
+            catchup_slots_max=rng.choice((32, 64, 256)),
+            liveness_settle_ms=5_000.0,
+            liveness_budget_ms=10_000.0,
+        )
+
+    def with_faults(self, faults: Faults) -> SimSettings:
+        return replace(self, faults=faults)
+
+    def paxos_config(self) -> Config:
+        return Config(
+            nodes=tuple(range(self.nodes)),
+            window_slots_max=self.window_slots_max,
+            batch_count_max=self.batch_count_max,
+            pending_count_max=self.pending_count_max,
+            catchup_slots_max=self.catchup_slots_max,
+        )
+
+    def describe(self) -> str:
+        """One line a person can read and a shell can replay."""
+        fields = asdict(self)
+        faults = fields.pop("faults")
+        parts = [f"{k}={_fmt(v)}" for k, v in fields.items()]
+        parts += [f"{k}={_fmt(v)}" for k, v in faults.items()]
+        return " ".join(parts)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    return str(value)

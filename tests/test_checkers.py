@@ -1,0 +1,85 @@
+"""The checkers alone, fed hand-made histories: each must reject what it exists to reject."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from paxq.broker.sim import History, Violation
+
+
+def history_of(*commands: bytes) -> History:
+    history = History()
+    for command in commands:
+        history.on_propose(command)
+    return history
+
+
+def test_agreement_rejects_two_values_at_one_slot() -> None:
+    h = history_of(b"a", b"b")
+    h.on_apply(0, 0, 0, (b"a",))
+    h.on_apply(1, 0, 0, (b"a",))
+    with pytest.raises(Violation) as caught:
+        h.on_apply(2, 0, 0, (b"b",))
+    assert caught.value.invariant == "agreement"
+
+
+def test_validity_rejects_a_command_nobody_proposed_and_a_duplicate() -> None:
+    h = history_of(b"a")
+    with pytest.raises(Violation, match="never proposed"):
+        h.on_apply(0, 0, 0, (b"forged",))
+    h = history_of(b"a")
+    h.on_apply(0, 0, 0, (b"a",))
+    with pytest.raises(Violation, match="again"):
+        h.on_apply(0, 1, 1, (b"a",))
+
+
+def test_slots_must_be_applied_in_order() -> None:
+    h = history_of(b"a")
+    with pytest.raises(Violation) as caught:
+        h.on_apply(0, 0, 1, (b"a",))
+    assert caught.value.invariant == "order"
+
+
+def test_an_acknowledgement_must_match_the_chosen_slot() -> None:
+    h = history_of(b"a")
+    h.on_apply(0, 0, 0, (b"a",))
+    with pytest.raises(Violation) as caught:
+        h.on_ack(b"a", 3, 0.0, 1.0)
+    assert caught.value.invariant == "durability"
+
+
+def test_durability_rejects_an_acknowledged_command_missing_on_a_replica() -> None:
+    h = history_of(b"a", b"b")
+    h.on_apply(0, 0, 0, (b"a", b"b"))
+    h.on_ack(b"b", 0, 0.0, 1.0)
+    h.check_durable([[(b"a", b"b")], [(b"a", b"b")]])
+    with pytest.raises(Violation) as caught:
+        h.check_durable([[(b"a", b"b")], []])
+    assert caught.value.invariant == "durability"
+
+
+def test_linearizability_rejects_a_later_command_ordered_before_an_acknowledged_one() -> None:
+    h = history_of(b"first", b"second")
+    h.on_apply(0, 0, 0, (b"second",))
+    h.on_apply(0, 1, 1, (b"first",))
+    h.on_ack(b"first", 1, issued_ms=0.0, acked_ms=5.0)
+    h.on_ack(b"second", 0, issued_ms=6.0, acked_ms=9.0)  # issued after "first" was acked
+    with pytest.raises(Violation) as caught:
+        h.check_linearizable()
+    assert caught.value.invariant == "linearizability"
+
+
+def test_concurrent_commands_may_be_ordered_either_way() -> None:
+    h = history_of(b"x", b"y")
+    h.on_apply(0, 0, 0, (b"y", b"x"))
+    h.on_ack(b"x", 0, issued_ms=0.0, acked_ms=5.0)
+    h.on_ack(b"y", 0, issued_ms=1.0, acked_ms=4.0)  # overlapping in time
+    h.check_linearizable()
+
+
+def test_a_violation_crosses_process_boundaries_intact() -> None:
+    violation = pickle.loads(pickle.dumps(Violation("agreement", "slot 3")))
+    assert violation.invariant == "agreement"
+    assert str(violation) == "agreement: slot 3"

@@ -1,0 +1,492 @@
+"""Scenarios of the Multi-Paxos core, each a short conversation between replicas.
+
+The harness delivers exactly the messages a test names, so each test pins one rule of the
+protocol: who may lead, what a new leader must propose again, when a slot counts as chosen.
+"""
+
+from __future__ import annotations
+
+import pytest
+from harness import Cluster, between, of, to
+
+from paxq.broker.paxos import (
+    LEARNED,
+    NOOP,
+    Accept,
+    Accepted,
+    Ballot,
+    CatchupReply,
+    CatchupRequest,
+    Config,
+    ConfigError,
+    Heartbeat,
+    Prepare,
+    Promise,
+    ProposeResult,
+    Reject,
+    Replica,
+    Role,
+)
+
+# ------------------------------------------------------------------------------------ election
+
+
+def test_a_campaign_with_a_majority_of_promises_elects_a_leader() -> None:
+    c = Cluster(3)
+    c.campaign(0)
+    prepares = c.messages(Prepare)
+    assert [(dst, m.ballot) for _, dst, m in prepares] == [(1, Ballot(1, 0)), (2, Ballot(1, 0))]
+    assert c.disks[0].promised == Ballot(1, 0), "a candidate persists its own promise first"
+
+    c.deliver(to(1))  # one promise is enough with its own: 2 of 3
+    c.deliver(of(Promise))
+    assert c[0].role is Role.LEADER
+    c.stabilize()
+    assert c[1].leader_hint == 0 and c[2].leader_hint == 0
+    assert c.disks[1].promised == c.disks[2].promised == Ballot(1, 0)
+
+
+def test_a_follower_campaigns_after_its_randomized_election_timeout() -> None:
+    c = Cluster(3, election_ticks_base=10)
+    c.tick(1, 9)
+    assert not c.messages(Prepare), "no campaign before the base timeout"
+    c.tick(1, 11)  # the timeout is drawn from [base, 2 * base)
+    assert c[1].role is Role.CANDIDATE
+    c.stabilize()
+    assert c[1].role is Role.LEADER
+
+
+def test_heartbeats_keep_followers_from_campaigning() -> None:
+    c = Cluster(3)
+    c.elect(0)
+    for _ in range(100):
+        c.tick(0)
+        c.tick(1)
+        c.tick(2)
+        c.stabilize()
+    assert [c[n].role for n in range(3)] == [Role.LEADER, Role.FOLLOWER, Role.FOLLOWER]
+    assert c[0].ballot == Ballot(1, 0)
+
+
+def test_an_acceptor_rejects_a_prepare_below_its_promise() -> None:
+    c = Cluster(3)
+    c.elect(2)  # everyone promised 1.2
+    c.campaign(1)  # 2.1 > 1.2: accepted
+    c.stabilize()
+    assert c[1].role is Role.LEADER
+    stale = Prepare(0, Ballot(1, 0), 0)
+    c[2].step(stale)
+    ready = c[2].ready()
+    assert ready is not None
+    assert ready.messages == [(0, Reject(2, Ballot(1, 0), Ballot(2, 1)))]
+
+
+def test_duelling_candidates_one_fails_and_backs_off() -> None:
+    c = Cluster(3, election_ticks_base=10, backoff_exponent_max=5)
+    c.campaign(1)  # ballot 1.1
+    c.campaign(2)  # ballot 1.2
+    # Each candidate's prepare reaches the other; node 0 hears from 1 first, then from 2.
+    c.deliver(between(1, 2))
+    c.deliver(lambda src, dst, m: dst == 0 and src == 1)
+    c.deliver(lambda src, dst, m: dst == 0 and src == 2)
+    c.stabilize()
+    assert c[2].role is Role.LEADER
+    assert c[1].role is Role.FOLLOWER
+    assert c[1].leader_hint == 2
+    assert c[0].promised == Ballot(1, 2)
+
+
+def test_failed_campaigns_widen_the_random_timeout_exponentially() -> None:
+    config = Config(nodes=(0, 1, 2), election_ticks_base=10, backoff_exponent_max=4)
+    from random import Random
+
+    replica = Replica(0, config, Random(5))
+    drawn: dict[int, list[int]] = {}
+    for failures in range(6):
+        replica._failed_campaigns = failures
+        drawn[failures] = [replica._draw_election_timeout() for _ in range(400)]
+    for failures, samples in drawn.items():
+        spread = 10 << min(failures, 4)
+        assert min(samples) >= 10 and max(samples) < 10 + spread
+    # The cap holds: past backoff_exponent_max the range stops growing.
+    assert max(drawn[5]) < 10 + (10 << 4)
+    assert sum(drawn[4]) / 400 > 4 * sum(drawn[0]) / 400
+
+
+def test_duelling_proposers_settle_on_one_leader() -> None:
+    """All three time out together, over and over, with every message delivered each tick:
+    randomized, backed-off timeouts must let one of them win within a bounded time."""
+    c = Cluster(3, seed=11)
+    for replica in range(3):
+        c.campaign(replica)
+    for tick in range(2_000):  # noqa: B007 (read after the loop)
+        for node in range(3):
+            c.tick(node)
+        c.stabilize()
+        leaders = [n for n in range(3) if c[n].role is Role.LEADER]
+        followers = [n for n in range(3) if c[n].role is Role.FOLLOWER]
+        if len(leaders) == 1 and len(followers) == 2:
+            break
+    else:
+        pytest.fail("no single leader after 2000 ticks")
+    assert tick < 500
+
+
+# ------------------------------------------------------------------------ proposals and commit
+
+
+def test_commands_are_batched_into_one_slot_and_applied_everywhere() -> None:
+    c = Cluster(3)
+    c.elect(0)
+    c.propose(0, b"a", b"b", b"c")
+    accepts = c.messages(Accept)
+    assert {m.value for _, _, m in accepts} == {(b"a", b"b", b"c")}
+    assert {m.slot for _, _, m in accepts} == {0}
+    c.stabilize()
+    assert c.applied[0] == [(b"a", b"b", b"c")]
+    # Followers learn the commit point from the next heartbeat.
+    c.tick(0, c.config.heartbeat_ticks)
+    c.stabilize()
+    assert c.applied == [[(b"a", b"b", b"c")]] * 3
+
+
+def test_batches_close_at_the_count_and_byte_bounds() -> None:
+    c = Cluster(3, batch_count_max=2, batch_bytes_max=10, pending_bytes_max=1000)
+    c.elect(0)
+    c.propose(0, b"1", b"2", b"3", b"4567890", b"abcd")
+    values = [m.value for _, dst, m in c.messages(Accept) if dst == 1]
+    assert values == [(b"1", b"2"), (b"3", b"4567890"), (b"abcd",)]
+
+
+def test_the_pipeline_window_bounds_slots_in_flight() -> None:
+    c = Cluster(3, window_slots_max=2, batch_count_max=1)
+    c.elect(0)
+    c.propose(0, b"a", b"b", b"c", b"d")
+    assert sorted({m.slot for _, _, m in c.messages(Accept)}) == [0, 1]
+    assert c[0].pending_count == 2
+    c.deliver(of(Accept))
+    c.deliver(of(Accepted))  # slots 0 and 1 chosen: the runtime's next turn cuts two more
+    assert sorted({m.slot for _, _, m in c.messages(Accept)}) == [2, 3]
+    c.stabilize()
+    assert c.applied[0] == [(b"a",), (b"b",), (b"c",), (b"d",)]
+
+
+def test_proposals_at_a_follower_are_redirected_and_bounds_are_typed() -> None:
+    c = Cluster(3, pending_count_max=2, batch_bytes_max=8, pending_bytes_max=16)
+    c.elect(0)
+    assert c[1].propose(b"x") is ProposeResult.NOT_LEADER
+    assert c[1].leader_hint == 0
+    assert c[0].propose(b"123456789") is ProposeResult.TOO_LARGE
+    assert c[0].propose(b"a") is ProposeResult.QUEUED
+    assert c[0].propose(b"b") is ProposeResult.QUEUED
+    assert c[0].propose(b"c") is ProposeResult.OVERLOADED
+
+
+def test_a_single_replica_cluster_commits_alone() -> None:
+    c = Cluster(1)
+    c.campaign(0)
+    assert c[0].role is Role.LEADER
+    c.propose(0, b"solo")
+    assert c.applied[0] == [(b"solo",)]
+
+
+def test_a_slot_is_chosen_only_at_a_majority() -> None:
+    c = Cluster(5)
+    c.elect(0)
+    c.propose(0, b"x")
+    c.deliver(to(1))
+    c.deliver(lambda src, dst, m: isinstance(m, Accepted) and src == 1)
+    assert c[0].commit == 0, "2 of 5 is not a majority"
+    c.deliver(to(2))
+    c.deliver(lambda src, dst, m: isinstance(m, Accepted) and src == 2)
+    assert c[0].commit == 1
+    assert c.applied[0] == [(b"x",)]
+
+
+# ------------------------------------------------------------------------ changes of leader
+
+
+def test_a_new_leader_proposes_again_the_value_a_minority_accepted() -> None:
+    c = Cluster(3)
+    c.elect(0)
+    c.propose(0, b"v")
+    c.deliver(lambda src, dst, m: isinstance(m, Accept) and dst == 1)  # only 1 accepts
+    c.crash(0)
+    c.drop(lambda src, dst, m: True)
+    c.campaign(2)
+    c.stabilize()
+    assert c[2].role is Role.LEADER
+    c.tick(2, c.config.heartbeat_ticks)
+    c.stabilize()
+    assert c.applied[1] == c.applied[2] == [(b"v",)]
+    # The old leader comes back and learns the same value.
+    c.start(0)
+    c.tick(2, c.config.heartbeat_ticks)
+    c.stabilize()
+    assert c.applied[0] == [(b"v",)]
+
+
+def test_the_highest_ballot_value_wins_when_promises_disagree() -> None:
+    c = Cluster(5)
+    c.elect(0)
+    c.propose(0, b"old")  # accepted by 0 and 1 only: 2 of 5, not chosen
+    c.deliver(lambda src, dst, m: isinstance(m, Accept) and dst == 1)
+    c.drop(lambda src, dst, m: True)
+    # Node 2 leads at 2.2 with promises from 3 and 4, which know nothing of "old".
+    c.campaign(2)
+    c.deliver(lambda src, dst, m: isinstance(m, Prepare) and dst in (3, 4))
+    c.deliver(of(Promise))
+    assert c[2].role is Role.LEADER
+    c.drop(lambda src, dst, m: True)
+    c.propose(2, b"new")  # only node 2 accepts it
+    c.drop(lambda src, dst, m: True)
+    assert c[2].log[0] == (Ballot(2, 2), (b"new",))
+    # Node 1 campaigns at 2.1, is rejected by node 2 (promised 2.2) and learns the round.
+    c.campaign(1)
+    c.deliver(lambda src, dst, m: isinstance(m, Prepare) and dst in (2, 3))
+    c.deliver(to(1))
+    assert c[1].role is Role.FOLLOWER
+    c.drop(lambda src, dst, m: True)
+    # At 3.1 it hears "old" at 1.0 from itself and "new" at 2.2 from node 2.
+    c.campaign(1)
+    assert c[1].ballot == Ballot(3, 1)
+    c.deliver(lambda src, dst, m: isinstance(m, Prepare) and dst in (2, 3))
+    c.deliver(of(Promise))
+    assert c[1].role is Role.LEADER
+    assert c[1].log[0] == (Ballot(3, 1), (b"new",))
+    c.stabilize()
+    c.tick(1, c.config.heartbeat_ticks)
+    c.stabilize()
+    assert c.applied == [[(b"new",)]] * 5
+
+
+def test_holes_after_a_leader_change_are_filled_with_noops() -> None:
+    c = Cluster(3, batch_count_max=1)
+    c.elect(0)
+    c.propose(0, b"s0", b"s1", b"s2")
+    # Only the accept for slot 2 reaches node 1; slots 0 and 1 reach nobody.
+    c.deliver(lambda src, dst, m: isinstance(m, Accept) and dst == 1 and m.slot == 2)
+    c.crash(0)
+    c.drop(lambda src, dst, m: True)
+    c.campaign(1)
+    c.stabilize()
+    c.tick(1, c.config.heartbeat_ticks)
+    c.stabilize()
+    assert c.applied[1] == [NOOP, NOOP, (b"s2",)]
+    assert c.applied[2] == c.applied[1]
+
+
+def test_a_deposed_leader_steps_down_and_hands_back_unbatched_commands() -> None:
+    c = Cluster(3)
+    c.elect(0)
+    c.propose(0, b"committed")
+    c.stabilize()
+    c.drop(lambda src, dst, m: True)
+    # 0 is cut off; 1 takes over.
+    c.campaign(1)
+    c.stabilize(between(1, 2))
+    c.drop(lambda src, dst, m: True)
+    assert c[1].role is Role.LEADER and c[0].role is Role.LEADER
+    # The old leader takes a command and sends its accept; the newer promise rejects it.
+    c[0].propose(b"stale")
+    assert c[0].propose(b"queued") is ProposeResult.QUEUED
+    c._drain(0)
+    c.deliver(lambda src, dst, m: src == 0 and isinstance(m, Accept))
+    rejects = c.messages(Reject)
+    assert rejects and all(m.promised == Ballot(2, 1) for _, _, m in rejects)
+    c.deliver(of(Reject))
+    assert c[0].role is Role.FOLLOWER
+    c.stabilize()
+    c.tick(1, c.config.heartbeat_ticks)
+    c.stabilize()
+    assert all(b"stale" not in value for value in c.applied[1])
+    assert c.applied[0] == c.applied[1] == c.applied[2]
+
+
+def test_a_leader_that_loses_its_majority_steps_down() -> None:
+    c = Cluster(3, election_ticks_base=10)
+    c.elect(0)
+    for _ in range(2 * 10 + 1):
+        c.tick(0)
+        c.drop(lambda src, dst, m: True)  # nothing gets through
+    assert c[0].role is Role.FOLLOWER
+    assert c[0].propose(b"x") is ProposeResult.NOT_LEADER
+
+
+def test_a_stale_accept_for_a_chosen_slot_is_not_acknowledged() -> None:
+    """Node 2 learned slot 0 chosen by catch-up; a stale leader's different value for that
+    slot must not be counted as a vote."""
+    c = Cluster(3)
+    c.elect(0)
+    c.propose(0, b"chosen")
+    c.stabilize()
+    c.tick(0, c.config.heartbeat_ticks)
+    c.stabilize()
+    assert c[2].commit == 1
+    c[2].step(Accept(1, Ballot(5, 1), 0, (b"other",), 0))
+    ready = c[2].ready()
+    assert ready is not None
+    assert not [m for _, m in ready.messages if isinstance(m, Accepted)]
+    c[2].step(Accept(1, Ballot(5, 1), 0, (b"chosen",), 0))
+    ready = c[2].ready()
+    assert ready is not None
+    assert [m for _, m in ready.messages if isinstance(m, Accepted)] == [
+        Accepted(2, Ballot(5, 1), 0)
+    ]
+
+
+# ------------------------------------------------------------------------------- catch-up
+
+
+def test_a_lagging_replica_catches_up_from_the_leader_in_bounded_chunks() -> None:
+    c = Cluster(3, batch_count_max=1, catchup_slots_max=3)
+    c.elect(0)
+    for i in range(10):
+        c.propose(0, b"%d" % i)
+        c.stabilize(between(0, 1))
+        c.drop(to(2))
+    assert len(c.applied[0]) == 10 and c.applied[2] == []
+    c.tick(0, c.config.heartbeat_ticks)
+    c.deliver(to(2))  # the heartbeat tells 2 the commit point; 2 asks for the slots
+    requests = c.messages(CatchupRequest)
+    assert [(dst, m.from_slot) for _, dst, m in requests] == [(0, 0)]
+    chunks = []
+    while c.in_flight:
+        chunks += [len(m.values) for _, _, m in c.messages(CatchupReply)]
+        c.deliver()
+    assert chunks == [3, 3, 3, 1]
+    assert c[2].commit == 10 and c.disks[2].commit == 10
+    assert c.applied[2] == c.applied[0]
+
+
+def test_a_learned_entry_is_reported_above_every_ballot() -> None:
+    c = Cluster(3)
+    c.elect(0)
+    c.propose(0, b"x")
+    c.stabilize(between(0, 1))
+    c.drop(to(2))
+    c[2].step(CatchupReply(0, 0, ((b"x",),), 1))
+    c._drain(2)
+    assert c[2].log[0] == (LEARNED, (b"x",))
+    assert c.disks[2].log[0] == (LEARNED, (b"x",))
+    assert c.applied[2] == [(b"x",)]
+
+
+def test_a_restarted_replica_recovers_its_promise_and_log_and_replays_them() -> None:
+    c = Cluster(3)
+    c.elect(0)
+    c.propose(0, b"a")
+    c.stabilize()
+    c.tick(0, c.config.heartbeat_ticks)
+    c.stabilize()
+    c.propose(0, b"b")
+    c.stabilize()
+    c.restart(1)
+    assert c[1].promised == Ballot(1, 0)
+    assert c[1].log[1] == (Ballot(1, 0), (b"b",))
+    assert c.applied[1] == [(b"a",)], "the commit point on disk is replayed at start"
+    c.tick(0, c.config.heartbeat_ticks)
+    c.stabilize()
+    assert c.applied[1] == [(b"a",), (b"b",)]
+
+
+def test_duplicated_messages_change_nothing() -> None:
+    c = Cluster(3)
+    c.campaign(0)
+    c.deliver(keep=True)  # every prepare delivered, and left in flight to arrive again
+    c.stabilize()
+    c.propose(0, b"once")
+    for _ in range(3):
+        c.deliver(keep=True)
+    c.stabilize()
+    c.tick(0, c.config.heartbeat_ticks)
+    c.stabilize()
+    assert c.applied == [[(b"once",)]] * 3
+
+
+# ------------------------------------------------------------------------------ snapshot seam
+
+
+def test_compacted_slots_are_answered_with_a_snapshot_request() -> None:
+    c = Cluster(3, batch_count_max=1)
+    c.elect(0)
+    c.propose(0, b"a", b"b", b"c")
+    c.stabilize(between(0, 1))
+    c.drop(to(2))
+    c[0].compact(2)
+    assert 0 not in c[0].log and 1 not in c[0].log
+    with pytest.raises(ValueError):
+        c[0].compact(99)
+    c[0].step(CatchupRequest(2, 0))
+    ready = c[0].ready()
+    assert ready is not None and ready.snapshot_requests == [(2, 2)]
+    # The runtime ships the snapshot; the replica then resumes from its end.
+    c.applied[2] = c.applied[0][:2]
+    c[2].install_snapshot(2)
+    c._drain(2)
+    assert c[2].commit == 2 and c.disks[2].commit == 2
+    c.tick(0, c.config.heartbeat_ticks)
+    c.stabilize()
+    assert c[2].commit == 3
+
+
+# ----------------------------------------------------------------------------- robustness
+
+
+def test_messages_from_non_members_are_ignored() -> None:
+    c = Cluster(3)
+    c[1].step(Prepare(7, Ballot(9, 7), 0))
+    c[1].step(Heartbeat(1, Ballot(9, 1), 5))  # claims to come from the receiver itself
+    assert c[1].ready() is None
+    assert c[1].promised < Ballot(1, 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"nodes": ()},
+        {"nodes": (1, 1)},
+        {"nodes": (0, -1)},
+        {"nodes": (0, 1, 2), "window_slots_max": 0},
+        {"nodes": (0, 1, 2), "heartbeat_ticks": 10, "election_ticks_base": 10},
+        {"nodes": (0, 1, 2), "batch_bytes_max": 100, "pending_bytes_max": 50},
+        {"nodes": (0, 1, 2), "backoff_exponent_max": 40},
+    ],
+)
+def test_bad_configurations_are_refused(kwargs: dict) -> None:
+    with pytest.raises(ConfigError):
+        Config(**kwargs)
+
+
+def test_a_replica_must_be_a_member() -> None:
+    from random import Random
+
+    with pytest.raises(ValueError, match="not a member"):
+        Replica(9, Config(nodes=(0, 1, 2)), Random(0))
+
+
+def test_catch_up_asks_a_peer_that_is_ahead_not_whoever_spoke_last() -> None:
+    """Regression (sim seed 466): a new leader lagging its quorum kept asking a follower that
+    was as far behind as itself, and stalled forever."""
+    c = Cluster(3)
+    c.elect(0)
+    c.propose(0, b"a")
+    c.stabilize(between(0, 1))
+    c.tick(0, c.config.heartbeat_ticks)
+    c.stabilize(between(0, 1))
+    c.drop(to(2))
+    assert c[1].commit == 1 and c[2].commit == 0
+    c.crash(0)
+    c.campaign(2)
+    c.deliver(lambda src, dst, m: isinstance(m, Prepare) and dst == 1)
+    c.deliver(of(Promise))
+    assert c[2].role is Role.LEADER
+    c.drop(lambda src, dst, m: True)  # its first catch-up request is lost
+    # A late reply from node 0, which knows no more than node 2 does.
+    c[2].step(CatchupReply(0, 0, (), 0))
+    c._drain(2)
+    c.tick(2, c.config.catchup_retry_ticks)
+    retries = [(dst, m.from_slot) for _, dst, m in c.messages(CatchupRequest)]
+    assert retries == [(1, 0)]
+    c.stabilize(between(1, 2))
+    assert c[2].commit >= 1 and c.applied[2][0] == (b"a",)
