@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 
+from paxq.broker.paxos import Ballot
 from paxq.broker.sim import History, Violation
 
 
@@ -83,3 +84,14 @@ def test_a_violation_crosses_process_boundaries_intact() -> None:
     violation = pickle.loads(pickle.dumps(Violation("agreement", "slot 3")))
     assert violation.invariant == "agreement"
     assert str(violation) == "agreement: slot 3"
+
+
+def test_an_acceptor_may_not_vote_below_a_ballot_it_promised() -> None:
+    h = History()
+    h.on_vote(1, Ballot(1, 0), "Accepted")
+    h.on_vote(1, Ballot(2, 2), "Promise")
+    h.on_vote(1, Ballot(2, 2), "Accepted")  # the same ballot again is fine
+    h.on_vote(2, Ballot(1, 0), "Accepted")  # other acceptors are independent
+    with pytest.raises(Violation) as caught:
+        h.on_vote(1, Ballot(1, 0), "Accepted")
+    assert caught.value.invariant == "promise"

@@ -465,9 +465,10 @@ def test_a_replica_must_be_a_member() -> None:
         Replica(9, Config(nodes=(0, 1, 2)), Random(0))
 
 
-def test_catch_up_asks_a_peer_that_is_ahead_not_whoever_spoke_last() -> None:
+def test_catch_up_reaches_a_peer_that_can_answer_despite_stale_replies() -> None:
     """Regression (sim seed 466): a new leader lagging its quorum kept asking a follower that
-    was as far behind as itself, and stalled forever."""
+    was as far behind as itself, and stalled forever. Now a stale reply does not redirect the
+    request, and unanswered requests move on to the next peer."""
     c = Cluster(3)
     c.elect(0)
     c.propose(0, b"a")
@@ -481,12 +482,153 @@ def test_catch_up_asks_a_peer_that_is_ahead_not_whoever_spoke_last() -> None:
     c.deliver(lambda src, dst, m: isinstance(m, Prepare) and dst == 1)
     c.deliver(of(Promise))
     assert c[2].role is Role.LEADER
-    c.drop(lambda src, dst, m: True)  # its first catch-up request is lost
+    c.drop(everything)  # its first catch-up request is lost
     # A late reply from node 0, which knows no more than node 2 does.
     c[2].step(CatchupReply(0, 0, (), 0))
     c._drain(2)
-    c.tick(2, c.config.catchup_retry_ticks)
-    retries = [(dst, m.from_slot) for _, dst, m in c.messages(CatchupRequest)]
-    assert retries == [(1, 0)]
-    c.stabilize(between(1, 2))
+    targets = []
+    for _ in range(3 * c.config.catchup_retry_ticks):
+        c.tick(2)
+        targets += [dst for _, dst, _ in c.messages(CatchupRequest)]
+        c.stabilize(between(1, 2))
+        if c[2].commit >= 1:
+            break
+    assert 1 in targets
     assert c[2].commit >= 1 and c.applied[2][0] == (b"a",)
+
+
+# ---------------------------------------------- regressions found in review (catch-up vs. leading)
+
+
+def among(*nodes: int):
+    group = set(nodes)
+    return lambda src, dst, m: src in group and dst in group
+
+
+def everything(src: int, dst: int, m: object) -> bool:
+    return True
+
+
+def test_a_leader_outvoted_by_catch_up_steps_down_before_announcing_a_commit() -> None:
+    """Node 0 leads at a low ballot with a stale catch-up request out. A higher ballot chooses
+    w at slot 1 where node 0 proposed v (accepted by node 4 only). When the catch-up reply
+    brings w, node 0 must not announce commit 2 under its ballot: node 4 would apply v."""
+    c = Cluster(5)
+    held = of(CatchupRequest)
+    not_held = lambda src, dst, m: not held(src, dst, m)  # noqa: E731
+    # Node 1 chooses a at slot 0; nodes 1..4 learn it, node 0 hears nothing.
+    c.campaign(1)
+    c.drop(to(0))
+    c.stabilize(among(1, 2, 3, 4))
+    c.propose(1, b"a")
+    c.drop(to(0))
+    c.stabilize(among(1, 2, 3, 4))
+    c.tick(1, c.config.heartbeat_ticks)
+    c.drop(to(0))
+    c.stabilize(among(1, 2, 3, 4))
+    assert [c[n].commit for n in range(5)] == [0, 1, 1, 1, 1]
+    # Node 0 is refused at 1.0, learns the round, and wins at 2.0 with nodes 2 and 4:
+    # floor 1 (from node 2), so it asks node 2 for slot 0; that request is held back.
+    c.campaign(0)
+    c.stabilize(among(0, 2))
+    c.drop(everything)
+    c.campaign(0)
+    c.deliver(lambda src, dst, m: src == 0 and dst in (2, 4))
+    c.deliver(lambda src, dst, m: src in (2, 4) and dst == 0)
+    assert c[0].role is Role.LEADER and c.messages(CatchupRequest)
+    c.drop(not_held)
+    # Node 0 proposes v at slot 1; only node 4 accepts it.
+    c.propose(0, b"v")
+    c.deliver(lambda src, dst, m: src == 0 and dst == 4 and isinstance(m, Accept))
+    c.drop(not_held)
+    # Node 3 wins with nodes 1 and 2 and chooses w at slot 1.
+    c.campaign(3)
+    c.stabilize(among(1, 2, 3))
+    c.propose(3, b"w")
+    c.stabilize(among(1, 2, 3))
+    c.tick(3, c.config.heartbeat_ticks)
+    c.stabilize(among(1, 2, 3))
+    c.drop(not_held)
+    # The held request reaches node 2; its reply shows w chosen at slot 1.
+    c.deliver(held)
+    c.deliver(lambda src, dst, m: src == 2 and dst == 0)
+    assert c[0].role is Role.FOLLOWER
+    c.tick(0, c.config.heartbeat_ticks)
+    c.deliver(lambda src, dst, m: src == 0 and dst == 4)
+    assert c.applied[4] == [(b"a",)]
+    assert c.applied[1] == c.applied[0] == [(b"a",), (b"w",)]
+
+
+def test_catch_up_never_lets_a_leader_propose_below_its_commit_point() -> None:
+    """A stale leader whose catch-up reply reaches past its next slot must step down, not
+    write a new value into a chosen slot (which a restart would then replay)."""
+    c = Cluster(3)
+    c.campaign(0)
+    c.drop(to(2))
+    c.stabilize(between(0, 1))
+    c.propose(0, b"a")
+    c.drop(to(2))
+    c.stabilize(between(0, 1))
+    c.tick(0, c.config.heartbeat_ticks)
+    c.drop(to(2))
+    c.stabilize(between(0, 1))
+    assert [c[n].commit for n in range(3)] == [1, 1, 0]
+    # Node 2 wins at 1.2 with node 1: floor 1, its catch-up request is held back.
+    c.campaign(2)
+    c.deliver(lambda src, dst, m: src == 2 and dst == 1 and isinstance(m, Prepare))
+    c.deliver(lambda src, dst, m: src == 1 and dst == 2)
+    assert c[2].role is Role.LEADER and c.messages(CatchupRequest)
+    c.drop(lambda src, dst, m: src == 2 and not isinstance(m, CatchupRequest))
+    # Node 0 wins at 2.0 with node 1 and chooses x at slot 1 and y at slot 2.
+    c.campaign(0)
+    c.stabilize(between(0, 1))
+    for command in (b"x", b"y"):
+        c.propose(0, command)
+        c.stabilize(between(0, 1))
+    c.tick(0, c.config.heartbeat_ticks)
+    c.stabilize(between(0, 1))
+    # The held request is answered with slots 0..2: node 2 must give up leading.
+    c.deliver(of(CatchupRequest))
+    c.deliver(lambda src, dst, m: src == 1 and dst == 2)
+    assert c[2].role is Role.FOLLOWER
+    assert c[2].propose(b"z") is ProposeResult.NOT_LEADER
+    assert c.applied[2] == [(b"a",), (b"x",), (b"y",)]
+    c.restart(2)
+    assert c.applied[2] == [(b"a",), (b"x",), (b"y",)]
+
+
+def test_a_leader_whose_catch_up_source_died_hands_over_to_the_living_majority() -> None:
+    c = Cluster(5)
+    # Slot 0 is chosen by {0, 1, 2}; only node 1 learns the commit point.
+    c.campaign(0)
+    c.stabilize(among(0, 1, 2))
+    c.drop(everything)
+    c.propose(0, b"a")
+    c.stabilize(among(0, 1, 2))
+    c.drop(everything)
+    c.tick(0, c.config.heartbeat_ticks)
+    c.deliver(to(1))
+    c.stabilize(among(0, 1))
+    c.drop(everything)
+    c.crash(0)
+    # Node 3 wins with 1, 2 and 4: floor 1 (node 1's commit); then node 1 dies for good.
+    c.campaign(3)
+    c.deliver(of(Prepare))
+    c.deliver(of(Promise))
+    assert c[3].role is Role.LEADER and c[3].commit == 0
+    c.crash(1)
+    c.drop(everything)
+    live = (2, 3, 4)
+    for tick in range(1_000):
+        for node in live:
+            if tick % 10 == 0 and c[node].role is Role.LEADER:
+                c.propose(node, b"load%d" % tick)
+            c.tick(node)
+        c.stabilize(among(*live))
+        c.drop(everything)
+        if all(c[n].commit > 5 for n in live):
+            break
+    else:
+        pytest.fail("the live majority never committed")
+    assert all(c.applied[n][0] == (b"a",) for n in live)
+    assert c.applied[2][:5] == c.applied[3][:5] == c.applied[4][:5]

@@ -72,26 +72,29 @@ def first_violation(factory: type, seeds: int, nodes: int = 3, steps: int = 4_00
 @pytest.mark.parametrize(
     ("bug", "seeds"),
     [
-        # Measured at 3 nodes, 3,000 steps, first 40 seeds: about half of all seeds catch a
-        # too-small quorum, 1 in 7 ignored phase-1 values, 1 in 20 a forgotten promise.
+        # Measured at 3 nodes, 4,000 steps, first 40 seeds: about half of the seeds catch a
+        # too-small quorum, about 1 in 7 ignored phase-1 values, about 1 in 3 a forgotten
+        # promise (through the promise checker; the agreement checker sees it far more rarely).
         (QuorumTooSmall, 20),
         (IgnoresPhaseOneValues, 40),
-        (ForgetsPromise, 100),
+        (ForgetsPromise, 30),
     ],
 )
 def test_each_planted_bug_is_caught_within_a_bounded_number_of_seeds(bug: type, seeds: int) -> None:
     result = first_violation(bug, seeds)
     assert result is not None, f"{bug.__name__} survived {seeds} seeds"
-    assert result.violation.invariant in {"agreement", "durability", "linearizability", "validity"}
+    safety = {"agreement", "durability", "linearizability", "validity", "promise"}
+    assert result.violation.invariant in safety
     text = report(result)
     assert f"seed {result.settings.seed}" in text
     assert replay_command(result.settings) in text
     assert "last" in text and len(result.trace) > 10
 
 
-def test_a_planted_bug_is_caught_with_five_replicas_too() -> None:
+def test_planted_bugs_are_caught_with_five_replicas_too() -> None:
     assert first_violation(QuorumTooSmall, 20, nodes=5) is not None
     assert first_violation(IgnoresPhaseOneValues, 40, nodes=5) is not None
+    assert first_violation(ForgetsPromise, 30, nodes=5) is not None
 
 
 class NeverCampaigns(Replica):
@@ -118,3 +121,23 @@ def test_the_liveness_checker_fails_a_cluster_whose_replicas_cannot_catch_up() -
     result = first_violation(ForgetsCatchup, 20)
     assert result is not None
     assert result.violation.invariant == "liveness"
+
+
+class NeedsEveryone(Replica):
+    """Waits for every member's vote: fine while all are up, stuck once any is down."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.quorum = len(self.config.nodes)
+
+
+def test_a_majority_alone_must_make_progress() -> None:
+    held_down = failed = 0
+    for seed in range(12):
+        result = run_seed(SimSettings.from_seed(seed, 5, 1_000), NeedsEveryone)
+        if result.stats.held_down:
+            held_down += 1
+            assert not result.ok and result.violation.invariant == "liveness", report(result)
+            failed += 1
+    assert held_down >= 3, "the liveness phase keeps a minority down in many seeds"
+    assert failed == held_down

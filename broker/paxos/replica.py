@@ -141,6 +141,7 @@ class Replica:
         self._promises: dict[int, Promise] = {}
         # Leader state.
         self.next_slot = self.commit
+        self._lead_from = self.commit  # first slot this leader proposes; below it, catch-up
         self._inflight: dict[int, _InFlight] = {}
         self._chosen_ahead: set[int] = set()  # chosen slots above the commit point
         self._pending: deque[bytes] = deque()
@@ -150,8 +151,11 @@ class Replica:
         self._quorum_check_elapsed = 0
         # Catch-up state (any role).
         self._known_commit = self.commit
-        self._catchup_source: int | None = None
+        self._catchup_source: int | None = None  # the best peer we know to be ahead
+        self._catchup_target: int | None = None  # the peer the outstanding request went to
         self._catchup_sent_tick: int | None = None
+        self._catchup_misses = 0  # requests in a row that went unanswered
+        self._commit_moved_tick = 0  # when the commit point last advanced
 
         self._out = Ready()
         self._handlers = {
@@ -171,9 +175,12 @@ class Replica:
 
     def step(self, message: Message) -> None:
         """Handle one message from a peer. Messages from non-members are ignored."""
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            raise TypeError(f"not a paxos message: {type(message).__name__}")
         if message.src not in self.config.nodes or message.src == self.id:
             return
-        self._handlers[type(message)](message)
+        handler(message)
 
     def tick(self) -> None:
         """Advance logical time by one tick."""
@@ -190,7 +197,10 @@ class Replica:
             self._catchup_sent_tick is not None
             and self._tick - self._catchup_sent_tick >= self.config.catchup_retry_ticks
         ):
+            # Unanswered: the source may be gone, so retries alternate between it and the
+            # other peers in turn.
             self._catchup_sent_tick = None
+            self._catchup_misses += 1
             self._request_catchup()
 
     def propose(self, command: bytes) -> ProposeResult:
@@ -298,7 +308,8 @@ class Replica:
         self._heard = {}
         self._heartbeat_elapsed = 0
         self._quorum_check_elapsed = 0
-        self.next_slot = max(floor, self.commit)
+        self.next_slot = self._lead_from = max(floor, self.commit)
+        self._commit_moved_tick = self._tick
         end = max(adopted, default=self.next_slot - 1) + 1
         for slot in range(self.next_slot, end):
             entry = adopted.get(slot)
@@ -435,8 +446,13 @@ class Replica:
         self._send(m.src, CatchupReply(self.id, m.from_slot, tuple(values), self.commit))
 
     def _on_catchup_reply(self, m: CatchupReply) -> None:
-        if m.src == self._catchup_source:
+        if m.src == self._catchup_target:
             self._catchup_sent_tick = None  # answered: the next request may go at once
+            self._catchup_misses = 0
+        if self.role is Role.LEADER and self._outvoted(m):
+            # Our heartbeats would announce the learned values as chosen under our ballot,
+            # and followers holding our own proposals there would apply those instead.
+            self._step_down()
         if m.from_slot <= self.commit:
             for offset in range(self.commit - m.from_slot, len(m.values)):
                 slot = m.from_slot + offset
@@ -454,6 +470,20 @@ class Replica:
                 self._set_commit(new_commit)
                 self._advance_commit()
         self._note_commit(m.commit, m.src)
+
+    def _outvoted(self, m: CatchupReply) -> bool:
+        """Does the reply show a slot we lead chosen with a value other than our proposal?
+
+        That value was chosen in a ballot above ours (a lower one would have been reported in
+        our phase 1 and proposed again by us), so our leadership is over.
+        """
+        start = max(self._lead_from, m.from_slot)
+        for slot in range(start, m.from_slot + len(m.values)):
+            entry = self.log.get(slot)
+            value = m.values[slot - m.from_slot]
+            if entry is None or entry[0] != self.ballot or entry[1] != value:
+                return True
+        return False
 
     # ------------------------------------------------------------------- commit and apply
 
@@ -483,10 +513,14 @@ class Replica:
             self._request_catchup()
 
     def _request_catchup(self) -> None:
-        if self._catchup_source is None or self._known_commit <= self.commit:
+        if self._known_commit <= self.commit or not self.peers:
             return
+        target = self._catchup_source
+        if target is None or self._catchup_misses % 2:
+            target = self.peers[(self._catchup_misses // 2) % len(self.peers)]
+        self._catchup_target = target
         self._catchup_sent_tick = self._tick
-        self._send(self._catchup_source, CatchupRequest(self.id, self.commit))
+        self._send(target, CatchupRequest(self.id, self.commit))
 
     def _advance_commit(self) -> None:
         chosen = self._chosen_ahead
@@ -499,6 +533,7 @@ class Replica:
 
     def _set_commit(self, commit: int) -> None:
         self.commit = commit
+        self._commit_moved_tick = self._tick
         if commit > self._known_commit:
             self._known_commit = commit
         self._out.persist.append(CommitRecord(commit))
@@ -530,6 +565,9 @@ class Replica:
             self.next_slot += 1
 
     def _propose_slot(self, slot: int, value: Value) -> None:
+        # Below the commit point every entry is the chosen value; writing there would break
+        # the invariant restarts and catch-up rely on.
+        assert slot >= self.commit, f"proposing slot {slot} below commit {self.commit}"
         ballot = self.ballot
         self.log[slot] = (ballot, value)
         self._out.persist.append(AcceptRecord(slot, ballot, value))
@@ -556,6 +594,15 @@ class Replica:
                 for peer in self.peers:
                     if peer not in inflight.acks:
                         self._send(peer, message)
+        # A leader that cannot learn the slots below its first one (every replica that had them
+        # is gone) cannot apply anything: stand down so a new phase 1 among the living can
+        # propose those slots again.
+        if (
+            self.commit < self._lead_from
+            and self._tick - self._commit_moved_tick > 2 * cfg.election_ticks_base
+        ):
+            self._step_down()
+            return
         # Check quorum: a leader cut off from a majority stops taking commands it cannot commit.
         self._quorum_check_elapsed += 1
         if self._quorum_check_elapsed >= 2 * cfg.election_ticks_base:

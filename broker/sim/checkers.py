@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..paxos import Value
+from ..paxos import ZERO, Ballot, Value
 
 
 class Violation(Exception):
@@ -34,6 +34,20 @@ class History:
         self.position: dict[bytes, tuple[int, int]] = {}
         #: acknowledged commands: command -> (issued at, acknowledged at)
         self.acked: dict[bytes, tuple[float, float]] = {}
+        #: the highest ballot each acceptor has voted for (promise or accept), across restarts
+        self.promised: dict[int, Ballot] = {}
+
+    def on_vote(self, node: int, ballot: Ballot, kind: str) -> None:
+        """`node` sends a promise or an acceptance for `ballot` (Paxos P1: an acceptor never
+        votes below a ballot it has promised, whatever happened to it in between)."""
+        highest = self.promised.get(node, ZERO)
+        if ballot < highest:
+            raise Violation(
+                "promise",
+                f"node {node} sent {kind} for ballot {ballot} after promising {highest}",
+            )
+        if ballot > highest:
+            self.promised[node] = ballot
 
     def on_propose(self, command: bytes) -> None:
         self.proposed.add(command)

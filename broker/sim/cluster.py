@@ -16,7 +16,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
 
-from ..paxos import Config, DurableState, PromiseRecord, ProposeResult, Replica, Role, Value
+from ..paxos import (
+    Accepted,
+    Config,
+    DurableState,
+    Prepare,
+    Promise,
+    PromiseRecord,
+    ProposeResult,
+    Replica,
+    Role,
+    Value,
+)
 from .checkers import History, Violation
 from .settings import SimSettings
 
@@ -52,6 +63,8 @@ class SimStats:
     sim_ms: float = 0.0
     wall_s: float = 0.0
     liveness_ms: float = 0.0
+    #: replicas kept down while the majority had to serve alone
+    held_down: int = 0
 
     @property
     def deliveries_per_s(self) -> float:
@@ -121,6 +134,8 @@ class Simulation:
         self.issuing = True
         #: from this time on (set by the liveness phase) no command may go unanswered
         self.settled_at = float("inf")
+        #: replicas the liveness phase keeps down while the majority must serve alone
+        self.held_down: set[int] = set()
         #: link[a][b]: messages from replica a reach replica b (partitions may be one-way or
         #: non-transitive, as in a bridge)
         self.link = self._full_links()
@@ -220,7 +235,7 @@ class Simulation:
             self._on_crash()
         elif kind == _RESTART:
             node = self.nodes[target]
-            if node.replica is None:
+            if node.replica is None and target not in self.held_down:
                 self._start(node)
 
     def _push(self, delay_ms: float, kind: int, target: int, payload) -> None:
@@ -258,7 +273,11 @@ class Simulation:
             heap = self._heap
             seq = self._seq
             now = self.now
+            on_vote = self.history.on_vote
             for dst, message in ready.messages:
+                kind = type(message)
+                if kind is Accepted or kind is Promise or kind is Prepare:  # a candidate
+                    on_vote(node.id, message.ballot, kind.__name__)  # promised itself
                 if rng.random() < self.loss:
                     continue
                 delay = low + (high - low) * rng.random()
@@ -333,7 +352,10 @@ class Simulation:
         client_id, command = payload
         node = self.nodes[node_id]
         replica = node.replica
-        if replica is None or command in node.sessions:
+        if replica is None:  # connection refused: the client tries another replica
+            self._reply(client_id, command, _NOT_LEADER, None)
+            return
+        if command in node.sessions:
             return
         result = replica.propose(command)
         if result is ProposeResult.QUEUED:
@@ -401,11 +423,20 @@ class Simulation:
         else:
             choice = rng.random()
             side = [0] * n
-            if choice < 0.3 and leader is not None:  # the leader alone, or with one other
+            if choice < 0.2 and leader is not None:  # the leader alone, or with one other
                 side[leader] = 1
                 if rng.random() < 0.5:
                     side[rng.randrange(n)] = 1
                 self.link = self._split(side)
+            elif choice < 0.3 and leader is not None and n > 2:
+                # The leader keeps one replica that also hears the rest: the rest elect a new
+                # leader while the old one still has a majority through the shared replica.
+                bridge = rng.choice([i for i in range(n) if i != leader])
+                for i in range(n):
+                    side[i] = 1 if i == leader else 0
+                self.link = self._split(side)
+                for other in range(n):
+                    self.link[bridge][other] = self.link[other][bridge] = True
             elif choice < 0.45:  # one replica alone
                 side[rng.randrange(n)] = 1
                 self.link = self._split(side)
@@ -451,27 +482,41 @@ class Simulation:
     # -------------------------------------------------------------------------- liveness
 
     def _liveness_phase(self) -> None:
-        """Heal everything, stop faults, and demand progress and convergence in time."""
+        """Faults stop. A majority, healed, must answer every new command within the budget
+        while a random minority stays down; then the minority returns and everyone converges."""
         settings = self.settings
         healed = self.now
         self.faulty = False
         self.loss = self.duplicate = self.long_delay = 0.0
         self.crash_after_sync = self.crash_after_promise = 0.0
         self.link = self._full_links()
-        self.settled_at = healed + settings.liveness_settle_ms
-        self.trace.append((self.now, -1, "liveness phase: healed, faults off"))
+        n = len(self.nodes)
+        self.held_down = set(self.rng.sample(range(n), self.rng.randint(0, (n - 1) // 2)))
         for node in self.nodes:
-            if node.replica is None:
+            if node.id in self.held_down:
+                node.replica = None
+            elif node.replica is None:
                 self._start(node)
+        down = sorted(self.held_down)
+        self.stats.held_down = len(down)
+        self.trace.append((self.now, -1, f"liveness phase: faults off, replicas {down} held down"))
+        self.settled_at = healed + settings.liveness_settle_ms
         budget_end = healed + settings.liveness_budget_ms
         event_cap = max(10 * settings.steps, 1_000_000)
         self._run_events(event_cap, until_ms=budget_end)
+        # Stop issuing and let every outstanding command be answered (or time out: a violation).
         self.issuing = False
-        # Let the last commands drain: every outstanding one must be answered.
-        drain_end = budget_end + settings.client_timeout_ms + 1_000.0
-        self._run_events(event_cap, until_ms=drain_end)
-        self.stats.liveness_ms = self.now - healed
+        self._run_events(event_cap, until_ms=self.now + settings.client_timeout_ms + 1_000.0)
         self._check_liveness()
+        # The minority returns; every replica must reach the same commit point and log.
+        self.settled_at = float("inf")
+        returning, self.held_down = self.held_down, set()
+        for node_id in sorted(returning):
+            self._start(self.nodes[node_id])
+        self.trace.append((self.now, -1, f"replicas {down} return"))
+        self._run_events(event_cap, until_ms=self.now + settings.liveness_settle_ms)
+        self.stats.liveness_ms = self.now - healed
+        self._check_converged()
         logs = [node.applied for node in self.nodes]
         self.history.check_durable(logs)
         self.history.check_linearizable()
@@ -488,6 +533,8 @@ class Simulation:
         progress = sum(1 for issued, _ in self.history.acked.values() if issued >= settled)
         if progress == 0:
             raise Violation("liveness", "no command issued after the heal was acknowledged")
+
+    def _check_converged(self) -> None:
         commits = [node.replica.commit for node in self.nodes]
         lengths = [len(node.applied) for node in self.nodes]
         if len(set(commits)) != 1 or len(set(lengths)) != 1:

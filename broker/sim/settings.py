@@ -59,8 +59,9 @@ class SimSettings:
     batch_count_max: int
     pending_count_max: int
     catchup_slots_max: int
-    #: after the safety phase, faults stop; commands issued from heal + settle on must be
-    #: acknowledged, and replicas must converge, by heal + budget
+    #: after the safety phase faults stop and a random minority stays down: commands issued
+    #: from heal + settle to heal + budget must all be acknowledged by the majority; then the
+    #: minority returns and every replica must converge within another settle time
     liveness_settle_ms: float
     liveness_budget_ms: float
     #: the last events kept to print with a violation
