@@ -275,9 +275,11 @@ class Simulation:
             now = self.now
             on_vote = self.history.on_vote
             for dst, message in ready.messages:
+                # Every vote an acceptor casts, checked before the network can lose it (a
+                # candidate's Prepare carries the promise it made to itself).
                 kind = type(message)
-                if kind is Accepted or kind is Promise or kind is Prepare:  # a candidate
-                    on_vote(node.id, message.ballot, kind.__name__)  # promised itself
+                if kind is Accepted or kind is Promise or kind is Prepare:
+                    on_vote(node.id, message.ballot, kind.__name__)
                 if rng.random() < self.loss:
                     continue
                 delay = low + (high - low) * rng.random()
