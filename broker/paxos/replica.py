@@ -567,7 +567,9 @@ class Replica:
     def _propose_slot(self, slot: int, value: Value) -> None:
         # Below the commit point every entry is the chosen value; writing there would break
         # the invariant restarts and catch-up rely on.
-        assert slot >= self.commit, f"proposing slot {slot} below commit {self.commit}"
+        # (An explicit check, not `assert`: it must hold under `python -O` too.)
+        if slot < self.commit:
+            raise AssertionError(f"proposing slot {slot} below commit {self.commit}")
         ballot = self.ballot
         self.log[slot] = (ballot, value)
         self._out.persist.append(AcceptRecord(slot, ballot, value))
