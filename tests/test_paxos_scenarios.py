@@ -632,3 +632,62 @@ def test_a_leader_whose_catch_up_source_died_hands_over_to_the_living_majority()
         pytest.fail("the live majority never committed")
     assert all(c.applied[n][0] == (b"a",) for n in live)
     assert c.applied[2][:5] == c.applied[3][:5] == c.applied[4][:5]
+
+
+# ------------------------------------------------------- regressions found in the second review
+
+
+def test_a_snapshot_covering_a_leaders_own_slots_ends_its_leadership() -> None:
+    c = Cluster(3, batch_count_max=1)
+    c.elect(0)
+    c.propose(0, b"a", b"b")
+    c.deliver(to(1))  # accepts reach node 1, but no vote comes back yet
+    assert c[0].commit == 0 and c[0].inflight_count == 2
+    # A snapshot of slots 0..1 says nothing of which values were chosen there.
+    c.applied[0] = [(b"a",), (b"b",)]
+    c[0].install_snapshot(2)
+    c._drain(0)
+    assert c[0].role is Role.FOLLOWER
+    assert c[0].inflight_count == 0 and c[0].commit == 2 and c.disks[0].commit == 2
+
+
+def test_a_new_leader_asks_the_peer_that_set_its_floor_first() -> None:
+    c = Cluster(5)
+    c.elect(1)
+    c.propose(1, b"a")
+    c.stabilize()
+    c.tick(1, c.config.heartbeat_ticks)
+    c.deliver(lambda src, dst, m: src == 1 and dst == 4)  # only node 4 learns the commit
+    c.drop(everything)
+    # Node 0 heard of a higher commit point from node 1 long ago (now dead).
+    c[0]._note_commit(1, 1)
+    c.drop(everything)
+    c.crash(1)
+    c.campaign(0)
+    c.deliver(lambda src, dst, m: src == 0 and dst in (2, 4))
+    c.deliver(lambda src, dst, m: dst == 0)
+    assert c[0].role is Role.LEADER
+    assert [dst for _, dst, _ in c.messages(CatchupRequest)][-1] == 4
+    c.stabilize(lambda src, dst, m: dst != 1)
+    assert c.applied[0] == [(b"a",)]
+
+
+def test_duplicated_catch_up_replies_do_not_multiply_requests() -> None:
+    c = Cluster(3, catchup_slots_max=2)
+    c.elect(0)
+    for i in range(40):
+        c.propose(0, b"x%d" % i)
+        c.drop(to(2))
+        c.stabilize(between(0, 1))
+    c.tick(0, c.config.heartbeat_ticks)
+    c.deliver(lambda src, dst, m: dst == 2 and isinstance(m, Heartbeat))
+    c.drop(lambda src, dst, m: not isinstance(m, CatchupRequest))
+    for _ in range(30):
+        assert len(c.messages(CatchupRequest)) == 1, "one request chain at a time"
+        c.deliver(of(CatchupRequest))
+        c.deliver(of(CatchupReply), keep=True)  # every reply arrives twice
+        c.deliver(of(CatchupReply))
+        c.drop(lambda src, dst, m: not isinstance(m, CatchupRequest))
+        if c[2].commit == 40:
+            break
+    assert c[2].commit == 40 and c.applied[2] == c.applied[0]

@@ -153,6 +153,7 @@ class Replica:
         self._known_commit = self.commit
         self._catchup_source: int | None = None  # the best peer we know to be ahead
         self._catchup_target: int | None = None  # the peer the outstanding request went to
+        self._catchup_from = 0  # and the first slot it asked for
         self._catchup_sent_tick: int | None = None
         self._catchup_misses = 0  # requests in a row that went unanswered
         self._commit_moved_tick = 0  # when the commit point last advanced
@@ -246,8 +247,15 @@ class Replica:
         """The application installed a snapshot covering every slot below `through_slot`."""
         if through_slot <= self.commit:
             return
+        if self.role is Role.LEADER and through_slot > self._lead_from:
+            # The snapshot covers slots we lead without saying what was chosen there: as with
+            # an outvoting catch-up reply, stop leading before adopting it.
+            self._step_down()
         for slot in [s for s in self.log if s < through_slot]:
             del self.log[slot]
+        for slot in [s for s in self._inflight if s < through_slot]:
+            del self._inflight[slot]
+        self._chosen_ahead = {s for s in self._chosen_ahead if s >= through_slot}
         self.log_start = self.commit = self.applied = through_slot
         self._known_commit = max(self._known_commit, through_slot)
         self.next_slot = max(self.next_slot, through_slot)
@@ -316,7 +324,11 @@ class Replica:
             self._propose_slot(slot, entry[1] if entry is not None else NOOP)
         self.next_slot = max(self.next_slot, end)
         if floor > self.commit:
-            self._note_commit(floor, top.src)
+            # Ask the peer that set the floor first: it is known to have every slot below it.
+            self._known_commit = max(self._known_commit, floor)
+            self._catchup_source = top.src
+            self._catchup_misses = 0
+            self._request_catchup()
         self._broadcast_heartbeat()
 
     def _step_down(self) -> None:
@@ -446,8 +458,11 @@ class Replica:
         self._send(m.src, CatchupReply(self.id, m.from_slot, tuple(values), self.commit))
 
     def _on_catchup_reply(self, m: CatchupReply) -> None:
-        if m.src == self._catchup_target:
-            self._catchup_sent_tick = None  # answered: the next request may go at once
+        if m.src == self._catchup_target and m.from_slot == self._catchup_from:
+            # The answer to the outstanding request (not a duplicate or a stale one): the next
+            # request may go at once.
+            self._catchup_sent_tick = None
+            self._catchup_target = None
             self._catchup_misses = 0
         if self.role is Role.LEADER and self._outvoted(m):
             # Our heartbeats would announce the learned values as chosen under our ballot,
@@ -477,7 +492,7 @@ class Replica:
         That value was chosen in a ballot above ours (a lower one would have been reported in
         our phase 1 and proposed again by us), so our leadership is over.
         """
-        start = max(self._lead_from, m.from_slot)
+        start = max(self._lead_from, m.from_slot, self.commit)  # below commit: known, ours
         for slot in range(start, m.from_slot + len(m.values)):
             entry = self.log.get(slot)
             value = m.values[slot - m.from_slot]
@@ -519,6 +534,7 @@ class Replica:
         if target is None or self._catchup_misses % 2:
             target = self.peers[(self._catchup_misses // 2) % len(self.peers)]
         self._catchup_target = target
+        self._catchup_from = self.commit
         self._catchup_sent_tick = self._tick
         self._send(target, CatchupRequest(self.id, self.commit))
 
