@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
 
+from paxq.storage import Identity, MemoryDisk, MemoryJournal
+
 from ..paxos import (
     Accepted,
     Config,
@@ -28,6 +30,7 @@ from ..paxos import (
     Role,
     Value,
 )
+from ..persist import batch_of, durable_state
 from .checkers import History, Violation
 from .settings import SimSettings
 
@@ -84,12 +87,23 @@ class SimResult:
 
 
 class _Node:
-    __slots__ = ("applied", "disk", "id", "incarnation", "led", "replica", "sessions", "tick_ms")
+    __slots__ = (
+        "applied",
+        "disk",
+        "id",
+        "incarnation",
+        "journal",
+        "led",
+        "replica",
+        "sessions",
+        "tick_ms",
+    )
 
     def __init__(self, node_id: int, tick_ms: float) -> None:
         self.id = node_id
         self.tick_ms = tick_ms
-        self.disk = DurableState()
+        self.disk = MemoryDisk()  # survives crashes; the journal on it does not
+        self.journal: MemoryJournal | None = None
         self.replica: Replica | None = None
         self.applied: list[Value] = []  # the application: slots applied, in order
         self.sessions: dict[bytes, int] = {}  # command -> client waiting for it
@@ -248,8 +262,12 @@ class Simulation:
         node.applied = []
         node.sessions = {}
         node.led = None
+        node.journal = MemoryJournal(node.disk, Identity("sim", node.id))
         node.replica = self.factory(
-            node.id, self.config, Random(self.rng.getrandbits(64)), node.disk.copy()
+            node.id,
+            self.config,
+            Random(self.rng.getrandbits(64)),
+            durable_state(node.journal.load()),
         )
         self.trace.append((self.now, node.id, f"start (incarnation {node.incarnation})"))
         self._drain(node)
@@ -262,9 +280,7 @@ class Simulation:
         if ready is None:
             return
         if ready.persist:
-            apply_record = node.disk.apply
-            for record in ready.persist:
-                apply_record(record)
+            node.journal.write(batch_of(ready.persist))  # one synced write per turn
         if ready.messages:
             rng = self.rng
             faults = self.settings.faults
@@ -316,8 +332,15 @@ class Simulation:
             if self.rng.random() < crash:
                 self._crash(node)
 
-    def _crash(self, node: _Node) -> None:
+    def _stop(self, node: _Node) -> None:
+        """The process dies: memory and the open journal go, the disk stays."""
         node.replica = None
+        if node.journal is not None:
+            node.journal.close()
+            node.journal = None
+
+    def _crash(self, node: _Node) -> None:
+        self._stop(node)
         self.stats.crashes += 1
         self.trace.append((self.now, node.id, "crash"))
         restart_ms = self.rng.uniform(0, self.settings.faults.restart_ms_max)
@@ -496,7 +519,7 @@ class Simulation:
         self.held_down = set(self.rng.sample(range(n), self.rng.randint(0, (n - 1) // 2)))
         for node in self.nodes:
             if node.id in self.held_down:
-                node.replica = None
+                self._stop(node)
             elif node.replica is None:
                 self._start(node)
         down = sorted(self.held_down)

@@ -1,0 +1,83 @@
+"""The journal: what a replica persists, in primitive types (storage knows nothing of paxos).
+
+A `Batch` gathers everything one turn of a node's loop must persist; `Journal.write` makes it
+durable atomically with one sync (group commit). `Journal.load` returns what survived.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+BallotPair = tuple[int, int]  # (round, node)
+Value = tuple[bytes, ...]  # a batch of opaque commands
+NO_BALLOT: BallotPair = (0, -1)
+
+#: Bump when the on-disk layout changes; a journal refuses a directory of another format.
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Which cluster and node a data directory belongs to."""
+
+    cluster: str
+    node: int
+
+
+@dataclass
+class JournalState:
+    """Everything a journal holds, as loaded at start."""
+
+    promised: BallotPair = NO_BALLOT
+    #: slot -> (ballot, value), for slots at or above `log_start`
+    entries: dict[int, tuple[BallotPair, Value]] = field(default_factory=dict)
+    commit: int = 0
+    log_start: int = 0
+
+
+class Batch:
+    """Writes for one group commit. Later writes to the same item in one batch win."""
+
+    __slots__ = ("commit", "entries", "promised", "truncate_below")
+
+    def __init__(self) -> None:
+        self.promised: BallotPair | None = None
+        self.entries: dict[int, tuple[BallotPair, Value]] = {}
+        self.commit: int | None = None
+        self.truncate_below: int | None = None
+
+    def promise(self, ballot: BallotPair) -> None:
+        self.promised = ballot
+
+    def accept(self, slot: int, ballot: BallotPair, value: Value) -> None:
+        self.entries[slot] = (ballot, value)
+
+    def set_commit(self, commit: int) -> None:
+        self.commit = commit
+
+    def truncate(self, below: int) -> None:
+        """Drop every entry below `below` (a snapshot covers them) and move `log_start`."""
+        self.truncate_below = below
+
+    def __bool__(self) -> bool:
+        return (
+            self.promised is not None
+            or bool(self.entries)
+            or self.commit is not None
+            or self.truncate_below is not None
+        )
+
+
+class Journal(Protocol):
+    identity: Identity
+
+    def load(self) -> JournalState:
+        """Read and verify everything; raises CorruptRecord rather than return a bad state."""
+        ...
+
+    def write(self, batch: Batch) -> None:
+        """Make the whole batch durable, atomically, with one sync, before returning."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,218 @@
+"""The journal on RocksDB (rocksdict), every write synced.
+
+Layout (raw byte keys):
+
+    meta            identity and format
+    promise         [round, node]
+    commit          commit point
+    start           first slot still in the log
+    e + slot(8 BE)  [round, node, [command, ...]]
+
+Every value is `crc32(key + payload)` (4 bytes, big-endian) followed by the CBOR payload, so a
+flipped bit, a torn value or a record copied under another key fails on read. `load()` verifies
+every record and refuses (CorruptRecord) rather than hand back a state it cannot trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import cbor2
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+
+from .errors import CorruptRecord, JournalClosed, StorageUnavailable, WrongDataDirectory
+from .journal import FORMAT, NO_BALLOT, Batch, Identity, JournalState
+
+_META, _PROMISE, _COMMIT, _START = b"meta", b"promise", b"commit", b"start"
+_ENTRY = b"e"
+_SLOT = struct.Struct(">Q")
+_CRC = struct.Struct(">I")
+
+
+def _entry_key(slot: int) -> bytes:
+    return _ENTRY + _SLOT.pack(slot)
+
+
+def _seal(key: bytes, payload: object) -> bytes:
+    data = cbor2.dumps(payload)
+    return _CRC.pack(zlib.crc32(data, zlib.crc32(key))) + data
+
+
+class RocksJournal:
+    """Open with `RocksJournal.open(path, identity)`; one process per directory."""
+
+    def __init__(self, db: Rdict, path: Path, identity: Identity) -> None:
+        self._db: Rdict | None = db
+        self.path = path
+        self.identity = identity
+        self._sync = WriteOptions()
+        self._sync.sync = True  # fdatasync before write() returns
+        self._log_start = 0
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], identity: Identity) -> RocksJournal:
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise WrongDataDirectory(f"{path} is not a directory")
+        fresh = not path.exists() or not any(path.iterdir())
+        if not fresh and not (path / "CURRENT").exists():
+            raise WrongDataDirectory(f"{path} is not empty and holds no paxq journal")
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_paranoid_checks(True)
+        try:
+            db = Rdict(str(path), options)
+        except Exception as error:  # rocksdict raises plain exceptions for I/O failures
+            raise StorageUnavailable(f"cannot open the journal at {path}: {error}") from error
+        journal = cls(db, path, identity)
+        try:
+            journal._check_identity(fresh)
+        except BaseException:
+            db.close()
+            raise
+        return journal
+
+    def _check_identity(self, fresh: bool) -> None:
+        stored = self._read(_META)
+        if stored is None:
+            if not fresh:
+                raise WrongDataDirectory(f"{self.path} holds a journal without identity")
+            meta = {"format": FORMAT, "cluster": self.identity.cluster, "node": self.identity.node}
+            batch = WriteBatch(raw_mode=True)
+            batch.put(_META, _seal(_META, meta))
+            self._commit_batch(batch)
+            return
+        if not isinstance(stored, dict) or stored.get("format") != FORMAT:
+            raise WrongDataDirectory(f"{self.path}: unknown journal format {stored!r}")
+        found = Identity(stored.get("cluster"), stored.get("node"))
+        if found != self.identity:
+            raise WrongDataDirectory(
+                f"{self.path} belongs to cluster {found.cluster!r} node {found.node}, "
+                f"not to cluster {self.identity.cluster!r} node {self.identity.node}"
+            )
+
+    # ------------------------------------------------------------------------------ read
+
+    def load(self) -> JournalState:
+        db = self._open_db()
+        state = JournalState()
+        promised = self._read(_PROMISE)
+        if promised is not None:
+            state.promised = self._ballot(_PROMISE, promised)
+        state.commit = self._read_int(_COMMIT)
+        state.log_start = self._read_int(_START)
+        try:
+            for key, raw in db.items(from_key=_ENTRY):
+                if not key.startswith(_ENTRY):
+                    break
+                if len(key) != 1 + _SLOT.size:
+                    raise CorruptRecord(str(self.path), key, "malformed entry key")
+                payload = self._verify(key, raw)
+                slot = _SLOT.unpack(key[1:])[0]
+                state.entries[slot] = self._entry(key, payload)
+        except CorruptRecord:
+            raise
+        except Exception as error:
+            raise StorageUnavailable(f"cannot read {self.path}: {error}") from error
+        self._log_start = state.log_start
+        return state
+
+    def _read(self, key: bytes) -> object:
+        try:
+            raw = self._open_db().get(key)
+        except Exception as error:
+            raise StorageUnavailable(f"cannot read {self.path}: {error}") from error
+        return None if raw is None else self._verify(key, raw)
+
+    def _read_int(self, key: bytes) -> int:
+        value = self._read(key)
+        if value is None:
+            return 0
+        if not isinstance(value, int) or value < 0:
+            raise CorruptRecord(str(self.path), key, f"expected a slot number, got {value!r}")
+        return value
+
+    def _verify(self, key: bytes, raw: bytes) -> object:
+        if len(raw) < _CRC.size:
+            raise CorruptRecord(str(self.path), key, "shorter than its checksum")
+        (expected,) = _CRC.unpack_from(raw)
+        data = raw[_CRC.size :]
+        if zlib.crc32(data, zlib.crc32(key)) != expected:
+            raise CorruptRecord(str(self.path), key, "checksum mismatch")
+        try:
+            return cbor2.loads(data)
+        except Exception as error:
+            raise CorruptRecord(str(self.path), key, f"undecodable: {error}") from error
+
+    def _ballot(self, key: bytes, value: object) -> tuple[int, int]:
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not all(isinstance(part, int) for part in value)
+        ):
+            raise CorruptRecord(str(self.path), key, f"expected a ballot, got {value!r}")
+        return value[0], value[1]
+
+    def _entry(self, key: bytes, value: object) -> tuple[tuple[int, int], tuple[bytes, ...]]:
+        if (
+            not isinstance(value, list)
+            or len(value) != 3
+            or not isinstance(value[2], list)
+            or not all(isinstance(command, bytes) for command in value[2])
+        ):
+            raise CorruptRecord(str(self.path), key, "expected [round, node, [bytes...]]")
+        return self._ballot(key, value[:2]), tuple(value[2])
+
+    # ----------------------------------------------------------------------------- write
+
+    def write(self, batch: Batch) -> None:
+        if not batch:
+            return
+        out = WriteBatch(raw_mode=True)
+        start = self._log_start
+        if batch.truncate_below is not None and batch.truncate_below > start:
+            start = batch.truncate_below
+            out.delete_range(_entry_key(0), _entry_key(start))
+            out.put(_START, _seal(_START, start))
+        if batch.promised is not None:
+            out.put(_PROMISE, _seal(_PROMISE, list(batch.promised)))
+        for slot, ((round_, node), value) in batch.entries.items():
+            if slot >= start:  # as in the twin: entries below the log start are dropped
+                key = _entry_key(slot)
+                out.put(key, _seal(key, [round_, node, list(value)]))
+        if batch.commit is not None:
+            out.put(_COMMIT, _seal(_COMMIT, batch.commit))
+        self._commit_batch(out)
+        self._log_start = start
+
+    def _commit_batch(self, out: WriteBatch) -> None:
+        db = self._open_db()
+        try:
+            db.write(out, self._sync)
+        except Exception as error:
+            # After a failed sync the disk state is unknown: stop writing for good.
+            self.close()
+            raise StorageUnavailable(f"write to {self.path} failed: {error}") from error
+
+    def size_bytes(self) -> int:
+        """Bytes the journal's files take on disk."""
+        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+
+    def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            # Closing after a failed write may fail too; there is nothing left to save.
+            with contextlib.suppress(Exception):
+                db.close()
+
+    def _open_db(self) -> Rdict:
+        if self._db is None:
+            raise JournalClosed(f"the journal at {self.path} is closed")
+        return self._db
+
+
+__all__ = ["NO_BALLOT", "RocksJournal"]

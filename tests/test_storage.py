@@ -1,0 +1,246 @@
+"""One conformance suite for both journals (RocksDB on real files, and the in-memory twin),
+plus what only a real disk can get wrong: corrupt records and foreign directories."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rocksdict import Options, Rdict
+
+from paxq.broker.paxos import (
+    LEARNED,
+    AcceptRecord,
+    Ballot,
+    CommitRecord,
+    DurableState,
+    PromiseRecord,
+)
+from paxq.broker.persist import batch_of, durable_state
+from paxq.storage import (
+    NO_BALLOT,
+    Batch,
+    CorruptRecord,
+    Identity,
+    JournalClosed,
+    JournalState,
+    MemoryDisk,
+    MemoryJournal,
+    RocksJournal,
+    WrongDataDirectory,
+)
+
+ME = Identity("test-cluster", 1)
+Opener = Callable[..., object]
+
+
+@pytest.fixture(params=["memory", "rocks"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Opens the journal of one node; calling it again reopens the same data."""
+    if request.param == "memory":
+        disk = MemoryDisk()
+        return lambda identity=ME: MemoryJournal(disk, identity)
+    return lambda identity=ME: RocksJournal.open(tmp_path / "journal", identity)
+
+
+def batch(**items) -> Batch:
+    b = Batch()
+    if "promise" in items:
+        b.promise(items["promise"])
+    for slot, ballot, value in items.get("accept", ()):
+        b.accept(slot, ballot, value)
+    if "commit" in items:
+        b.set_commit(items["commit"])
+    if "truncate" in items:
+        b.truncate(items["truncate"])
+    return b
+
+
+def test_a_fresh_journal_is_empty(opener: Opener) -> None:
+    assert opener().load() == JournalState(NO_BALLOT, {}, 0, 0)
+
+
+def test_what_was_written_survives_a_close_and_reopen(opener: Opener) -> None:
+    journal = opener()
+    journal.write(batch(promise=(3, 1), accept=[(0, (3, 1), (b"a", b"b"))], commit=1))
+    journal.write(batch(accept=[(1, (3, 1), ()), (2, LEARNED, (b"x" * 5000,))]))
+    journal.close()
+    state = opener().load()
+    assert state.promised == (3, 1)
+    assert state.commit == 1
+    assert state.entries == {
+        0: ((3, 1), (b"a", b"b")),
+        1: ((3, 1), ()),
+        2: (tuple(LEARNED), (b"x" * 5000,)),
+    }
+
+
+def test_later_writes_win(opener: Opener) -> None:
+    journal = opener()
+    journal.write(batch(promise=(1, 0), accept=[(0, (1, 0), (b"old",))], commit=0))
+    journal.write(batch(promise=(2, 2), accept=[(0, (2, 2), (b"new",))], commit=1))
+    state = journal.load()
+    assert state.promised == (2, 2) and state.commit == 1
+    assert state.entries[0] == ((2, 2), (b"new",))
+
+
+def test_truncation_drops_the_prefix_and_later_writes_below_it(opener: Opener) -> None:
+    journal = opener()
+    journal.write(batch(accept=[(s, (1, 0), (b"%d" % s,)) for s in range(10)], commit=10))
+    journal.write(batch(truncate=6, accept=[(3, (1, 0), (b"late",))]))
+    journal.write(batch(accept=[(4, (1, 0), (b"later",)), (10, (1, 0), (b"10",))]))
+    journal.close()
+    state = opener().load()
+    assert state.log_start == 6
+    assert sorted(state.entries) == [6, 7, 8, 9, 10]
+
+
+def test_an_empty_batch_writes_nothing(opener: Opener) -> None:
+    journal = opener()
+    assert not Batch()
+    journal.write(Batch())
+    assert journal.load() == JournalState()
+
+
+def test_a_journal_of_another_node_or_cluster_is_refused(opener: Opener) -> None:
+    opener().close()
+    with pytest.raises(WrongDataDirectory):
+        opener(Identity("test-cluster", 2))
+    with pytest.raises(WrongDataDirectory):
+        opener(Identity("other-cluster", 1))
+
+
+def test_a_closed_journal_refuses_work(opener: Opener) -> None:
+    journal = opener()
+    journal.close()
+    with pytest.raises(JournalClosed):
+        journal.write(batch(commit=1))
+    with pytest.raises(JournalClosed):
+        journal.load()
+
+
+# A sequence of batches, as a node's turns would produce them.
+ballots = st.tuples(st.integers(0, 1 << 62), st.integers(-1, 7))
+values = st.lists(st.binary(max_size=40), max_size=4).map(tuple)
+batches = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "promise": ballots,
+            "accept": st.lists(st.tuples(st.integers(0, 30), ballots, values), max_size=5),
+            "commit": st.integers(0, 30),
+            "truncate": st.integers(0, 30),
+        },
+    ),
+    max_size=12,
+)
+_directories = itertools.count()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(turns=batches)
+def test_both_journals_end_in_the_same_state(turns: list[dict], tmp_path: Path) -> None:
+    twin = MemoryJournal(MemoryDisk(), ME)
+    path = tmp_path / f"journal-{next(_directories)}"
+    rocks = RocksJournal.open(path, ME)
+    try:
+        for items in turns:
+            twin.write(batch(**items))
+            rocks.write(batch(**items))
+        rocks.close()
+        rocks = RocksJournal.open(path, ME)
+        assert rocks.load() == twin.load()
+    finally:
+        rocks.close()
+
+
+# ------------------------------------------------------------------------- RocksDB only
+
+
+def _raw(path: Path) -> Rdict:
+    return Rdict(str(path), Options(raw_mode=True))
+
+
+def test_a_flipped_bit_is_refused_with_the_record_named(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    journal = RocksJournal.open(path, ME)
+    journal.write(batch(promise=(1, 1), accept=[(7, (1, 1), (b"payload",))], commit=0))
+    journal.close()
+    raw = _raw(path)
+    key = b"e" + (7).to_bytes(8, "big")
+    value = bytearray(raw[key])
+    value[-2] ^= 0x01
+    raw[key] = bytes(value)
+    raw.close()
+    with pytest.raises(CorruptRecord) as caught:
+        RocksJournal.open(path, ME).load()
+    assert caught.value.key == key and "checksum" in caught.value.reason
+
+
+def test_a_valid_record_under_another_key_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    journal = RocksJournal.open(path, ME)
+    journal.write(batch(accept=[(1, (1, 1), (b"one",))]))
+    journal.close()
+    raw = _raw(path)
+    raw[b"e" + (2).to_bytes(8, "big")] = raw[b"e" + (1).to_bytes(8, "big")]
+    raw.close()
+    with pytest.raises(CorruptRecord):
+        RocksJournal.open(path, ME).load()
+
+
+def test_a_truncated_promise_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    journal = RocksJournal.open(path, ME)
+    journal.write(batch(promise=(4, 2)))
+    journal.close()
+    raw = _raw(path)
+    raw[b"promise"] = raw[b"promise"][:3]
+    raw.close()
+    with pytest.raises(CorruptRecord, match="promise"):
+        RocksJournal.open(path, ME).load()
+
+
+def test_a_directory_that_is_not_a_journal_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("mine")
+    with pytest.raises(WrongDataDirectory, match="holds no paxq journal"):
+        RocksJournal.open(tmp_path / "data", ME)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WrongDataDirectory, match="not a directory"):
+        RocksJournal.open(tmp_path / "file", ME)
+
+
+def test_every_write_is_synced(tmp_path: Path) -> None:
+    journal = RocksJournal.open(tmp_path / "journal", ME)
+    assert journal._sync.sync is True
+    journal.close()
+
+
+# ---------------------------------------------------------------- the core's records, persisted
+
+
+def test_records_through_the_journal_rebuild_what_replaying_them_would() -> None:
+    records = [
+        PromiseRecord(Ballot(2, 1)),
+        AcceptRecord(0, Ballot(2, 1), (b"a",)),
+        AcceptRecord(1, LEARNED, (b"b", b"c")),
+        CommitRecord(2),
+        PromiseRecord(Ballot(5, 0)),
+        AcceptRecord(2, Ballot(5, 0), ()),
+    ]
+    replayed = DurableState()
+    for record in records:
+        replayed.apply(record)
+    journal = MemoryJournal(MemoryDisk(), ME)
+    journal.write(batch_of(records[:4]))
+    journal.write(batch_of(records[4:]))
+    assert durable_state(journal.load()) == replayed
+    with pytest.raises(TypeError):
+        batch_of(["not a record"])
