@@ -1,0 +1,191 @@
+"""Peer messages on the wire: each paxos message as one CBOR array, tag first.
+
+    Prepare        [1, src, round, node, from_slot]
+    Promise        [2, src, round, node, commit, [[slot, round, node, value], ...]]
+    Accept         [3, src, round, node, slot, value, commit]
+    Accepted       [4, src, round, node, slot]
+    Reject         [5, src, round, node, promised_round, promised_node]
+    Heartbeat      [6, src, round, node, commit]
+    HeartbeatAck   [7, src, round, node, commit]
+    CatchupRequest [8, src, from_slot]
+    CatchupReply   [9, src, from_slot, [value, ...], commit]
+
+where value = [command bytes, ...]. The core trusts message fields (it tolerates crashes, not
+lies), so decoding checks every type and range, and every batch against the configured bounds,
+and refuses anything else with MalformedMessage before the core sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from paxq.client.wire import MalformedMessage
+
+from ..paxos import (
+    LEARNED,
+    Accept,
+    Accepted,
+    Ballot,
+    CatchupReply,
+    CatchupRequest,
+    Config,
+    Heartbeat,
+    HeartbeatAck,
+    Message,
+    Prepare,
+    Promise,
+    Reject,
+    Value,
+)
+
+_SLOT_MAX = 1 << 62  # far beyond any real log; refuses absurd slot numbers outright
+_NODE_MAX = 1 << 16
+
+
+def encode(message: Message) -> list:
+    """The message as a CBOR-ready array (the frame layer adds length and bytes)."""
+    kind = type(message)
+    if kind is Accept:
+        m = message
+        return [3, m.src, m.ballot.round, m.ballot.node, m.slot, list(m.value), m.commit]
+    if kind is Accepted:
+        return [4, message.src, message.ballot.round, message.ballot.node, message.slot]
+    if kind is Heartbeat:
+        return [6, message.src, message.ballot.round, message.ballot.node, message.commit]
+    if kind is HeartbeatAck:
+        return [7, message.src, message.ballot.round, message.ballot.node, message.commit]
+    if kind is Prepare:
+        return [1, message.src, message.ballot.round, message.ballot.node, message.from_slot]
+    if kind is Promise:
+        m = message
+        entries = [[slot, b.round, b.node, list(value)] for slot, b, value in m.entries]
+        return [2, m.src, m.ballot.round, m.ballot.node, m.commit, entries]
+    if kind is Reject:
+        m = message
+        return [5, m.src, m.rejected.round, m.rejected.node, m.promised.round, m.promised.node]
+    if kind is CatchupRequest:
+        return [8, message.src, message.from_slot]
+    if kind is CatchupReply:
+        m = message
+        return [9, m.src, m.from_slot, [list(value) for value in m.values], m.commit]
+    raise TypeError(f"not a paxos message: {message!r}")
+
+
+class Decoder:
+    """Decodes peer messages under one configuration's bounds."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._decoders: dict[int, tuple[int, Callable[[list], Message]]] = {
+            1: (5, self._prepare),
+            2: (6, self._promise),
+            3: (7, self._accept),
+            4: (5, self._accepted),
+            5: (6, self._reject),
+            6: (5, self._heartbeat),
+            7: (5, self._heartbeat_ack),
+            8: (3, self._catchup_request),
+            9: (5, self._catchup_reply),
+        }
+
+    def decode(self, body: object) -> Message:
+        if not isinstance(body, list) or not body:
+            raise MalformedMessage("a peer message is a non-empty array")
+        tag = body[0]
+        found = self._decoders.get(tag) if isinstance(tag, int) else None
+        if found is None:
+            raise MalformedMessage(f"unknown peer message tag {tag!r}")
+        arity, decode = found
+        if len(body) != arity:
+            raise MalformedMessage(f"message {tag} has {len(body)} fields, expected {arity}")
+        return decode(body)
+
+    # ---------------------------------------------------------------------------- fields
+
+    @staticmethod
+    def _int(value: object, low: int, high: int, what: str) -> int:
+        if type(value) is not int or not low <= value <= high:
+            raise MalformedMessage(f"{what} must be an integer in [{low}, {high}], got {value!r}")
+        return value
+
+    def _src(self, value: object) -> int:
+        return self._int(value, 0, _NODE_MAX, "src")
+
+    def _slot(self, value: object, what: str = "slot") -> int:
+        return self._int(value, 0, _SLOT_MAX, what)
+
+    def _ballot(self, round_: object, node: object, *, learned: bool = False) -> Ballot:
+        ballot = Ballot(
+            self._int(round_, 0, LEARNED.round, "ballot round"),
+            self._int(node, -1, _NODE_MAX, "ballot node"),
+        )
+        if ballot.round == LEARNED.round and not (learned and ballot == LEARNED):
+            raise MalformedMessage("the learned ballot may only be reported in a promise")
+        return ballot
+
+    def _value(self, value: object) -> Value:
+        cfg = self.config
+        if not isinstance(value, list):
+            raise MalformedMessage("a value is an array of commands")
+        if len(value) > cfg.batch_count_max:
+            raise MalformedMessage(f"a batch of {len(value)} commands exceeds the bound")
+        size = 0
+        for command in value:
+            if type(command) is not bytes:
+                raise MalformedMessage("a command is a byte string")
+            size += len(command)
+        if size > cfg.batch_bytes_max:
+            raise MalformedMessage(f"a batch of {size} bytes exceeds the bound")
+        return tuple(value)
+
+    # -------------------------------------------------------------------------- messages
+
+    def _prepare(self, b: list) -> Prepare:
+        return Prepare(self._src(b[1]), self._ballot(b[2], b[3]), self._slot(b[4], "from_slot"))
+
+    def _promise(self, b: list) -> Promise:
+        if not isinstance(b[5], list):
+            raise MalformedMessage("promise entries are an array")
+        entries = []
+        for entry in b[5]:
+            if not isinstance(entry, list) or len(entry) != 4:
+                raise MalformedMessage("a promise entry is [slot, round, node, value]")
+            slot = self._slot(entry[0])
+            entries.append(
+                (slot, self._ballot(entry[1], entry[2], learned=True), self._value(entry[3]))
+            )
+        return Promise(
+            self._src(b[1]), self._ballot(b[2], b[3]), self._slot(b[4], "commit"), tuple(entries)
+        )
+
+    def _accept(self, b: list) -> Accept:
+        return Accept(
+            self._src(b[1]),
+            self._ballot(b[2], b[3]),
+            self._slot(b[4]),
+            self._value(b[5]),
+            self._slot(b[6], "commit"),
+        )
+
+    def _accepted(self, b: list) -> Accepted:
+        return Accepted(self._src(b[1]), self._ballot(b[2], b[3]), self._slot(b[4]))
+
+    def _reject(self, b: list) -> Reject:
+        return Reject(self._src(b[1]), self._ballot(b[2], b[3]), self._ballot(b[4], b[5]))
+
+    def _heartbeat(self, b: list) -> Heartbeat:
+        return Heartbeat(self._src(b[1]), self._ballot(b[2], b[3]), self._slot(b[4], "commit"))
+
+    def _heartbeat_ack(self, b: list) -> HeartbeatAck:
+        return HeartbeatAck(self._src(b[1]), self._ballot(b[2], b[3]), self._slot(b[4], "commit"))
+
+    def _catchup_request(self, b: list) -> CatchupRequest:
+        return CatchupRequest(self._src(b[1]), self._slot(b[2], "from_slot"))
+
+    def _catchup_reply(self, b: list) -> CatchupReply:
+        if not isinstance(b[3], list) or len(b[3]) > self.config.catchup_slots_max:
+            raise MalformedMessage("catch-up values are an array within catchup_slots_max")
+        values = tuple(self._value(value) for value in b[3])
+        return CatchupReply(
+            self._src(b[1]), self._slot(b[2], "from_slot"), values, self._slot(b[4], "commit")
+        )

@@ -1,0 +1,43 @@
+"""Typed errors of the wire: the codes a peer or a client sees, and the local exceptions."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.IntEnum):
+    """Codes carried in error replies. Numbers are part of the wire format: never reuse one."""
+
+    BAD_FRAME = 1  # the frame could not be read (length, encoding)
+    TOO_LARGE = 2  # the frame or the command exceeds its bound
+    BAD_REQUEST = 3  # well-formed frame, wrong shape or types
+    UNKNOWN_OPERATION = 4
+    NOT_LEADER = 5  # carries the leader's address when known
+    OVERLOADED = 6  # a bound is reached: back off and retry
+    NOT_A_MEMBER = 7  # a peer handshake from outside the configuration
+    WRONG_CLUSTER = 8
+    UNSUPPORTED_VERSION = 9
+
+
+class WireError(Exception):
+    """Something on the wire was wrong; `code` says what to answer, if anything."""
+
+    code = ErrorCode.BAD_FRAME
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class FrameTooLarge(WireError):
+    code = ErrorCode.TOO_LARGE
+
+
+class MalformedFrame(WireError):
+    code = ErrorCode.BAD_FRAME
+
+
+class MalformedMessage(WireError):
+    """A frame that decodes but is not a valid message (wrong shape, type or range)."""
+
+    code = ErrorCode.BAD_REQUEST

@@ -1,0 +1,67 @@
+"""Length-prefixed CBOR frames, with a hard bound, and a sans-IO decoder.
+
+A frame is a 4-byte big-endian length followed by that many bytes of CBOR. The decoder takes
+bytes as they arrive (`feed`) and yields whole decoded frames; a length over the bound is refused
+as soon as its prefix arrives, so a peer cannot make us buffer more than one bounded frame.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+import cbor2
+
+from .errors import FrameTooLarge, MalformedFrame
+
+_LENGTH = struct.Struct(">I")
+HEADER_BYTES = _LENGTH.size
+#: The default bound on one frame's body; every endpoint may set a smaller one.
+FRAME_BYTES_MAX = 16 << 20
+
+
+def encode_frame(body: object, frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
+    data = cbor2.dumps(body)
+    if len(data) > frame_bytes_max:
+        raise FrameTooLarge(f"frame of {len(data)} bytes exceeds the bound of {frame_bytes_max}")
+    return _LENGTH.pack(len(data)) + data
+
+
+class FrameDecoder:
+    """Bytes in, decoded frames out. After an error the stream is unusable: close it."""
+
+    def __init__(self, frame_bytes_max: int = FRAME_BYTES_MAX) -> None:
+        if frame_bytes_max < 1:
+            raise ValueError("frame_bytes_max must be positive")
+        self.frame_bytes_max = frame_bytes_max
+        self._buffer = bytearray()
+        self._failed = False
+
+    def feed(self, data: bytes) -> Iterator[object]:
+        """Add received bytes; yield every frame they complete, in order."""
+        if self._failed:
+            raise MalformedFrame("the stream failed earlier")
+        self._buffer += data
+        while True:
+            if len(self._buffer) < HEADER_BYTES:
+                return
+            (length,) = _LENGTH.unpack_from(self._buffer)
+            if length > self.frame_bytes_max:
+                self._failed = True
+                raise FrameTooLarge(
+                    f"frame of {length} bytes announced, the bound is {self.frame_bytes_max}"
+                )
+            end = HEADER_BYTES + length
+            if len(self._buffer) < end:
+                return
+            data_view = bytes(self._buffer[HEADER_BYTES:end])
+            del self._buffer[:end]
+            try:
+                yield cbor2.loads(data_view)
+            except Exception as error:
+                self._failed = True
+                raise MalformedFrame(f"undecodable frame: {error}") from error
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buffer)
