@@ -1,0 +1,252 @@
+"""Peer transport: framed TCP between the members of one cluster.
+
+Each node dials every peer for its *outgoing* messages and accepts connections for *incoming*
+ones, so every ordered pair of nodes has its own connection and nothing needs deduplicating.
+
+- Handshake: the dialer sends `{"paxq": "peer", "v": 1, "cluster": C, "node": N}`; the listener
+  answers `{"ok": true}`, or an error (`UNSUPPORTED_VERSION`, `WRONG_CLUSTER`, `NOT_A_MEMBER`)
+  and closes. After it, every frame on the connection must carry `src == N`: a peer cannot speak
+  for another.
+- Outgoing messages wait in a bounded queue per peer while the connection is down. When the
+  queue is full, new messages are dropped and counted: Paxos retransmits, and an unbounded queue
+  to a dead peer would eat memory. Queued frames are written in coalesced bursts.
+- A lost connection is dialled again with exponential backoff and jitter.
+- Malformed frames or messages close that one connection; the node keeps serving the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import trio
+
+from paxq.client.wire import ErrorCode, FrameDecoder, WireError, encode_frame
+
+from ..paxos import Message
+from .codec import Decoder, encode
+
+log = logging.getLogger("paxq.node.peers")
+
+PROTOCOL_VERSION = 1
+Address = tuple[str, int]
+
+
+class HandshakeRefused(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    cluster: str
+    node_id: int
+    #: every member's peer address, this node's included
+    addresses: dict[int, Address]
+    #: frames waiting for one peer at most; past it new messages are dropped
+    send_queue_max: int = 4096
+    #: bytes written to a socket in one burst at most
+    write_burst_bytes_max: int = 1 << 20
+    frame_bytes_max: int = 16 << 20
+    reconnect_min_s: float = 0.05
+    reconnect_max_s: float = 2.0
+    handshake_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.node_id not in self.addresses:
+            raise ValueError(f"node {self.node_id} has no address in {self.addresses}")
+        if self.send_queue_max < 1 or self.write_burst_bytes_max < 1:
+            raise ValueError("queue and burst bounds must be positive")
+
+    @property
+    def peers(self) -> list[int]:
+        return sorted(n for n in self.addresses if n != self.node_id)
+
+
+class _Outbox:
+    """One peer's bounded queue of encoded frames."""
+
+    def __init__(self, limit: int) -> None:
+        self.send, self.receive = trio.open_memory_channel[bytes](limit)
+        self.dropped = 0
+        self.connected = False
+
+
+class PeerTransport:
+    def __init__(
+        self,
+        settings: PeerSettings,
+        decoder: Decoder,
+        inbox: trio.MemorySendChannel[tuple[int, Message]],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self._decoder = decoder
+        self._inbox = inbox
+        self._rng = rng or random.Random()
+        self._outboxes = {peer: _Outbox(settings.send_queue_max) for peer in settings.peers}
+        self.refused_handshakes = 0
+        self.closed_for_bad_input = 0
+
+    # ------------------------------------------------------------------------------ sending
+
+    def send(self, peer: int, message: Message) -> bool:
+        return self.send_frame(peer, self.frame(message))
+
+    def frame(self, message: Message) -> bytes:
+        """Encode once; the same bytes may go to every peer of a broadcast."""
+        return encode_frame(encode(message), self.settings.frame_bytes_max)
+
+    def send_frame(self, peer: int, frame: bytes) -> bool:
+        """Queue without blocking; False (and counted) when the peer's queue is full."""
+        outbox = self._outboxes[peer]
+        try:
+            outbox.send.send_nowait(frame)
+            return True
+        except trio.WouldBlock:
+            outbox.dropped += 1
+            return False
+
+    def dropped(self, peer: int) -> int:
+        return self._outboxes[peer].dropped
+
+    def connected(self, peer: int) -> bool:
+        return self._outboxes[peer].connected
+
+    # ------------------------------------------------------------------------------ serving
+
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener] | None = None,
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen for peers and dial every peer, until cancelled."""
+        if listeners is None:
+            host, port = self.settings.addresses[self.settings.node_id]
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.serve_listeners, self._accept, listeners)
+                for peer in self.settings.peers:
+                    nursery.start_soon(self._dial_forever, peer)
+                task_status.started(listeners)
+        finally:
+            # The listeners are ours: a stopped transport must free its port at once.
+            with trio.CancelScope(shield=True):
+                for listener in listeners:
+                    await listener.aclose()
+
+    async def _dial_forever(self, peer: int) -> None:
+        settings = self.settings
+        outbox = self._outboxes[peer]
+        delay = settings.reconnect_min_s
+        while True:
+            try:
+                host, port = settings.addresses[peer]
+                stream = await trio.open_tcp_stream(host, port)
+                async with stream:
+                    await self._introduce(stream)
+                    outbox.connected = True
+                    delay = settings.reconnect_min_s
+                    await self._pump(stream, outbox)
+            except HandshakeRefused as refused:
+                log.error("node %s refused us: %s", peer, refused)
+            except (
+                OSError,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                trio.TooSlowError,
+                WireError,
+            ) as e:
+                log.debug("connection to node %s lost: %r", peer, e)
+            finally:
+                outbox.connected = False
+            await trio.sleep(delay * (0.5 + self._rng.random()))
+            delay = min(delay * 2, settings.reconnect_max_s)
+
+    async def _introduce(self, stream: trio.SocketStream) -> None:
+        s = self.settings
+        hello = {"paxq": "peer", "v": PROTOCOL_VERSION, "cluster": s.cluster, "node": s.node_id}
+        await stream.send_all(encode_frame(hello))
+        with trio.fail_after(s.handshake_timeout_s):
+            answer = await _read_frame(stream, FrameDecoder(4096))
+        if not isinstance(answer, dict) or answer.get("ok") is not True:
+            code = answer.get("error") if isinstance(answer, dict) else None
+            text = answer.get("message", "") if isinstance(answer, dict) else repr(answer)
+            known = code in ErrorCode._value2member_map_
+            raise HandshakeRefused(ErrorCode(code) if known else ErrorCode.BAD_FRAME, str(text))
+
+    async def _pump(self, stream: trio.SocketStream, outbox: _Outbox) -> None:
+        limit = self.settings.write_burst_bytes_max
+        while True:
+            burst = [await outbox.receive.receive()]
+            size = len(burst[0])
+            while size < limit:
+                try:
+                    frame = outbox.receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                burst.append(frame)
+                size += len(frame)
+            await stream.send_all(b"".join(burst))
+
+    # ---------------------------------------------------------------------------- receiving
+
+    async def _accept(self, stream: trio.SocketStream) -> None:
+        decoder = FrameDecoder(self.settings.frame_bytes_max)
+        try:
+            with trio.fail_after(self.settings.handshake_timeout_s):
+                hello = await _read_frame(stream, decoder)
+            peer = await self._admit(stream, hello)
+            if peer is None:
+                return
+            data = b""  # frames that came with the hello are still in the decoder
+            while True:
+                for body in decoder.feed(data):
+                    message = self._decoder.decode(body)
+                    if message.src != peer:
+                        raise WireError(f"node {peer} sent a message as node {message.src}")
+                    await self._inbox.send((peer, message))  # bounded: backpressure on TCP
+                data = await stream.receive_some(1 << 16)
+                if not data:
+                    return
+        except WireError as error:
+            self.closed_for_bad_input += 1
+            log.warning("closing a peer connection: %s", error)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError):
+            pass
+        finally:
+            await stream.aclose()
+
+    async def _admit(self, stream: trio.SocketStream, hello: object) -> int | None:
+        s = self.settings
+        refusal: tuple[ErrorCode, str] | None = None
+        if not isinstance(hello, dict) or hello.get("paxq") != "peer":
+            refusal = (ErrorCode.BAD_REQUEST, "expected a peer hello")
+        elif hello.get("v") != PROTOCOL_VERSION:
+            refusal = (ErrorCode.UNSUPPORTED_VERSION, f"this node speaks v{PROTOCOL_VERSION}")
+        elif hello.get("cluster") != s.cluster:
+            refusal = (ErrorCode.WRONG_CLUSTER, f"this node belongs to {s.cluster!r}")
+        elif type(hello.get("node")) is not int or hello["node"] not in s.peers:
+            refusal = (ErrorCode.NOT_A_MEMBER, f"node {hello.get('node')!r} is not a peer")
+        if refusal is not None:
+            self.refused_handshakes += 1
+            log.warning("refused a peer: %s (%s)", refusal[1], refusal[0].name)
+            reply = {"ok": False, "error": int(refusal[0]), "message": refusal[1]}
+            await stream.send_all(encode_frame(reply))
+            return None
+        await stream.send_all(encode_frame({"ok": True}))
+        return hello["node"]
+
+
+async def _read_frame(stream: trio.SocketStream, decoder: FrameDecoder) -> object:
+    """Read exactly one frame (the handshake) from a fresh stream."""
+    while True:
+        data = await stream.receive_some(4096)
+        if not data:
+            raise trio.BrokenResourceError("closed during the handshake")
+        for body in decoder.feed(data):
+            return body
