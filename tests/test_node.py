@@ -1,0 +1,103 @@
+"""Three real nodes in one process: RocksDB journals on disk, TCP on 127.0.0.1, trio timers.
+
+Bounded in time; every wait is for a condition."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from paxq.broker.node import PeerSettings
+from paxq.broker.node.runtime import CommandFailed, Node, NodeSettings
+from paxq.broker.paxos import Config, Role
+from paxq.storage import Identity, RocksJournal
+
+LIMIT_S = 30
+
+
+async def free_addresses(size: int) -> dict[int, tuple[str, int]]:
+    """Loopback ports the OS hands out (closed again, then reused by the nodes)."""
+    addresses = {}
+    for node in range(size):
+        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        addresses[node] = ("127.0.0.1", listener.socket.getsockname()[1])
+        await listener.aclose()
+    return addresses
+
+
+@asynccontextmanager
+async def running(data: Path, addresses: dict, nodes: list[int] | None = None):
+    ids = sorted(addresses) if nodes is None else nodes
+    config = Config(nodes=tuple(sorted(addresses)))
+    started: dict[int, Node] = {}
+    async with trio.open_nursery() as nursery:
+        for node_id in ids:
+            journal = RocksJournal.open(data / f"node{node_id}", Identity("test", node_id))
+            settings = NodeSettings(PeerSettings("test", node_id, addresses), config)
+            node = Node(settings, journal)
+            started[node_id] = node
+            await nursery.start(node.run)
+        try:
+            yield started
+        finally:
+            nursery.cancel_scope.cancel()
+    for node in started.values():
+        node.journal.close()
+
+
+async def leader_of(nodes: dict[int, Node]) -> Node:
+    while True:
+        leaders = [n for n in nodes.values() if n.replica.role is Role.LEADER]
+        if len(leaders) == 1:
+            return leaders[0]
+        await trio.sleep(0.02)
+
+
+async def converged(nodes: dict[int, Node], length: int) -> None:
+    while any(n.machine.length < length for n in nodes.values()):
+        await trio.sleep(0.02)
+
+
+async def test_a_cluster_elects_commits_and_survives_a_full_restart(tmp_path: Path) -> None:
+    addresses = await free_addresses(3)
+    with trio.fail_after(LIMIT_S):
+        async with running(tmp_path, addresses) as nodes:
+            leader = await leader_of(nodes)
+            offsets = []
+
+            async def one(i: int) -> None:
+                offsets.append(await leader.submit(b"first-%d" % i))
+
+            async with trio.open_nursery() as clients:
+                for i in range(200):
+                    clients.start_soon(one, i)
+            assert sorted(offsets) == list(range(200))
+            assert leader.syncs < 200, "concurrent commands share batches and syncs"
+            follower = next(n for n in nodes.values() if n is not leader)
+            with pytest.raises(CommandFailed) as refused:
+                await follower.submit(b"at a follower")
+            assert refused.value.reason == "not leader"
+            assert refused.value.leader == leader.id
+            await converged(nodes, 200)
+
+        # Everything stops; everything comes back from disk.
+        async with running(tmp_path, addresses) as nodes:
+            await converged(nodes, 200)
+            leader = await leader_of(nodes)
+            assert await leader.submit(b"after the restart") == 200
+
+
+async def test_a_majority_goes_on_without_a_stopped_node(tmp_path: Path) -> None:
+    addresses = await free_addresses(3)
+    with trio.fail_after(LIMIT_S):
+        async with running(tmp_path, addresses, nodes=[0, 1]) as nodes:
+            leader = await leader_of(nodes)
+            for i in range(20):
+                assert await leader.submit(b"two-of-three-%d" % i) == i
+        # The third node joins later and catches up from the others.
+        async with running(tmp_path, addresses) as nodes:
+            await converged(nodes, 20)
+            assert nodes[2].machine.length == 20
