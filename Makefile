@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: test sim lint clean
+.PHONY: dev test sim lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# Starts a local 3-node cluster (data in ./.paxq-dev; Ctrl-C stops it; run again to resume).
+dev: $(STAMP)
+	$(VENV)/bin/paxq dev
 
 # Runs the whole test suite (ruff, unit, property and simulator tests).
 test: $(STAMP)
@@ -26,4 +30,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .paxq-dev

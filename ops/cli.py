@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from paxq.broker.sim import SimResult, SimSettings, replay_command, report, run_seed, sweep
 
@@ -47,6 +48,55 @@ def _sim(args: argparse.Namespace) -> int:
     return 0 if outcome.ok else 1
 
 
+def _node(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load
+    from .run_node import run
+
+    flags = {
+        k: getattr(args, k)
+        for k in ("cluster", "id", "data", "listen", "client", "peers", "clients", "tick_ms")
+    }
+    try:
+        config = load(flags, file=args.config)
+    except (ConfigError, ValueError) as error:
+        print(f"paxq node: {error}", file=sys.stderr)
+        return 2
+    return run(config)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from .dev import run
+
+    return run(Path(args.data), args.peer_port, args.client_port)
+
+
+def _addresses(args: argparse.Namespace) -> list[tuple[str, int]]:
+    from paxq.client.basic import parse_address
+
+    from .dev import dev_client_addresses
+
+    text = args.nodes or os.environ.get("PAXQ_NODES") or ",".join(dev_client_addresses())
+    return [parse_address(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .admin import print_status
+
+    return print_status(_addresses(args), args.json)
+
+
+def _append(args: argparse.Namespace) -> int:
+    from .admin import append
+
+    return append(_addresses(args), args.data.encode())
+
+
+def _read(args: argparse.Namespace) -> int:
+    from .admin import read
+
+    return read(_addresses(args), args.start, args.limit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paxq", description="paxq: a Multi-Paxos queue broker")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -70,16 +120,62 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--no-faults", action="store_true", help="a calm network, no crashes")
     sim.add_argument("-v", "--verbose", action="store_true", help="report every seed")
     sim.set_defaults(run=_sim)
+
+    node = commands.add_parser(
+        "node",
+        help="run one node",
+        description="Run one node until SIGINT/SIGTERM. Settings from flags, PAXQ_* variables "
+        "or a TOML file (--config); flags win.",
+    )
+    node.add_argument("--config", type=Path, help="a TOML file of settings")
+    node.add_argument("--cluster", help="the cluster's name (default paxq-dev)")
+    node.add_argument("--id", type=int, help="this node's id")
+    node.add_argument("--data", help="this node's data directory")
+    node.add_argument("--listen", help="peer address host:port (default: its entry in --peers)")
+    node.add_argument("--client", help="client address host:port (default: its --clients entry)")
+    node.add_argument("--peers", help="every member's peer address: 0=host:port,1=...")
+    node.add_argument("--clients", help="every member's client address: 0=host:port,1=...")
+    node.add_argument("--tick-ms", dest="tick_ms", type=int, help="tick length (default 20)")
+    node.set_defaults(run=_node)
+
+    dev = commands.add_parser(
+        "dev",
+        help="run a local 3-node cluster",
+        description="Start 3 nodes as child processes with data under --data; Ctrl-C stops "
+        "them all; running it again resumes from the same data.",
+    )
+    dev.add_argument("--data", default=".paxq-dev", help="data folder (default .paxq-dev)")
+    dev.add_argument("--peer-port", type=int, default=7401)
+    dev.add_argument("--client-port", type=int, default=7411)
+    dev.set_defaults(run=_dev)
+
+    nodes_help = "client addresses host:port,... (default: PAXQ_NODES, else the paxq dev nodes)"
+    status = commands.add_parser("status", help="show every node's role, ballot, commit, lag")
+    status.add_argument("--nodes", help=nodes_help)
+    status.add_argument("--json", action="store_true", help="one JSON object per node")
+    status.set_defaults(run=_status)
+
+    append = commands.add_parser("append", help="append an entry to the replicated log")
+    append.add_argument("data", help="the entry (text)")
+    append.add_argument("--nodes", help=nodes_help)
+    append.set_defaults(run=_append)
+
+    read = commands.add_parser("read", help="read entries of the replicated log")
+    read.add_argument("--from", dest="start", type=int, default=0)
+    read.add_argument("--limit", type=int, default=20)
+    read.add_argument("--nodes", help=nodes_help)
+    read.set_defaults(run=_read)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "nodes", 1) < 1 or getattr(args, "steps", 1) < 1:
-        parser.error("--nodes and --steps must be positive")
-    if getattr(args, "seeds", None) is not None and args.seeds < 1:
-        parser.error("--seeds must be positive")
+    if args.command == "sim":
+        if args.nodes < 1 or args.steps < 1:
+            parser.error("--nodes and --steps must be positive")
+        if args.seeds is not None and args.seeds < 1:
+            parser.error("--seeds must be positive")
     return args.run(args)
 
 

@@ -26,6 +26,7 @@ from paxq.client.wire import ErrorCode, FrameDecoder, WireError, encode_frame
 
 from ..paxos import Message
 from .codec import Decoder, encode
+from .listen import serving
 
 log = logging.getLogger("paxq.node.peers")
 
@@ -124,20 +125,11 @@ class PeerTransport:
         task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen for peers and dial every peer, until cancelled."""
-        if listeners is None:
-            host, port = self.settings.addresses[self.settings.node_id]
-            listeners = await trio.open_tcp_listeners(port, host=host)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(trio.serve_listeners, self._accept, listeners)
-                for peer in self.settings.peers:
-                    nursery.start_soon(self._dial_forever, peer)
-                task_status.started(listeners)
-        finally:
-            # The listeners are ours: a stopped transport must free its port at once.
-            with trio.CancelScope(shield=True):
-                for listener in listeners:
-                    await listener.aclose()
+        address = self.settings.addresses[self.settings.node_id]
+        async with serving(self._accept, address, listeners) as nursery:
+            for peer in self.settings.peers:
+                nursery.start_soon(self._dial_forever, peer)
+            task_status.started(listeners)
 
     async def _dial_forever(self, peer: int) -> None:
         settings = self.settings

@@ -9,8 +9,10 @@ runs, new inputs gather in bounded channels and become the next turn.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,19 +48,37 @@ class NodeSettings:
     command_timeout_s: float = 10.0
 
 
-class LogMachine:
-    """The minimal replicated machine until the queue machine arrives: an append-only log of
-    commands. apply() returns the result a waiting client gets (here: the command's offset)."""
+#: Client commands start with a session id and a sequence number (8 bytes each), which makes
+#: every command unique; the machine sees only what follows.
+COMMAND_HEADER_BYTES = 16
 
-    def __init__(self) -> None:
+
+class LogMachine:
+    """The minimal replicated machine until the queue machine arrives: an append-only log.
+
+    apply() returns, for each command, the result its client gets: the entry's offset. The
+    last `retain` entries stay readable (a bounded ring: memory does not grow with the log).
+    """
+
+    def __init__(self, retain: int = 100_000) -> None:
         self.length = 0
         self.slots = 0
+        self._recent: deque[bytes] = deque(maxlen=retain)
 
     def apply(self, slot: int, value: Value) -> list[object]:
         self.slots = slot + 1
         first = self.length
         self.length += len(value)
+        self._recent.extend(command[COMMAND_HEADER_BYTES:] for command in value)
         return list(range(first, self.length))
+
+    def read(self, offset: int, limit: int) -> tuple[int, list[bytes]]:
+        """(first offset returned, entries): from `offset` on, at most `limit`. Entries older
+        than the ring are gone: the read starts at the oldest one kept."""
+        first_kept = self.length - len(self._recent)
+        first = max(offset, first_kept)
+        start = first - first_kept
+        return first, list(itertools.islice(self._recent, start, start + max(0, limit)))
 
 
 _TICK = -1  # inbox tags below zero are not peers

@@ -1,0 +1,72 @@
+"""`paxq node`: run one node until SIGINT or SIGTERM, then stop cleanly."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import trio
+
+from paxq.broker.node import Node, NodeSettings, PeerSettings
+from paxq.broker.node.clients import ClientPort
+from paxq.broker.paxos import Config
+from paxq.storage import Identity, RocksJournal, StorageError
+
+from .config import NodeConfig
+
+log = logging.getLogger("paxq")
+
+
+def run(config: NodeConfig) -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s node {config.id} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        journal = RocksJournal.open(config.data, Identity(config.cluster, config.id))
+    except StorageError as error:
+        log.error("refusing to start: %s", error)
+        return 2
+    try:
+        settings = NodeSettings(
+            PeerSettings(config.cluster, config.id, config.peers),
+            Config(nodes=tuple(sorted(config.peers))),
+            tick_s=config.tick_ms / 1000,
+        )
+        node = Node(settings, journal)
+        trio.run(_serve, node, config, journal)
+    except StorageError as error:
+        log.error("stopping: %s", error)
+        return 2
+    finally:
+        journal.close()
+    log.info("stopped")
+    return 0
+
+
+async def _serve(node: Node, config: NodeConfig, journal: RocksJournal) -> None:
+    port = ClientPort(
+        node,
+        config.clients,
+        extra_status=lambda: {
+            "storage_bytes": journal.size_bytes(),
+            "data": str(config.data),
+        },
+    )
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            await nursery.start(port.serve)
+            log.info(
+                "serving cluster %r: peers on %s:%d, clients on %s:%d, data in %s",
+                config.cluster,
+                *config.listen,
+                *config.client,
+                config.data,
+            )
+            async for signum in signals:
+                log.info("received %s, stopping", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
