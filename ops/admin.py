@@ -69,8 +69,22 @@ def _size(count: int) -> str:
     return f"{count:.1f} TiB"
 
 
+_LOST = (
+    OSError,
+    ConnectionError,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
+
+
 async def request_leader(addresses: list[Address], op: str, fields: dict[str, object]) -> dict:
-    """Ask the nodes in turn, following NOT_LEADER hints, until one answers."""
+    """Ask the nodes in turn, following NOT_LEADER hints, until one answers.
+
+    A node that cannot be reached (or does not answer the hello) is skipped. An append whose
+    connection breaks after it was sent is not sent again elsewhere: it may have been applied,
+    so its outcome is reported as unknown (idempotent producers, a later issue, lift this).
+    """
     tried: list[str] = []
     queue = list(addresses)
     while queue and len(tried) < 2 * len(addresses) + 2:
@@ -78,10 +92,21 @@ async def request_leader(addresses: list[Address], op: str, fields: dict[str, ob
         tried.append(f"{address[0]}:{address[1]}")
         try:
             with trio.fail_after(TIMEOUT_S):
-                async with await Connection.open(address) as connection:
-                    reply = await connection.request(op, **fields)
-        except (OSError, trio.TooSlowError, ConnectionError):
+                connection = await Connection.open(address)
+        except _LOST:
             continue
+        async with connection:
+            try:
+                with trio.fail_after(TIMEOUT_S):
+                    reply = await connection.request(op, **fields)
+            except _LOST:
+                if op == "append":
+                    return {
+                        "ok": False,
+                        "unknown": True,
+                        "message": f"lost {tried[-1]} after sending: outcome unknown",
+                    }
+                continue
         if reply.get("ok"):
             return reply
         if reply.get("leader"):

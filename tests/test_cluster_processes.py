@@ -157,13 +157,17 @@ async def test_acknowledged_entries_survive_kills_pauses_and_a_full_restart(clus
         first = await cluster.leader()
 
     # kill -9 the leader under load: the others elect a new one and go on.
+    acked_at_kill = []
+
     async def kill_leader() -> None:
+        acked_at_kill.append(len(acked))
         cluster.kill(first)
 
     with trio.fail_after(PHASE_S):
         await write_under_load(cluster, acked, 400, "a", during=kill_leader)
         second = await cluster.leader(exclude=(first,))
-    assert second != first and len(acked) > 200
+    assert second != first
+    assert len(acked) > acked_at_kill[0], "the cluster kept committing after the kill"
 
     # The killed node returns and catches up with everything acknowledged.
     cluster.start(first)

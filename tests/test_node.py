@@ -101,3 +101,22 @@ async def test_a_majority_goes_on_without_a_stopped_node(tmp_path: Path) -> None
         async with running(tmp_path, addresses) as nodes:
             await converged(nodes, 20)
             assert nodes[2].machine.length == 20
+
+
+async def test_a_paused_node_does_not_replay_the_ticks_it_missed(tmp_path: Path) -> None:
+    """After a pause (SIGSTOP, a stalled disk) the ticker skips ahead instead of firing every
+    missed tick at once, which would time out elections before pending messages are read."""
+    addresses = await free_addresses(1)
+    with trio.fail_after(LIMIT_S):
+        async with running(tmp_path, addresses) as nodes:
+            node = nodes[0]
+            await leader_of(nodes)
+            ticks_before = node.replica._tick
+            time_before = trio.current_time()
+            import time as wall
+
+            wall.sleep(1.0)  # the whole process stands still, as under SIGSTOP
+            await trio.sleep(0.1)
+            elapsed_ticks = (trio.current_time() - time_before) / node.settings.tick_s
+            assert node.ticks_skipped >= 40
+            assert node.replica._tick - ticks_before < elapsed_ticks / 2

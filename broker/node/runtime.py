@@ -110,6 +110,7 @@ class Node:
         self._waiting: dict[bytes, tuple[trio.Event, list]] = {}
         self.turns = 0
         self.syncs = 0
+        self.ticks_skipped = 0
 
     # ------------------------------------------------------------------------- client side
 
@@ -149,9 +150,17 @@ class Node:
             self._waiting.clear()
 
     async def _ticker(self) -> None:
+        tick = self.settings.tick_s
         next_at = trio.current_time()
         while True:
-            next_at += self.settings.tick_s
+            next_at += tick
+            now = trio.current_time()
+            if next_at < now - tick:
+                # We fell behind (the process was paused, or a sync took long): skip the missed
+                # ticks. Replaying them in a burst would time out elections before the messages
+                # that arrived meanwhile (a new leader's heartbeats) are even read.
+                self.ticks_skipped += int((now - next_at) / tick)
+                next_at = now
             await trio.sleep_until(next_at)
             await self._inbox_send.send((_TICK, None))
 
@@ -233,4 +242,5 @@ class Node:
             "promised": [r.promised.round, r.promised.node],
             "syncs": self.syncs,
             "turns": self.turns,
+            "ticks_skipped": self.ticks_skipped,
         }
