@@ -33,7 +33,11 @@ class Connection:
     @classmethod
     async def open(cls, address: tuple[str, int]) -> Connection:
         connection = cls(await trio.open_tcp_stream(*address))
-        answer = await connection._exchange({"paxq": "client", "v": CLIENT_PROTOCOL_VERSION})
+        try:
+            answer = await connection._exchange({"paxq": "client", "v": CLIENT_PROTOCOL_VERSION})
+        except BaseException:  # a failed or cancelled hello must not leak the socket
+            await trio.aclose_forcefully(connection._stream)
+            raise
         if not isinstance(answer, dict) or answer.get("ok") is not True:
             await connection.aclose()
             raise ConnectionRefusedError(f"{address} refused the connection: {answer!r}")

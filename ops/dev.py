@@ -36,13 +36,33 @@ def dev_client_addresses(
 
 def run(data: Path, peer_port: int, client_port: int) -> int:
     peers, clients = dev_members("127.0.0.1", peer_port, client_port)
-    # SIGTERM stops the cluster as Ctrl-C does: never leave orphaned nodes behind.
-    signal.signal(signal.SIGTERM, _interrupt)
     data.mkdir(parents=True, exist_ok=True)
     children: list[subprocess.Popen] = []
     print(f"paxq dev: cluster {DEV_CLUSTER!r}, {DEV_NODES} nodes, data in {data.resolve()}")
-    for node in range(DEV_NODES):
-        log = open(data / f"node{node}.log", "ab")  # noqa: SIM115 (kept open for the child)
+    # SIGTERM stops the cluster as Ctrl-C does, and both are held off while stopping, so no
+    # node is ever left orphaned.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        for node in range(DEV_NODES):
+            children.append(_spawn(node, data, peers, clients))
+            print(
+                f"  node {node}: clients 127.0.0.1:{client_port + node}, "
+                f"peers 127.0.0.1:{peer_port + node}, pid {children[-1].pid}, "
+                f"log {data / f'node{node}.log'}"
+            )
+        print("try: paxq status  |  paxq append hello  |  paxq read    (Ctrl-C stops the cluster)")
+        _watch(children, data)
+    except KeyboardInterrupt:
+        print("\nstopping...")
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop(children)
+    return 0
+
+
+def _spawn(node: int, data: Path, peers: str, clients: str) -> subprocess.Popen:
+    with open(data / f"node{node}.log", "ab") as log:  # the child keeps its own descriptor
         command = [
             sys.executable,
             "-m",
@@ -59,29 +79,20 @@ def run(data: Path, peer_port: int, client_port: int) -> int:
             "--clients",
             clients,
         ]
-        children.append(subprocess.Popen(command, stdout=log, stderr=log))
-        print(
-            f"  node {node}: clients 127.0.0.1:{client_port + node}, "
-            f"peers 127.0.0.1:{peer_port + node}, pid {children[-1].pid}, "
-            f"log {data / f'node{node}.log'}"
-        )
-    print("try: paxq status   |   paxq append hello   |   paxq read    (Ctrl-C stops the cluster)")
+        return subprocess.Popen(command, stdout=log, stderr=log)
+
+
+def _watch(children: list[subprocess.Popen], data: Path) -> None:
     reported: set[int] = set()
-    try:
-        while True:
-            for node, child in enumerate(children):
-                if node not in reported and child.poll() is not None:
-                    reported.add(node)
-                    print(
-                        f"node {node} exited with status {child.returncode}; "
-                        f"see {data / f'node{node}.log'}"
-                    )
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        print("\nstopping...")
-    finally:
-        stop(children)
-    return 0
+    while True:
+        for node, child in enumerate(children):
+            if node not in reported and child.poll() is not None:
+                reported.add(node)
+                print(
+                    f"node {node} exited with status {child.returncode}; "
+                    f"see {data / f'node{node}.log'}"
+                )
+        time.sleep(0.5)
 
 
 def _interrupt(signum: int, frame: object) -> None:

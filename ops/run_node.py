@@ -29,6 +29,7 @@ def run(config: NodeConfig) -> int:
     except StorageError as error:
         log.error("refusing to start: %s", error)
         return 2
+    status = 0
     try:
         settings = NodeSettings(
             PeerSettings(config.cluster, config.id, config.peers),
@@ -37,24 +38,24 @@ def run(config: NodeConfig) -> int:
         )
         node = Node(settings, journal)
         trio.run(_serve, node, config, journal)
-    except StorageError as error:
-        log.error("stopping: %s", error)
-        return 2
+    except* StorageError as group:  # from inside trio's nurseries: an exception group
+        log.error("stopping: %s", group.exceptions[0])
+        status = 2
     finally:
         journal.close()
     log.info("stopped")
-    return 0
+    return status
 
 
 async def _serve(node: Node, config: NodeConfig, journal: RocksJournal) -> None:
-    port = ClientPort(
-        node,
-        config.clients,
-        extra_status=lambda: {
-            "storage_bytes": journal.size_bytes(),
-            "data": str(config.data),
-        },
-    )
+    def storage() -> dict:
+        try:
+            size = journal.size_bytes()
+        except OSError:  # RocksDB replaced a file while we counted
+            size = None
+        return {"storage_bytes": size, "data": str(config.data)}
+
+    port = ClientPort(node, config.clients, extra_status=storage)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)

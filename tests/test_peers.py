@@ -171,3 +171,30 @@ async def test_messages_queued_while_a_peer_was_down_arrive_when_it_returns() ->
                 got = [await receive.receive() for _ in range(5)]
             assert [m.commit for _, m in got] == [0, 1, 2, 3, 4]
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "answer", [{"ok": False, "error": [1]}, {"ok": False, "error": 999}, ["not", "a", "map"]]
+)
+async def test_a_malformed_refusal_from_a_peer_does_not_stop_the_transport(answer) -> None:
+    async def impostor(stream: trio.SocketStream) -> None:
+        await stream.receive_some(4096)
+        await stream.send_all(encode_frame(answer))
+        await stream.aclose()
+
+    (fake,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    (mine,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    addresses = {
+        0: ("127.0.0.1", mine.socket.getsockname()[1]),
+        1: ("127.0.0.1", fake.socket.getsockname()[1]),
+    }
+    send, _ = trio.open_memory_channel(10)
+    settings = PeerSettings("test", 0, addresses, reconnect_min_s=0.01, reconnect_max_s=0.02)
+    transport = PeerTransport(settings, Decoder(Config(nodes=(0, 1))), send)
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, impostor, [fake])
+            await nursery.start(transport.serve, [mine])
+            while transport.refused_by_peers < 3:  # it keeps dialling: it is still alive
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()

@@ -20,6 +20,7 @@ read: backpressure), the frame size, and the command size (the batch byte bound)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -27,7 +28,7 @@ from collections.abc import Callable
 
 import trio
 
-from paxq.client.wire import ErrorCode, FrameDecoder, WireError, encode_frame
+from paxq.client.wire import ErrorCode, FrameDecoder, FrameTooLarge, WireError, encode_frame
 
 from .listen import serving
 from .runtime import COMMAND_HEADER_BYTES, CommandFailed, Node
@@ -40,8 +41,9 @@ _FAILURES = {
     "not leader": ErrorCode.NOT_LEADER,
     "overloaded": ErrorCode.OVERLOADED,
     "too large": ErrorCode.TOO_LARGE,
-    "unknown": ErrorCode.OVERLOADED,
+    "unknown": ErrorCode.UNKNOWN_OUTCOME,
 }
+_LOST = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError)
 
 
 class ClientPort:
@@ -53,6 +55,7 @@ class ClientPort:
         connections_max: int = 1024,
         in_flight_max: int = 4096,
         frame_bytes_max: int = 2 << 20,
+        hello_timeout_s: float = 5.0,
         extra_status: Callable[[], dict] | None = None,
     ) -> None:
         self.node = node
@@ -60,6 +63,7 @@ class ClientPort:
         self.connections_max = connections_max
         self.in_flight_max = in_flight_max
         self.frame_bytes_max = frame_bytes_max
+        self.hello_timeout_s = hello_timeout_s
         self.extra_status = extra_status
         self.connections = 0
 
@@ -70,8 +74,8 @@ class ClientPort:
         task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         address = self.client_addresses[self.node.id]
-        async with serving(self._session, address, listeners):
-            task_status.started(listeners)
+        async with serving(self._session, address, listeners) as (_, serving_on):
+            task_status.started(serving_on)
 
     async def _session(self, stream: trio.SocketStream) -> None:
         async with stream:
@@ -81,13 +85,16 @@ class ClientPort:
                 )
                 return
             self.connections += 1
+            # Errors leave the session's nursery as exception groups (trio), hence except*.
+            # One client's bad input or broken connection ends its session, never the node.
             try:
                 await self._serve_session(stream)
-            except WireError as error:
+            except* WireError as group:
+                error = group.exceptions[0]
                 log.info("closing a client connection: %s", error)
-                with trio.move_on_after(1):
+                with trio.move_on_after(1), contextlib.suppress(*_LOST):
                     await stream.send_all(encode_frame(_error(None, error.code, error.message)))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            except* _LOST:
                 pass
             finally:
                 self.connections -= 1
@@ -95,7 +102,9 @@ class ClientPort:
     async def _serve_session(self, stream: trio.SocketStream) -> None:
         decoder = FrameDecoder(self.frame_bytes_max)
         frames = _frames(stream, decoder)
-        hello = await anext(frames, None)
+        hello = None
+        with trio.move_on_after(self.hello_timeout_s):  # a silent socket may not hold a slot
+            hello = await anext(frames, None)
         if not isinstance(hello, dict) or hello.get("paxq") != "client":
             await stream.send_all(
                 encode_frame(_error(None, ErrorCode.BAD_REQUEST, "expected a client hello"))
@@ -131,8 +140,17 @@ class ClientPort:
     ) -> None:
         try:
             reply = await self._handle(header, request)
+            try:
+                frame = encode_frame(reply, self.frame_bytes_max)
+            except FrameTooLarge:
+                rid = reply.get("id")
+                frame = encode_frame(
+                    _error(
+                        rid, ErrorCode.TOO_LARGE, "the reply exceeds the frame bound; ask for less"
+                    )
+                )
             async with write_lock:
-                await stream.send_all(encode_frame(reply, self.frame_bytes_max))
+                await stream.send_all(frame)
         finally:
             limiter.release_on_behalf_of(token)
 
@@ -151,7 +169,7 @@ class ClientPort:
                 offset = await self.node.submit(header + data)
             except CommandFailed as failed:
                 reply = _error(rid, _FAILURES[failed.reason], failed.reason)
-                if failed.leader is not None and failed.leader in self.client_addresses:
+                if failed.reason == "not leader" and failed.leader in self.client_addresses:
                     host, port = self.client_addresses[failed.leader]
                     reply["leader"] = f"{host}:{port}"
                 return reply

@@ -15,7 +15,7 @@ async def serving(
     handler: Handler,
     address: tuple[str, int],
     listeners: list[trio.SocketListener] | None = None,
-) -> AsyncIterator[trio.Nursery]:
+) -> AsyncIterator[tuple[trio.Nursery, list[trio.SocketListener]]]:
     """Serve `handler` on `listeners` (opened on `address` when not given) inside a nursery;
     on exit, close the listeners at once so the port is free for whoever comes next."""
     if listeners is None:
@@ -23,7 +23,7 @@ async def serving(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.serve_listeners, handler, listeners)
-            yield nursery
+            yield nursery, listeners
     finally:
         with trio.CancelScope(shield=True):
             for listener in listeners:

@@ -46,8 +46,9 @@ class PeerSettings:
     node_id: int
     #: every member's peer address, this node's included
     addresses: dict[int, Address]
-    #: frames waiting for one peer at most; past it new messages are dropped
+    #: frames, and bytes, waiting for one peer at most; past either new messages are dropped
     send_queue_max: int = 4096
+    send_queue_bytes_max: int = 64 << 20
     #: bytes written to a socket in one burst at most
     write_burst_bytes_max: int = 1 << 20
     frame_bytes_max: int = 16 << 20
@@ -71,6 +72,7 @@ class _Outbox:
 
     def __init__(self, limit: int) -> None:
         self.send, self.receive = trio.open_memory_channel[bytes](limit)
+        self.bytes = 0
         self.dropped = 0
         self.connected = False
 
@@ -88,7 +90,8 @@ class PeerTransport:
         self._inbox = inbox
         self._rng = rng or random.Random()
         self._outboxes = {peer: _Outbox(settings.send_queue_max) for peer in settings.peers}
-        self.refused_handshakes = 0
+        self.refused_handshakes = 0  # hellos we refused
+        self.refused_by_peers = 0  # our hellos a peer refused
         self.closed_for_bad_input = 0
 
     # ------------------------------------------------------------------------------ sending
@@ -103,12 +106,16 @@ class PeerTransport:
     def send_frame(self, peer: int, frame: bytes) -> bool:
         """Queue without blocking; False (and counted) when the peer's queue is full."""
         outbox = self._outboxes[peer]
+        if outbox.bytes + len(frame) > self.settings.send_queue_bytes_max:
+            outbox.dropped += 1
+            return False
         try:
             outbox.send.send_nowait(frame)
-            return True
         except trio.WouldBlock:
             outbox.dropped += 1
             return False
+        outbox.bytes += len(frame)
+        return True
 
     def dropped(self, peer: int) -> int:
         return self._outboxes[peer].dropped
@@ -126,10 +133,10 @@ class PeerTransport:
     ) -> None:
         """Listen for peers and dial every peer, until cancelled."""
         address = self.settings.addresses[self.settings.node_id]
-        async with serving(self._accept, address, listeners) as nursery:
+        async with serving(self._accept, address, listeners) as (nursery, serving_on):
             for peer in self.settings.peers:
                 nursery.start_soon(self._dial_forever, peer)
-            task_status.started(listeners)
+            task_status.started(serving_on)
 
     async def _dial_forever(self, peer: int) -> None:
         settings = self.settings
@@ -145,6 +152,7 @@ class PeerTransport:
                     delay = settings.reconnect_min_s
                     await self._pump(stream, outbox)
             except HandshakeRefused as refused:
+                self.refused_by_peers += 1
                 log.error("node %s refused us: %s", peer, refused)
             except (
                 OSError,
@@ -168,7 +176,7 @@ class PeerTransport:
         if not isinstance(answer, dict) or answer.get("ok") is not True:
             code = answer.get("error") if isinstance(answer, dict) else None
             text = answer.get("message", "") if isinstance(answer, dict) else repr(answer)
-            known = code in ErrorCode._value2member_map_
+            known = type(code) is int and code in ErrorCode._value2member_map_
             raise HandshakeRefused(ErrorCode(code) if known else ErrorCode.BAD_FRAME, str(text))
 
     async def _pump(self, stream: trio.SocketStream, outbox: _Outbox) -> None:
@@ -183,6 +191,7 @@ class PeerTransport:
                     break
                 burst.append(frame)
                 size += len(frame)
+            outbox.bytes -= size
             await stream.send_all(b"".join(burst))
 
     # ---------------------------------------------------------------------------- receiving

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import trio
 
+from paxq.client.wire import FrameTooLarge
 from paxq.storage import Identity, Journal
 
 from ..paxos import Config, ProposeResult, Replica, Role, Value
@@ -47,6 +48,19 @@ class NodeSettings:
     #: a command whose slot is not applied within this long is answered "unknown outcome"
     command_timeout_s: float = 10.0
 
+    def __post_init__(self) -> None:
+        # Every peer message must fit a frame: the largest are a promise carrying a window of
+        # full batches, and a catch-up reply.
+        cfg, frame = self.paxos, self.peer.frame_bytes_max
+        if 2 * cfg.window_slots_max * cfg.batch_bytes_max > frame:
+            raise ValueError(
+                f"window_slots_max x batch_bytes_max x 2 = "
+                f"{2 * cfg.window_slots_max * cfg.batch_bytes_max} exceeds the peer frame bound "
+                f"{frame}: lower the batch bytes or the window, or raise frame_bytes_max"
+            )
+        if 2 * cfg.catchup_bytes_max > frame:
+            raise ValueError("catchup_bytes_max x 2 exceeds the peer frame bound")
+
 
 #: Client commands start with a session id and a sequence number (8 bytes each), which makes
 #: every command unique; the machine sees only what follows.
@@ -60,16 +74,26 @@ class LogMachine:
     last `retain` entries stay readable (a bounded ring: memory does not grow with the log).
     """
 
-    def __init__(self, retain: int = 100_000) -> None:
+    def __init__(self, retain: int = 100_000, retain_bytes: int = 64 << 20) -> None:
         self.length = 0
         self.slots = 0
         self._recent: deque[bytes] = deque(maxlen=retain)
+        self._recent_bytes = 0
+        self._retain_bytes = retain_bytes
 
     def apply(self, slot: int, value: Value) -> list[object]:
         self.slots = slot + 1
         first = self.length
         self.length += len(value)
-        self._recent.extend(command[COMMAND_HEADER_BYTES:] for command in value)
+        recent = self._recent
+        for command in value:
+            entry = command[COMMAND_HEADER_BYTES:]
+            if len(recent) == recent.maxlen:
+                self._recent_bytes -= len(recent[0])  # the append below evicts it
+            recent.append(entry)
+            self._recent_bytes += len(entry)
+        while self._recent_bytes > self._retain_bytes and recent:
+            self._recent_bytes -= len(recent.popleft())
         return list(range(first, self.length))
 
     def read(self, offset: int, limit: int) -> tuple[int, list[bytes]]:
@@ -111,6 +135,7 @@ class Node:
         self.turns = 0
         self.syncs = 0
         self.ticks_skipped = 0
+        self.oversized_messages = 0
 
     # ------------------------------------------------------------------------- client side
 
@@ -123,12 +148,18 @@ class Node:
         """
         done = trio.Event()
         outcome: list = []
-        await self._inbox_send.send((_COMMAND, (command, done, outcome)))
-        with trio.move_on_after(self.settings.command_timeout_s):
-            await done.wait()
-        if not outcome:
-            self._waiting.pop(command, None)
-            raise CommandFailed("unknown", self.replica.leader_hint)
+        try:
+            with trio.move_on_after(self.settings.command_timeout_s):
+                await self._inbox_send.send((_COMMAND, (command, done, outcome)))
+                await done.wait()
+        finally:
+            if not outcome:
+                # Given up (timeout or cancellation): if the loop has not proposed it yet it
+                # never will (see _propose); if it has, it may still be applied: unknown.
+                outcome.append(("unknown", None))
+                waiter = self._waiting.get(command)
+                if waiter is not None and waiter[0] is done:
+                    del self._waiting[command]
         kind, value = outcome[0]
         if kind == "ok":
             return value
@@ -190,6 +221,8 @@ class Node:
             self._propose(*payload)
 
     def _propose(self, command: bytes, done: trio.Event, outcome: list) -> None:
+        if outcome:  # the submitter gave up while this waited in the inbox: drop it
+            return
         result = self.replica.propose(command)
         if result is ProposeResult.QUEUED:
             self._waiting[command] = (done, outcome)
@@ -212,7 +245,14 @@ class Node:
         for peer, message in ready.messages:
             frame = frames.get(id(message))
             if frame is None:
-                frame = frames[id(message)] = self.peers.frame(message)
+                try:
+                    frame = frames[id(message)] = self.peers.frame(message)
+                except FrameTooLarge:
+                    # Settings are validated against this; should it happen anyway, losing
+                    # one message is something Paxos survives, stopping the node is not.
+                    self.oversized_messages += 1
+                    log.error("dropped an oversized %s to node %s", type(message).__name__, peer)
+                    continue
             self.peers.send_frame(peer, frame)
         for slot, value in ready.committed:
             results = self.machine.apply(slot, value)

@@ -19,8 +19,9 @@ class Config:
     nodes: tuple[int, ...]
     #: commands in one batch (one slot) at most
     batch_count_max: int = 1024
-    #: payload bytes in one batch at most (a single larger command is refused)
-    batch_bytes_max: int = 1 << 20
+    #: payload bytes in one batch at most (a single larger command is refused); small enough
+    #: that a promise carrying a window of full batches fits one peer frame
+    batch_bytes_max: int = 256 << 10
     #: slots proposed but not yet chosen, at most (the pipeline window)
     window_slots_max: int = 32
     #: commands queued at the leader waiting for a slot, at most (backpressure past it)

@@ -17,6 +17,7 @@ class ErrorCode(enum.IntEnum):
     NOT_A_MEMBER = 7  # a peer handshake from outside the configuration
     WRONG_CLUSTER = 8
     UNSUPPORTED_VERSION = 9
+    UNKNOWN_OUTCOME = 10  # the command may or may not have been applied: do not resend blindly
 
 
 class WireError(Exception):

@@ -1,0 +1,122 @@
+"""The client port of a real node (RocksDB, loopback TCP): typed errors for bad requests, and
+no client, however broken, can stop the node from serving the others."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+from test_node import free_addresses, leader_of
+
+from paxq.broker.node import Node, NodeSettings, PeerSettings
+from paxq.broker.node.clients import ClientPort
+from paxq.broker.paxos import Config
+from paxq.client.basic import Connection
+from paxq.client.wire import ErrorCode, FrameDecoder, encode_frame
+from paxq.storage import Identity, RocksJournal
+
+LIMIT_S = 30
+
+
+@asynccontextmanager
+async def serving(tmp_path: Path, size: int = 1, **port_options):
+    peers = await free_addresses(size)
+    clients = await free_addresses(size)
+    config = Config(nodes=tuple(range(size)))
+    nodes, ports = {}, {}
+    async with trio.open_nursery() as nursery:
+        for i in range(size):
+            journal = RocksJournal.open(tmp_path / f"n{i}", Identity("t", i))
+            settings = NodeSettings(PeerSettings("t", i, peers), config, command_timeout_s=0.3)
+            nodes[i] = Node(settings, journal)
+            ports[i] = ClientPort(nodes[i], clients, **port_options)
+            await nursery.start(nodes[i].run)
+            await nursery.start(ports[i].serve)
+        try:
+            yield nodes, clients
+        finally:
+            nursery.cancel_scope.cancel()
+    for node in nodes.values():
+        node.journal.close()
+
+
+async def raw(address, payload: bytes) -> bytes:
+    """Send raw bytes after a proper hello; return what the node sends back until it closes."""
+    stream = await trio.open_tcp_stream(*address)
+    async with stream:
+        await stream.send_all(encode_frame({"paxq": "client", "v": 1}) + payload)
+        received = b""
+        with trio.move_on_after(5):
+            while data := await stream.receive_some(1 << 16):
+                received += data
+        return received
+
+
+async def still_serves(address) -> None:
+    async with await Connection.open(address) as connection:
+        assert (await connection.request("status"))["ok"] is True
+
+
+async def test_bad_requests_get_typed_errors(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, frame_bytes_max=4096) as (nodes, clients):
+            await leader_of(nodes)
+            async with await Connection.open(clients[0]) as c:
+                assert (await c.request("fly"))["error"] == ErrorCode.UNKNOWN_OPERATION
+                assert (await c.request("append", data="text"))["error"] == ErrorCode.BAD_REQUEST
+                big = b"x" * (Config(nodes=(0,)).batch_bytes_max + 1)
+                assert (await c.request("append", data=big[:3000]))["ok"] is True
+                too_big = await c.request("read", **{"from": 0, "limit": 10})
+                assert too_big["ok"] is True  # one 3 KB entry still fits 4 KiB
+                await c.request("append", data=b"y" * 3000)
+                reply = await c.request("read", **{"from": 0, "limit": 10})
+                assert reply["error"] == ErrorCode.TOO_LARGE  # the reply would not fit a frame
+                bad = await c.request("read", **{"from": -1})
+                assert bad["error"] == ErrorCode.BAD_REQUEST
+
+
+async def test_broken_clients_never_stop_the_node(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, hello_timeout_s=0.5) as (nodes, clients):
+            await leader_of(nodes)
+            address = clients[0]
+            # A frame announced at 100 MiB: refused with TOO_LARGE, the connection closed.
+            answer = await raw(address, (100 << 20).to_bytes(4, "big"))
+            bodies = list(FrameDecoder().feed(answer))
+            assert bodies[-1]["error"] == ErrorCode.TOO_LARGE
+            # Garbage instead of CBOR.
+            answer = await raw(address, (3).to_bytes(4, "big") + b"\xff\xff\xff")
+            assert list(FrameDecoder().feed(answer))[-1]["error"] == ErrorCode.BAD_FRAME
+            # Thousands of requests, then the client vanishes without reading a reply.
+            stream = await trio.open_tcp_stream(*address)
+            await stream.send_all(encode_frame({"paxq": "client", "v": 1}))
+            await stream.send_all(
+                b"".join(
+                    encode_frame({"id": i, "op": "read", "from": 0, "limit": 100})
+                    for i in range(2000)
+                )
+            )
+            await trio.aclose_forcefully(stream)
+            # A silent socket is told so and dropped after the hello timeout, not left holding
+            # a connection slot.
+            silent = await trio.open_tcp_stream(*address)
+            received = b""
+            with trio.fail_after(5):
+                while data := await silent.receive_some(1 << 16):
+                    received += data
+            await silent.aclose()
+            assert list(FrameDecoder().feed(received))[-1]["error"] == ErrorCode.BAD_REQUEST
+            await still_serves(address)
+
+
+async def test_an_unknown_outcome_is_not_reported_as_retryable(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, size=3) as (nodes, clients):
+            leader = await leader_of(nodes)
+            leader.peers.send_frame = lambda peer, frame: False  # its network loses everything
+            async with await Connection.open(clients[leader.id]) as c:
+                reply = await c.request("append", data=b"maybe")
+            assert reply["error"] == ErrorCode.UNKNOWN_OUTCOME
+            assert "leader" not in reply
+            assert not leader._waiting, "no waiter is left behind"
