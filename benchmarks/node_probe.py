@@ -11,12 +11,12 @@ Baseline, measured in the same run: one synced journal write per 100-byte comman
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import trio
+from provenance import git_commit
 
 from paxq.broker.node import Node, NodeSettings, PeerSettings
 from paxq.broker.paxos import Config, Role
@@ -82,12 +82,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64, 512])
     parser.add_argument("--size", type=int, default=100)
     args = parser.parse_args()
-    commit = (
-        subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        or "uncommitted"
-    )
+    commit = git_commit()
     baseline = synced_writes_per_s(size=args.size)
     print(f"commit {commit}; {args.size}-byte commands; 3 nodes in one process; synced RocksDB")
     print(f"baseline: {baseline:,.0f} synced journal writes/s (one sync per command)")

@@ -13,8 +13,9 @@ import argparse
 import heapq
 import itertools
 import random
-import subprocess
 import time
+
+from provenance import git_commit
 
 from paxq.broker.sim import SimSettings, run_seed
 
@@ -38,12 +39,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20_000)
     args = parser.parse_args()
-    commit = (
-        subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        or "uncommitted"
-    )
+    commit = git_commit()
     base_before = baseline_events_per_s()
     deliveries = 0
     wall = 0.0

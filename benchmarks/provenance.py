@@ -1,0 +1,16 @@
+"""What every benchmark prints with its figures: which commit produced them."""
+
+from __future__ import annotations
+
+import subprocess
+
+
+def git_commit() -> str:
+    """The short hash of HEAD, marked when the tree has uncommitted changes."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    if not head:
+        return "uncommitted"
+    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True)
+    return f"{head}+changes" if dirty.stdout.strip() else head
