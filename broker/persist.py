@@ -29,10 +29,14 @@ def batch_of(records: Iterable[Record]) -> Batch:
 
 
 def durable_state(state: JournalState) -> DurableState:
-    """What a replica restarts from."""
+    """What a replica restarts from.
+
+    A stored snapshot covers slots that were chosen, so the commit point is at least its end
+    (a node that stored a peer's snapshot may have stopped before it recorded the new commit).
+    """
     return DurableState(
         promised=Ballot(*state.promised),
         log={slot: (Ballot(*ballot), value) for slot, (ballot, value) in state.entries.items()},
-        commit=state.commit,
+        commit=max(state.commit, state.snapshot_slot),
         log_start=state.log_start,
     )

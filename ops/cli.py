@@ -49,13 +49,10 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 def _node(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load
+    from .config import KEYS, ConfigError, load
     from .run_node import run
 
-    flags = {
-        k: getattr(args, k)
-        for k in ("cluster", "id", "data", "listen", "client", "peers", "clients", "tick_ms")
-    }
+    flags = {k: getattr(args, k) for k in KEYS}
     try:
         config = load(flags, file=args.config)
     except (ConfigError, ValueError) as error:
@@ -136,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--peers", help="every member's peer address: 0=host:port,1=...")
     node.add_argument("--clients", help="every member's client address: 0=host:port,1=...")
     node.add_argument("--tick-ms", dest="tick_ms", type=int, help="tick length (default 20)")
+    node.add_argument(
+        "--snapshot-every",
+        dest="snapshot_every",
+        type=int,
+        help="applied slots between snapshots of the machine; 0 never (default 2048)",
+    )
+    node.add_argument(
+        "--snapshot-keep",
+        dest="snapshot_keep",
+        type=int,
+        help="slots of log kept behind a snapshot for peers that lag a little (default 256)",
+    )
     node.set_defaults(run=_node)
 
     dev = commands.add_parser(

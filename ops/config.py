@@ -9,9 +9,12 @@ the file, then defaults).
     peers = { 0 = "127.0.0.1:7401", 1 = "127.0.0.1:7402", 2 = "127.0.0.1:7403" }
     clients = { 0 = "127.0.0.1:7411", 1 = "127.0.0.1:7412", 2 = "127.0.0.1:7413" }
     tick_ms = 20
+    snapshot_every = 2048              # applied slots between snapshots (0: never)
+    snapshot_keep = 256                # slots of log kept behind a snapshot
 
 Environment: PAXQ_CLUSTER, PAXQ_ID, PAXQ_DATA, PAXQ_LISTEN, PAXQ_CLIENT, PAXQ_PEERS and
-PAXQ_CLIENTS (as "0=host:port,1=host:port"), PAXQ_TICK_MS.
+PAXQ_CLIENTS (as "0=host:port,1=host:port"), PAXQ_TICK_MS, PAXQ_SNAPSHOT_EVERY,
+PAXQ_SNAPSHOT_KEEP.
 """
 
 from __future__ import annotations
@@ -41,9 +44,22 @@ class NodeConfig:
     peers: dict[int, Address]
     clients: dict[int, Address]
     tick_ms: int = 20
+    snapshot_every: int = 2048
+    snapshot_keep: int = 256
 
 
-_KEYS = ("cluster", "id", "data", "listen", "client", "peers", "clients", "tick_ms")
+KEYS = (
+    "cluster",
+    "id",
+    "data",
+    "listen",
+    "client",
+    "peers",
+    "clients",
+    "tick_ms",
+    "snapshot_every",
+    "snapshot_keep",
+)
 
 
 def parse_members(text: str) -> dict[int, Address]:
@@ -68,14 +84,14 @@ def load(
             raw.update(tomllib.loads(Path(file).read_text()))
         except (OSError, tomllib.TOMLDecodeError) as error:
             raise ConfigError(f"cannot read the configuration file {file}: {error}") from error
-        unknown = set(raw) - set(_KEYS)
+        unknown = set(raw) - set(KEYS)
         if unknown:
             raise ConfigError(f"unknown settings in {file}: {sorted(unknown)}")
-    for key in _KEYS:
+    for key in KEYS:
         value = environ.get(f"PAXQ_{key.upper()}")
         if value is not None:
             raw[key] = value
-    raw.update({k: v for k, v in flags.items() if k in _KEYS and v is not None})
+    raw.update({k: v for k, v in flags.items() if k in KEYS and v is not None})
     missing = [k for k in ("id", "data", "peers") if k not in raw]
     if missing:
         raise ConfigError(f"missing settings: {', '.join(missing)} (flag, PAXQ_* or file)")
@@ -88,6 +104,8 @@ def load(
         listen = _address(raw.get("listen")) if raw.get("listen") else peers.get(node_id)
         client = _address(raw.get("client")) if raw.get("client") else clients.get(node_id)
         tick_ms = int(raw.get("tick_ms", 20))
+        snapshot_every = int(raw.get("snapshot_every", 2048))
+        snapshot_keep = int(raw.get("snapshot_keep", 256))
     except (TypeError, ValueError) as error:
         raise ConfigError(str(error)) from error
     if node_id not in peers:
@@ -96,6 +114,8 @@ def load(
         raise ConfigError("clients must name the same members as peers")
     if not 1 <= tick_ms <= 1000:
         raise ConfigError("tick_ms must be between 1 and 1000")
+    if snapshot_every < 0 or snapshot_keep < 0:
+        raise ConfigError("snapshot_every and snapshot_keep must be >= 0")
     return NodeConfig(
         cluster=str(raw.get("cluster", "paxq-dev")),
         id=node_id,
@@ -105,6 +125,8 @@ def load(
         peers=peers,
         clients=clients,
         tick_ms=tick_ms,
+        snapshot_every=snapshot_every,
+        snapshot_keep=snapshot_keep,
     )
 
 

@@ -35,6 +35,8 @@ def run(config: NodeConfig) -> int:
             PeerSettings(config.cluster, config.id, config.peers),
             Config(nodes=tuple(sorted(config.peers))),
             tick_s=config.tick_ms / 1000,
+            snapshot_every_slots=config.snapshot_every,
+            snapshot_keep_slots=config.snapshot_keep,
         )
         node = Node(settings, journal)
         trio.run(_serve, node, config, journal)

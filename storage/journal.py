@@ -6,6 +6,7 @@ durable atomically with one sync (group commit). `Journal.load` returns what sur
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,6 +35,8 @@ class JournalState:
     entries: dict[int, tuple[BallotPair, Value]] = field(default_factory=dict)
     commit: int = 0
     log_start: int = 0
+    #: the stored snapshot covers every slot below this one (0: there is none)
+    snapshot_slot: int = 0
 
 
 class Batch:
@@ -80,4 +83,22 @@ class Journal(Protocol):
         """Make the whole batch durable, atomically, with one sync, before returning."""
         ...
 
+    def save_snapshot(self, slot: int, chunks: Sequence[bytes], truncate_below: int) -> None:
+        """Replace the stored snapshot with `chunks` (the application's state after applying
+        every slot below `slot`) and drop log entries below `truncate_below` (at most `slot`),
+        atomically, with one sync. A snapshot never moves backwards."""
+        ...
+
+    def read_snapshot(self) -> tuple[int, list[bytes]]:
+        """(slot, chunks) of the stored snapshot, every chunk verified; (0, []) if none."""
+        ...
+
     def close(self) -> None: ...
+
+
+def check_snapshot(current: int, slot: int, truncate_below: int) -> None:
+    """Refuse a snapshot that would move backwards or truncate slots it does not cover."""
+    if slot < current:
+        raise ValueError(f"snapshot at {slot} is older than the stored one at {current}")
+    if truncate_below > slot:
+        raise ValueError(f"cannot truncate below {truncate_below}: the snapshot ends at {slot}")

@@ -6,8 +6,10 @@ A `MemoryDisk` is the platter: it outlives the journals opened on it, so a simul
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .errors import JournalClosed, WrongDataDirectory
-from .journal import Batch, Identity, JournalState
+from .journal import Batch, Identity, JournalState, check_snapshot
 
 
 class MemoryDisk:
@@ -15,6 +17,7 @@ class MemoryDisk:
         self.identity: Identity | None = None
         self.state = JournalState()
         self.writes = 0  # one per synced batch, as a real disk would count syncs
+        self.snapshot: list[bytes] = []
 
 
 class MemoryJournal:
@@ -28,14 +31,14 @@ class MemoryJournal:
 
     def load(self) -> JournalState:
         state = self._open_disk().state
-        return JournalState(state.promised, dict(state.entries), state.commit, state.log_start)
+        return JournalState(
+            state.promised, dict(state.entries), state.commit, state.log_start, state.snapshot_slot
+        )
 
     def write(self, batch: Batch) -> None:
         state = self._open_disk().state
-        if batch.truncate_below is not None and batch.truncate_below > state.log_start:
-            below = batch.truncate_below
-            state.entries = {s: e for s, e in state.entries.items() if s >= below}
-            state.log_start = below
+        if batch.truncate_below is not None:
+            self._truncate(state, batch.truncate_below)
         if batch.promised is not None:
             state.promised = batch.promised
         for slot, entry in batch.entries.items():
@@ -44,6 +47,24 @@ class MemoryJournal:
         if batch.commit is not None:
             state.commit = batch.commit
         self._disk.writes += 1
+
+    def save_snapshot(self, slot: int, chunks: Sequence[bytes], truncate_below: int) -> None:
+        disk = self._open_disk()
+        check_snapshot(disk.state.snapshot_slot, slot, truncate_below)
+        disk.snapshot = [bytes(chunk) for chunk in chunks]
+        disk.state.snapshot_slot = slot
+        self._truncate(disk.state, truncate_below)
+        disk.writes += 1
+
+    def read_snapshot(self) -> tuple[int, list[bytes]]:
+        disk = self._open_disk()
+        return disk.state.snapshot_slot, list(disk.snapshot)
+
+    @staticmethod
+    def _truncate(state: JournalState, below: int) -> None:
+        if below > state.log_start:
+            state.entries = {s: e for s, e in state.entries.items() if s >= below}
+            state.log_start = below
 
     def close(self) -> None:
         self._disk = None

@@ -7,6 +7,8 @@ Layout (raw byte keys):
     commit          commit point
     start           first slot still in the log
     e + slot(8 BE)  [round, node, [command, ...]]
+    snapshot        [slot, chunk count]
+    k + index(4 BE) one chunk of the snapshot (bytes)
 
 Every value is `crc32(key + payload)` (4 bytes, big-endian) followed by the CBOR payload, so a
 flipped bit, a torn value or a record copied under another key fails on read. `load()` verifies
@@ -19,22 +21,29 @@ import contextlib
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import cbor2
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from .errors import CorruptRecord, JournalClosed, StorageUnavailable, WrongDataDirectory
-from .journal import FORMAT, NO_BALLOT, Batch, Identity, JournalState
+from .journal import FORMAT, NO_BALLOT, Batch, Identity, JournalState, check_snapshot
 
 _META, _PROMISE, _COMMIT, _START = b"meta", b"promise", b"commit", b"start"
 _ENTRY = b"e"
+_SNAPSHOT, _CHUNK = b"snapshot", b"k"
+_INDEX = struct.Struct(">I")
 _SLOT = struct.Struct(">Q")
 _CRC = struct.Struct(">I")
 
 
 def _entry_key(slot: int) -> bytes:
     return _ENTRY + _SLOT.pack(slot)
+
+
+def _chunk_key(index: int) -> bytes:
+    return _CHUNK + _INDEX.pack(index)
 
 
 def _seal(key: bytes, payload: object) -> bytes:
@@ -52,6 +61,7 @@ class RocksJournal:
         self._sync = WriteOptions()
         self._sync.sync = True  # fdatasync before write() returns
         self._log_start = 0
+        self._snapshot: tuple[int, int] = (0, 0)  # slot, chunk count
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], identity: Identity) -> RocksJournal:
@@ -71,6 +81,9 @@ class RocksJournal:
         journal = cls(db, path, identity)
         try:
             journal._check_identity(fresh)
+            # Writes before any load() must still know where the log and snapshot stand.
+            journal._log_start = journal._read_int(_START)
+            journal._snapshot = journal._snapshot_meta()
         except BaseException:
             db.close()
             raise
@@ -105,6 +118,8 @@ class RocksJournal:
             state.promised = self._ballot(_PROMISE, promised)
         state.commit = self._read_int(_COMMIT)
         state.log_start = self._read_int(_START)
+        self._snapshot = self._snapshot_meta()
+        state.snapshot_slot = self._snapshot[0]
         try:
             for key, raw in db.items(from_key=_ENTRY):
                 if not key.startswith(_ENTRY):
@@ -121,12 +136,50 @@ class RocksJournal:
         self._log_start = state.log_start
         return state
 
-    def _read(self, key: bytes) -> object:
+    def _read(self, key: bytes, view: object | None = None) -> object:
+        """One verified record, from `view` (a RocksDB snapshot) if given."""
         try:
-            raw = self._open_db().get(key)
+            if view is None:
+                raw = self._open_db().get(key)
+            else:  # a snapshot's lookup fails on a missing key like on an I/O error: seek
+                found = next(iter(view.items(from_key=key)), None)
+                raw = found[1] if found is not None and found[0] == key else None
+        except JournalClosed:
+            raise
         except Exception as error:
             raise StorageUnavailable(f"cannot read {self.path}: {error}") from error
         return None if raw is None else self._verify(key, raw)
+
+    def _snapshot_meta(self, view: object | None = None) -> tuple[int, int]:
+        meta = self._read(_SNAPSHOT, view)
+        if meta is None:
+            return 0, 0
+        if (
+            not isinstance(meta, list)
+            or len(meta) != 2
+            or not all(type(n) is int and n >= 0 for n in meta)
+        ):
+            raise CorruptRecord(str(self.path), _SNAPSHOT, f"expected [slot, count], got {meta!r}")
+        return meta[0], meta[1]
+
+    def read_snapshot(self) -> tuple[int, list[bytes]]:
+        # From a RocksDB snapshot: a save_snapshot running meanwhile (another thread) cannot
+        # mix its chunks into what we read.
+        try:
+            view = self._open_db().snapshot()
+        except JournalClosed:
+            raise
+        except Exception as error:
+            raise StorageUnavailable(f"cannot read {self.path}: {error}") from error
+        slot, count = self._snapshot_meta(view)
+        chunks = []
+        for index in range(count):
+            key = _chunk_key(index)
+            chunk = self._read(key, view)
+            if type(chunk) is not bytes:
+                raise CorruptRecord(str(self.path), key, "snapshot chunk missing or not bytes")
+            chunks.append(chunk)
+        return slot, chunks
 
     def _read_int(self, key: bytes) -> int:
         value = self._read(key)
@@ -174,10 +227,8 @@ class RocksJournal:
             return
         out = WriteBatch(raw_mode=True)
         start = self._log_start
-        if batch.truncate_below is not None and batch.truncate_below > start:
-            start = batch.truncate_below
-            out.delete_range(_entry_key(0), _entry_key(start))
-            out.put(_START, _seal(_START, start))
+        if batch.truncate_below is not None:
+            start = self._truncate(out, batch.truncate_below)
         if batch.promised is not None:
             out.put(_PROMISE, _seal(_PROMISE, list(batch.promised)))
         for slot, ((round_, node), value) in batch.entries.items():
@@ -188,6 +239,29 @@ class RocksJournal:
             out.put(_COMMIT, _seal(_COMMIT, batch.commit))
         self._commit_batch(out)
         self._log_start = start
+
+    def save_snapshot(self, slot: int, chunks: Sequence[bytes], truncate_below: int) -> None:
+        check_snapshot(self._snapshot[0], slot, truncate_below)
+        # One write batch: the new snapshot, the old one's surplus chunks gone, and the log
+        # truncation land together or not at all.
+        out = WriteBatch(raw_mode=True)
+        for index, chunk in enumerate(chunks):
+            key = _chunk_key(index)
+            out.put(key, _seal(key, bytes(chunk)))
+        if self._snapshot[1] > len(chunks):
+            out.delete_range(_chunk_key(len(chunks)), _chunk_key(self._snapshot[1]))
+        out.put(_SNAPSHOT, _seal(_SNAPSHOT, [slot, len(chunks)]))
+        start = self._truncate(out, truncate_below)
+        self._commit_batch(out)
+        self._snapshot = (slot, len(chunks))
+        self._log_start = start
+
+    def _truncate(self, out: WriteBatch, below: int) -> int:
+        if below <= self._log_start:
+            return self._log_start
+        out.delete_range(_entry_key(0), _entry_key(below))
+        out.put(_START, _seal(_START, below))
+        return below
 
     def _commit_batch(self, out: WriteBatch) -> None:
         db = self._open_db()

@@ -28,6 +28,7 @@ class Cluster:
         self.client_addresses = [("127.0.0.1", ports[3 + i]) for i in range(3)]
         self.procs: dict[int, subprocess.Popen] = {}
         self.leader_hint = 0  # asked first, as a client that remembers the leader would
+        self.extra: list[str] = []  # more flags for every node
 
     def start(self, node: int) -> None:
         log = open(self.data / f"node{node}.log", "ab")  # noqa: SIM115 (the child writes it)
@@ -47,6 +48,7 @@ class Cluster:
                 self.peers,
                 "--clients",
                 self.clients,
+                *self.extra,
             ],
             stdout=log,
             stderr=log,
@@ -200,3 +202,30 @@ async def test_acknowledged_entries_survive_kills_pauses_and_a_full_restart(clus
         offset = await cluster.append(b"after everything")
     assert offset is not None and offset > max(acked)
     assert os.path.isdir(cluster.data / "node0")
+
+
+async def test_a_follower_behind_a_snapshot_catches_up_after_a_restart(cluster) -> None:
+    cluster.extra = ["--snapshot-every", "16", "--snapshot-keep", "4"]
+    acked: dict[int, bytes] = {}
+    for node in range(3):
+        cluster.start(node)
+    with trio.fail_after(PHASE_S):
+        leader = await cluster.leader()
+        await write_under_load(cluster, acked, 40, "a")
+    follower = (leader + 1) % 3
+    with trio.fail_after(PHASE_S):
+        await all_hold(cluster, acked)
+        behind = {s["node"]: s for s in await cluster.statuses() if "node" in s}[follower]["commit"]
+    cluster.kill(follower)
+    with trio.fail_after(PHASE_S):
+        await write_under_load(cluster, acked, 400, "b")
+        leader = await cluster.leader()
+        status = {s["node"]: s for s in await cluster.statuses() if "node" in s}[leader]
+    assert status["log_start"] > behind, "the slots the follower lacks are compacted away"
+
+    cluster.start(follower)
+    with trio.fail_after(PHASE_S):
+        await all_hold(cluster, acked)
+        status = {s["node"]: s for s in await cluster.statuses() if "node" in s}[follower]
+    assert status["snapshots"]["installed"] >= 1
+    assert status["snapshot"] > behind

@@ -29,14 +29,14 @@ async def free_addresses(size: int) -> dict[int, tuple[str, int]]:
 
 
 @asynccontextmanager
-async def running(data: Path, addresses: dict, nodes: list[int] | None = None):
+async def running(data: Path, addresses: dict, nodes: list[int] | None = None, **overrides):
     ids = sorted(addresses) if nodes is None else nodes
     config = Config(nodes=tuple(sorted(addresses)))
     started: dict[int, Node] = {}
     async with trio.open_nursery() as nursery:
         for node_id in ids:
             journal = RocksJournal.open(data / f"node{node_id}", Identity("test", node_id))
-            settings = NodeSettings(PeerSettings("test", node_id, addresses), config)
+            settings = NodeSettings(PeerSettings("test", node_id, addresses), config, **overrides)
             node = Node(settings, journal)
             started[node_id] = node
             await nursery.start(node.run)
@@ -120,3 +120,30 @@ async def test_a_paused_node_does_not_replay_the_ticks_it_missed(tmp_path: Path)
             elapsed_ticks = (trio.current_time() - time_before) / node.settings.tick_s
             assert node.ticks_skipped >= 40
             assert node.replica._tick - ticks_before < elapsed_ticks / 2
+
+
+async def test_a_node_behind_a_compacted_log_gets_the_snapshot_then_the_tail(
+    tmp_path: Path,
+) -> None:
+    addresses = await free_addresses(3)
+    snapshots = {"snapshot_every_slots": 4, "snapshot_keep_slots": 2}
+    with trio.fail_after(LIMIT_S):
+        async with running(tmp_path, addresses, nodes=[0, 1], **snapshots) as nodes:
+            leader = await leader_of(nodes)
+            for i in range(30):  # one at a time: one slot each
+                assert await leader.submit(b"%016d" % 0 + b"entry-%d" % i) == i
+            assert leader.snapshots_taken >= 5
+            assert leader.replica.log_start > 20, "the log below the snapshot is gone"
+        async with running(tmp_path, addresses, **snapshots) as nodes:
+            await converged(nodes, 30)
+            late = nodes[2]
+            assert late.snapshots_installed == 1
+            assert late.machine.read(0, 100) == (0, [b"entry-%d" % i for i in range(30)])
+            leader = await leader_of(nodes)
+            assert await leader.submit(b"%016d" % 0 + b"after") == 30
+            await converged(nodes, 31)
+        # It restarts from its own stored snapshot, and replays only the log above it.
+        async with running(tmp_path, addresses, nodes=[2], **snapshots) as nodes:
+            assert nodes[2].machine.length >= 28  # restored before the loop even runs
+            await converged(nodes, 30)
+            assert nodes[2].machine.read(29, 1) == (29, [b"entry-29"])

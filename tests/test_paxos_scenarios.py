@@ -634,6 +634,32 @@ def test_a_leader_whose_catch_up_source_died_hands_over_to_the_living_majority()
     assert c.applied[2][:5] == c.applied[3][:5] == c.applied[4][:5]
 
 
+def test_a_leader_installing_a_snapshot_commits_the_slots_it_already_knows_chosen() -> None:
+    # Sim seed 1045: a leader behind its followers got a snapshot of the slots below its lead
+    # point while its own proposals above it were already chosen; its commit point then
+    # stopped at the snapshot's end for good, the window full of chosen slots.
+    c = Cluster(3, batch_count_max=1)
+    c.elect(1)
+    c.propose(1, b"a", b"b")
+    c.stabilize(between(1, 2))
+    c.tick(1, c.config.heartbeat_ticks)
+    c.stabilize(between(1, 2))
+    c.drop(everything)
+    assert c[2].commit == 2 and c[0].commit == 0
+    c.crash(1)
+    c[2].compact(2)
+    c.campaign(0)
+    c.stabilize(between(0, 2))
+    assert c[0].role is Role.LEADER and c[0].commit == 0  # slots 0..1 need a snapshot
+    c.propose(0, b"c", b"d")
+    c.stabilize(between(0, 2))
+    assert c[0].commit == 0
+    c.applied[0] = c.applied[2][:2]
+    c[0].install_snapshot(2)
+    c._drain(0)
+    assert c[0].role is Role.LEADER and c[0].commit == 4
+
+
 # ------------------------------------------------------- regressions found in the second review
 
 

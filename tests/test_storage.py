@@ -123,6 +123,34 @@ def test_a_closed_journal_refuses_work(opener: Opener) -> None:
         journal.load()
 
 
+def test_a_snapshot_replaces_the_last_and_truncates_with_it(opener: Opener) -> None:
+    journal = opener()
+    assert journal.read_snapshot() == (0, [])
+    journal.write(batch(accept=[(s, (1, 0), (b"%d" % s,)) for s in range(10)], commit=10))
+    journal.save_snapshot(4, [b"a", b"b", b"c"], truncate_below=2)
+    journal.save_snapshot(8, [b"state at 8"], truncate_below=6)
+    journal.close()
+    journal = opener()
+    state = journal.load()
+    assert (state.snapshot_slot, state.log_start, sorted(state.entries)) == (8, 6, [6, 7, 8, 9])
+    # The first snapshot's surplus chunks are gone with it.
+    assert journal.read_snapshot() == (8, [b"state at 8"])
+
+
+def test_a_snapshot_never_moves_back_nor_truncates_past_itself(opener: Opener) -> None:
+    journal = opener()
+    journal.save_snapshot(5, [b"x"], truncate_below=5)
+    with pytest.raises(ValueError, match="older"):
+        journal.save_snapshot(4, [b"y"], truncate_below=0)
+    with pytest.raises(ValueError, match="ends at"):
+        journal.save_snapshot(6, [b"y"], truncate_below=7)
+    journal.close()
+    reopened = opener()  # and a reopened journal remembers where it stands before any load
+    with pytest.raises(ValueError, match="older"):
+        reopened.save_snapshot(4, [b"y"], truncate_below=0)
+    assert reopened.read_snapshot() == (5, [b"x"])
+
+
 # A sequence of batches, as a node's turns would produce them.
 ballots = st.tuples(st.integers(0, 1 << 62), st.integers(-1, 7))
 values = st.lists(st.binary(max_size=40), max_size=4).map(tuple)
@@ -134,6 +162,7 @@ batches = st.lists(
             "accept": st.lists(st.tuples(st.integers(0, 30), ballots, values), max_size=5),
             "commit": st.integers(0, 30),
             "truncate": st.integers(0, 30),
+            "snapshot": st.tuples(st.integers(0, 30), st.lists(st.binary(max_size=9), max_size=3)),
         },
     ),
     max_size=12,
@@ -151,11 +180,19 @@ def test_both_journals_end_in_the_same_state(turns: list[dict], tmp_path: Path) 
     rocks = RocksJournal.open(path, ME)
     try:
         for items in turns:
+            snapshot = items.pop("snapshot", None)
             twin.write(batch(**items))
             rocks.write(batch(**items))
+            if snapshot is not None:
+                slot, chunks = snapshot
+                slot = max(slot, twin.load().snapshot_slot)
+                below = min(slot, items.get("truncate", 0))
+                twin.save_snapshot(slot, chunks, below)
+                rocks.save_snapshot(slot, chunks, below)
         rocks.close()
         rocks = RocksJournal.open(path, ME)
         assert rocks.load() == twin.load()
+        assert rocks.read_snapshot() == twin.read_snapshot()
     finally:
         rocks.close()
 
@@ -167,17 +204,22 @@ def _raw(path: Path) -> Rdict:
     return Rdict(str(path), Options(raw_mode=True))
 
 
+def _flip(path: Path, key: bytes, at: int, bits: int) -> None:
+    """Corrupt one stored record behind the journal's back."""
+    raw = _raw(path)
+    value = bytearray(raw[key])
+    value[at] ^= bits
+    raw[key] = bytes(value)
+    raw.close()
+
+
 def test_a_flipped_bit_is_refused_with_the_record_named(tmp_path: Path) -> None:
     path = tmp_path / "journal"
     journal = RocksJournal.open(path, ME)
     journal.write(batch(promise=(1, 1), accept=[(7, (1, 1), (b"payload",))], commit=0))
     journal.close()
-    raw = _raw(path)
     key = b"e" + (7).to_bytes(8, "big")
-    value = bytearray(raw[key])
-    value[-2] ^= 0x01
-    raw[key] = bytes(value)
-    raw.close()
+    _flip(path, key, -2, 0x01)
     with pytest.raises(CorruptRecord) as caught:
         RocksJournal.open(path, ME).load()
     assert caught.value.key == key and "checksum" in caught.value.reason
@@ -193,6 +235,18 @@ def test_a_valid_record_under_another_key_is_refused(tmp_path: Path) -> None:
     raw.close()
     with pytest.raises(CorruptRecord):
         RocksJournal.open(path, ME).load()
+
+
+def test_a_corrupt_snapshot_chunk_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    journal = RocksJournal.open(path, ME)
+    journal.save_snapshot(3, [b"one", b"two"], truncate_below=0)
+    journal.close()
+    key = b"k" + (1).to_bytes(4, "big")
+    _flip(path, key, -1, 0x40)
+    with pytest.raises(CorruptRecord) as caught:
+        RocksJournal.open(path, ME).read_snapshot()
+    assert caught.value.key == key
 
 
 def test_a_truncated_promise_is_refused(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paxq.broker.node import Decoder, encode
+from paxq.broker.node.transfer import SnapshotAck, SnapshotChunk
 from paxq.broker.paxos import (
     LEARNED,
     Accept,
@@ -116,6 +117,12 @@ messages = st.one_of(
     st.builds(HeartbeatAck, nodes, ballot, slots),
     st.builds(CatchupRequest, nodes, slots),
     st.builds(CatchupReply, nodes, slots, st.lists(value, max_size=4).map(tuple), slots),
+    st.integers(1, 50).flatmap(
+        lambda count: st.builds(
+            SnapshotChunk, nodes, slots, st.integers(0, count - 1), st.just(count), st.binary()
+        )
+    ),
+    st.builds(SnapshotAck, nodes, slots, st.integers(0, 1 << 20)),
 )
 
 
@@ -144,6 +151,10 @@ def test_every_message_round_trips_through_a_frame(message) -> None:
         ([3, 0, 1, 0, 0, b"not a list", 0], "array of commands"),
         ([2, 0, 1, 0, 0, [[0, 1, 0]]], "promise entry"),
         ([9, 0, 0, [[b"a"]] * 5, 0], "catchup_slots_max"),
+        ([10, 0, 5, 2, 2, b"x"], "index"),
+        ([10, 0, 5, 0, 0, b"x"], "chunk count"),
+        ([10, 0, 5, 0, 1, "text"], "byte string"),
+        ([11, 0, 5, -1], "received"),
     ],
 )
 def test_malformed_peer_messages_are_refused_with_a_typed_error(body, complaint) -> None:
@@ -160,7 +171,7 @@ def test_arbitrary_input_decodes_to_a_message_or_a_typed_error(body) -> None:
 
 
 @given(
-    st.integers(1, 9).flatmap(
+    st.integers(1, 11).flatmap(
         lambda tag: st.tuples(
             st.just(tag),
             st.lists(

@@ -31,7 +31,8 @@ import trio
 from paxq.client.wire import ErrorCode, FrameDecoder, FrameTooLarge, WireError, encode_frame
 
 from .listen import serving
-from .runtime import COMMAND_HEADER_BYTES, CommandFailed, Node
+from .machines import COMMAND_HEADER_BYTES
+from .runtime import Node
 
 log = logging.getLogger("paxq.node.clients")
 
@@ -122,58 +123,68 @@ class ClientPort:
             )
             return
         await stream.send_all(encode_frame({"ok": True, "node": self.node.id}))
-        session = os.urandom(8)
-        sequence = 0
-        write_lock = trio.Lock()
-        limiter = trio.CapacityLimiter(self.in_flight_max)
+        session = _Session(os.urandom(8), self.frame_bytes_max)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write, stream, session)
             async for request in frames:
-                sequence += 1
-                await limiter.acquire_on_behalf_of(sequence)  # past the bound: stop reading
-                header = session + _SEQUENCE.pack(sequence)
-                nursery.start_soon(
-                    self._answer, stream, write_lock, limiter, sequence, header, request
-                )
+                if session.in_flight >= self.in_flight_max:
+                    await session.room.wait()  # past the bound: stop reading (backpressure)
+                await self._dispatch(session, request)
+            # The client closed its side: answer what is still in flight, then end.
+            while session.in_flight:
+                await session.room.wait()
+            await session.flushed()
+            nursery.cancel_scope.cancel()
 
-    async def _answer(
-        self, stream, write_lock, limiter, token, header: bytes, request: object
-    ) -> None:
-        try:
-            reply = await self._handle(header, request)
-            try:
-                frame = encode_frame(reply, self.frame_bytes_max)
-            except FrameTooLarge:
-                rid = reply.get("id")
-                frame = encode_frame(
-                    _error(
-                        rid, ErrorCode.TOO_LARGE, "the reply exceeds the frame bound; ask for less"
-                    )
-                )
-            async with write_lock:
-                await stream.send_all(frame)
-        finally:
-            limiter.release_on_behalf_of(token)
+    async def _write(self, stream: trio.SocketStream, session: _Session) -> None:
+        """One writer per session: replies that completed meanwhile go out in one write."""
+        while True:
+            await session.wake.wait()
+            session.wake = trio.Event()
+            data = b"".join(session.out)
+            session.out.clear()
+            session.writing = True
+            await stream.send_all(data)
+            session.writing = False
+            session.sent.set()
 
-    async def _handle(self, header: bytes, request: object) -> dict:
+    async def _dispatch(self, session: _Session, request: object) -> None:
+        """Answer at once, or hand an append to the node with a callback that answers it."""
         if not isinstance(request, dict) or type(request.get("id")) is not int:
-            return _error(None, ErrorCode.BAD_REQUEST, "a request is a map with an integer id")
+            session.answer(_error(None, ErrorCode.BAD_REQUEST, "a request is a map with an int id"))
+            return
         rid = request["id"]
+        if request.get("op") != "append":
+            session.answer(self._handle(rid, request))
+            return
+        data = request.get("data")
+        if type(data) is not bytes:
+            session.answer(_error(rid, ErrorCode.BAD_REQUEST, "append takes data as bytes"))
+            return
+        if len(data) + COMMAND_HEADER_BYTES > self.node.settings.paxos.batch_bytes_max:
+            session.answer(_error(rid, ErrorCode.TOO_LARGE, "the entry exceeds the batch bound"))
+            return
+        session.sequence += 1
+        command = session.id + _SEQUENCE.pack(session.sequence) + data
+        addresses = self.client_addresses
+
+        def done(kind: str, value: object) -> None:
+            if kind == "ok":
+                session.finish(encode_frame({"id": rid, "ok": True, "offset": value}))
+                return
+            reply = _error(rid, _FAILURES[kind], kind)
+            leader = self.node.replica.leader_hint
+            if kind == "not leader" and leader in addresses:
+                host, port = addresses[leader]
+                reply["leader"] = f"{host}:{port}"
+            session.finish(encode_frame(reply))
+
+        session.in_flight += 1
+        if not self.node.propose_nowait(command, done):
+            await self.node.propose(command, done)  # the node's inbox is full: wait for room
+
+    def _handle(self, rid: int, request: dict) -> dict:
         op = request.get("op")
-        if op == "append":
-            data = request.get("data")
-            if type(data) is not bytes:
-                return _error(rid, ErrorCode.BAD_REQUEST, "append takes data as bytes")
-            if len(data) + COMMAND_HEADER_BYTES > self.node.settings.paxos.batch_bytes_max:
-                return _error(rid, ErrorCode.TOO_LARGE, "the entry exceeds the batch byte bound")
-            try:
-                offset = await self.node.submit(header + data)
-            except CommandFailed as failed:
-                reply = _error(rid, _FAILURES[failed.reason], failed.reason)
-                if failed.reason == "not leader" and failed.leader in self.client_addresses:
-                    host, port = self.client_addresses[failed.leader]
-                    reply["leader"] = f"{host}:{port}"
-                return reply
-            return {"id": rid, "ok": True, "offset": offset}
         if op == "read":
             start, limit = request.get("from", 0), request.get("limit", 100)
             if (
@@ -200,6 +211,44 @@ class ClientPort:
                 status.update(self.extra_status())
             return {"id": rid, "ok": True, "status": status}
         return _error(rid, ErrorCode.UNKNOWN_OPERATION, f"unknown operation {op!r}")
+
+
+class _Session:
+    """One client connection's state: its id, replies waiting to be written, and the bound
+    on appends in flight."""
+
+    def __init__(self, session_id: bytes, frame_bytes_max: int) -> None:
+        self.id = session_id
+        self.sequence = 0
+        self.in_flight = 0
+        self.frame_bytes_max = frame_bytes_max
+        self.out: list[bytes] = []
+        self.writing = False
+        self.wake = trio.Event()  # replies are waiting for the writer
+        self.room = trio.Event()  # an append finished: the reader may go on
+        self.sent = trio.Event()
+
+    def answer(self, reply: dict) -> None:
+        try:
+            frame = encode_frame(reply, self.frame_bytes_max)
+        except FrameTooLarge:
+            frame = encode_frame(
+                _error(reply.get("id"), ErrorCode.TOO_LARGE, "the reply exceeds the frame bound")
+            )
+        self.out.append(frame)
+        self.wake.set()
+
+    def finish(self, frame: bytes) -> None:
+        self.out.append(frame)
+        self.wake.set()
+        self.in_flight -= 1
+        self.room.set()
+        self.room = trio.Event()
+
+    async def flushed(self) -> None:
+        while self.out or self.writing:
+            self.sent = trio.Event()
+            await self.sent.wait()
 
 
 async def _frames(stream: trio.SocketStream, decoder: FrameDecoder):

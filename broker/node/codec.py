@@ -9,6 +9,8 @@
     HeartbeatAck   [7, src, round, node, commit]
     CatchupRequest [8, src, from_slot]
     CatchupReply   [9, src, from_slot, [value, ...], commit]
+    SnapshotChunk  [10, src, slot, index, count, data]      (node level: see transfer.py)
+    SnapshotAck    [11, src, slot, received]
 
 where value = [command bytes, ...]. The core trusts message fields (it tolerates crashes, not
 lies), so decoding checks every type and range, and every batch against the configured bounds,
@@ -37,12 +39,16 @@ from ..paxos import (
     Reject,
     Value,
 )
+from .transfer import SnapshotAck, SnapshotChunk
+
+PeerMessage = Message | SnapshotChunk | SnapshotAck
 
 _SLOT_MAX = 1 << 62  # far beyond any real log; refuses absurd slot numbers outright
 _NODE_MAX = 1 << 16
+_CHUNKS_MAX = 1 << 20
 
 
-def encode(message: Message) -> list:
+def encode(message: PeerMessage) -> list:
     """The message as a CBOR-ready array (the frame layer adds length and bytes)."""
     kind = type(message)
     if kind is Accept:
@@ -68,6 +74,10 @@ def encode(message: Message) -> list:
     if kind is CatchupReply:
         m = message
         return [9, m.src, m.from_slot, [list(value) for value in m.values], m.commit]
+    if kind is SnapshotChunk:
+        return [10, *message]
+    if kind is SnapshotAck:
+        return [11, *message]
     raise TypeError(f"not a paxos message: {message!r}")
 
 
@@ -76,7 +86,7 @@ class Decoder:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._decoders: dict[int, tuple[int, Callable[[list], Message]]] = {
+        self._decoders: dict[int, tuple[int, Callable[[list], PeerMessage]]] = {
             1: (5, self._prepare),
             2: (6, self._promise),
             3: (7, self._accept),
@@ -86,9 +96,11 @@ class Decoder:
             7: (5, self._heartbeat_ack),
             8: (3, self._catchup_request),
             9: (5, self._catchup_reply),
+            10: (6, self._snapshot_chunk),
+            11: (4, self._snapshot_ack),
         }
 
-    def decode(self, body: object) -> Message:
+    def decode(self, body: object) -> PeerMessage:
         if not isinstance(body, list) or not body:
             raise MalformedMessage("a peer message is a non-empty array")
         tag = body[0]
@@ -188,4 +200,17 @@ class Decoder:
         values = tuple(self._value(value) for value in b[3])
         return CatchupReply(
             self._src(b[1]), self._slot(b[2], "from_slot"), values, self._slot(b[4], "commit")
+        )
+
+    def _snapshot_chunk(self, b: list) -> SnapshotChunk:
+        count = self._int(b[4], 1, _CHUNKS_MAX, "chunk count")
+        if type(b[5]) is not bytes:
+            raise MalformedMessage("a snapshot chunk's data is a byte string")
+        return SnapshotChunk(
+            self._src(b[1]), self._slot(b[2]), self._int(b[3], 0, count - 1, "index"), count, b[5]
+        )
+
+    def _snapshot_ack(self, b: list) -> SnapshotAck:
+        return SnapshotAck(
+            self._src(b[1]), self._slot(b[2]), self._int(b[3], 0, _CHUNKS_MAX, "received")
         )

@@ -9,7 +9,6 @@ runs, new inputs gather in bounded channels and become the next turn.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 from collections import deque
@@ -21,10 +20,12 @@ import trio
 from paxq.client.wire import FrameTooLarge
 from paxq.storage import Identity, Journal
 
-from ..paxos import Config, ProposeResult, Replica, Role, Value
+from ..paxos import Config, ProposeResult, Replica, Role
 from ..persist import batch_of, durable_state
 from .codec import Decoder
+from .machines import LogMachine, Machine, SnapshotInvalid
 from .peers import PeerSettings, PeerTransport
+from .transfer import Assembler, Incoming, SnapshotAck, SnapshotChunk
 
 log = logging.getLogger("paxq.node")
 
@@ -47,6 +48,18 @@ class NodeSettings:
     inbox_max: int = 8192
     #: a command whose slot is not applied within this long is answered "unknown outcome"
     command_timeout_s: float = 10.0
+    #: snapshot the machine every this many applied slots (0: never) and drop the log below,
+    #: keeping this many slots behind the snapshot so a peer that lags a little catches up
+    #: from the log instead of receiving the whole snapshot
+    snapshot_every_slots: int = 2048
+    snapshot_keep_slots: int = 256
+    #: snapshots travel in chunks of about this size, this many ahead of the acknowledgement
+    snapshot_chunk_bytes: int = 1 << 20
+    snapshot_window_chunks: int = 4
+    #: a transfer whose receiver acknowledges nothing for this long is abandoned
+    snapshot_ack_timeout_s: float = 5.0
+    #: a received snapshot larger than this is refused
+    snapshot_bytes_max: int = 1 << 30
 
     def __post_init__(self) -> None:
         # Every peer message must fit a frame: the largest are a promise carrying a window of
@@ -60,53 +73,24 @@ class NodeSettings:
             )
         if 2 * cfg.catchup_bytes_max > frame:
             raise ValueError("catchup_bytes_max x 2 exceeds the peer frame bound")
-
-
-#: Client commands start with a session id and a sequence number (8 bytes each), which makes
-#: every command unique; the machine sees only what follows.
-COMMAND_HEADER_BYTES = 16
-
-
-class LogMachine:
-    """The minimal replicated machine until the queue machine arrives: an append-only log.
-
-    apply() returns, for each command, the result its client gets: the entry's offset. The
-    last `retain` entries stay readable (a bounded ring: memory does not grow with the log).
-    """
-
-    def __init__(self, retain: int = 100_000, retain_bytes: int = 64 << 20) -> None:
-        self.length = 0
-        self.slots = 0
-        self._recent: deque[bytes] = deque(maxlen=retain)
-        self._recent_bytes = 0
-        self._retain_bytes = retain_bytes
-
-    def apply(self, slot: int, value: Value) -> list[object]:
-        self.slots = slot + 1
-        first = self.length
-        self.length += len(value)
-        recent = self._recent
-        for command in value:
-            entry = command[COMMAND_HEADER_BYTES:]
-            if len(recent) == recent.maxlen:
-                self._recent_bytes -= len(recent[0])  # the append below evicts it
-            recent.append(entry)
-            self._recent_bytes += len(entry)
-        while self._recent_bytes > self._retain_bytes and recent:
-            self._recent_bytes -= len(recent.popleft())
-        return list(range(first, self.length))
-
-    def read(self, offset: int, limit: int) -> tuple[int, list[bytes]]:
-        """(first offset returned, entries): from `offset` on, at most `limit`. Entries older
-        than the ring are gone: the read starts at the oldest one kept."""
-        first_kept = self.length - len(self._recent)
-        first = max(offset, first_kept)
-        start = first - first_kept
-        return first, list(itertools.islice(self._recent, start, start + max(0, limit)))
+        if self.snapshot_chunk_bytes + cfg.batch_bytes_max + 1024 > frame:
+            # A chunk may run over its nominal size by one machine entry.
+            raise ValueError("snapshot_chunk_bytes + batch_bytes_max exceeds the peer frame bound")
+        if self.snapshot_every_slots < 0 or self.snapshot_keep_slots < 0:
+            raise ValueError("snapshot_every_slots and snapshot_keep_slots must be >= 0")
+        if self.snapshot_window_chunks < 1:
+            raise ValueError("snapshot_window_chunks must be positive")
 
 
 _TICK = -1  # inbox tags below zero are not peers
 _COMMAND = -2
+
+Callback = Callable[[str, object], None]
+_REFUSALS = {
+    ProposeResult.NOT_LEADER: "not leader",
+    ProposeResult.OVERLOADED: "overloaded",
+    ProposeResult.TOO_LARGE: "too large",
+}
 
 
 class Node:
@@ -114,24 +98,41 @@ class Node:
         self,
         settings: NodeSettings,
         journal: Journal,
-        machine_factory: Callable[[], LogMachine] = LogMachine,
+        machine_factory: Callable[[], Machine] = LogMachine,
     ) -> None:
         self.settings = settings
         self.id = settings.peer.node_id
         if journal.identity != Identity(settings.peer.cluster, self.id):
             raise ValueError(f"journal {journal.identity} is not this node's")
         self.journal = journal
-        self.replica = Replica(
-            self.id, settings.paxos, random.Random(), durable_state(journal.load())
-        )
+        self._machine_factory = machine_factory
+        # The machine restarts from the stored snapshot; the replica replays the log from its
+        # start, and slots the snapshot covers are skipped when applied (see _carry_out).
+        state = journal.load()
         self.machine = machine_factory()
+        if state.snapshot_slot:
+            slot, chunks = journal.read_snapshot()
+            self.machine.restore(chunks)
+            self.machine.slots = slot
+        self._snapshot_at = state.snapshot_slot
+        self.replica = Replica(self.id, settings.paxos, random.Random(), durable_state(state))
+        self._assembler = Assembler(self.id, settings.snapshot_bytes_max)
+        self._received: Incoming | None = None  # a complete snapshot waiting to be installed
+        self._shipping: dict[int, _Shipment] = {}  # peer -> the transfer under way to it
+        self._nursery: trio.Nursery | None = None
+        self.snapshots_taken = 0
+        self.snapshots_sent = 0
+        self.snapshots_installed = 0
         # One bounded inbox for every input: peer messages (tagged with the peer), ticks and
         # client commands. Past its bound, senders wait: backpressure, not memory.
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[int, object]](
             settings.inbox_max
         )
         self.peers = PeerTransport(settings.peer, Decoder(settings.paxos), self._inbox_send)
-        self._waiting: dict[bytes, tuple[trio.Event, list]] = {}
+        # Commands proposed here and not yet applied, with their callbacks; and the order they
+        # came in, with deadlines, so that those never applied are answered "unknown" in time.
+        self._waiting: dict[bytes, Callback] = {}
+        self._deadlines: deque[tuple[float, bytes]] = deque()
         self.turns = 0
         self.syncs = 0
         self.ticks_skipped = 0
@@ -139,27 +140,39 @@ class Node:
 
     # ------------------------------------------------------------------------- client side
 
-    async def submit(self, command: bytes) -> object:
-        """Replicate one command; return what the machine answered for it once applied.
+    def propose_nowait(self, command: bytes, on_done: Callback) -> bool:
+        """Queue a command for the loop without waiting; False if the inbox is full.
 
-        Raises CommandFailed with reason "not leader" (see `leader`), "overloaded", "too large",
-        or "unknown" when leadership was lost or time ran out after it may have got a slot.
+        `on_done(kind, value)` is called once, from the loop: ("ok", the machine's result)
+        once applied, or a failure: "not leader", "overloaded", "too large", or "unknown"
+        when leadership was lost or time ran out after the command may have got a slot.
         Commands must be unique (the client layer adds a session and a sequence).
         """
-        done = trio.Event()
-        outcome: list = []
         try:
-            with trio.move_on_after(self.settings.command_timeout_s):
-                await self._inbox_send.send((_COMMAND, (command, done, outcome)))
-                await done.wait()
-        finally:
+            self._inbox_send.send_nowait((_COMMAND, (command, on_done)))
+        except trio.WouldBlock:
+            return False
+        return True
+
+    async def propose(self, command: bytes, on_done: Callback) -> None:
+        """As propose_nowait, but waits for room in the inbox (backpressure)."""
+        await self._inbox_send.send((_COMMAND, (command, on_done)))
+
+    async def submit(self, command: bytes) -> object:
+        """Replicate one command and return the machine's result; raises CommandFailed."""
+        done = trio.Event()
+        outcome: list[tuple[str, object]] = []
+
+        def finish(kind: str, value: object) -> None:
             if not outcome:
-                # Given up (timeout or cancellation): if the loop has not proposed it yet it
-                # never will (see _propose); if it has, it may still be applied: unknown.
-                outcome.append(("unknown", None))
-                waiter = self._waiting.get(command)
-                if waiter is not None and waiter[0] is done:
-                    del self._waiting[command]
+                outcome.append((kind, value))
+                done.set()
+
+        with trio.move_on_after(self.settings.command_timeout_s + 1.0):
+            await self.propose(command, finish)
+            await done.wait()
+        # Given up (cancelled or out of time): it may still be applied later.
+        finish("unknown", None)
         kind, value = outcome[0]
         if kind == "ok":
             return value
@@ -170,15 +183,15 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 await nursery.start(self.peers.serve)
                 nursery.start_soon(self._ticker)
                 task_status.started()
                 await self._loop()
         finally:
-            for done, outcome in self._waiting.values():
-                outcome.append(("unknown", None))
-                done.set()
-            self._waiting.clear()
+            waiting, self._waiting = self._waiting, {}
+            for on_done in waiting.values():
+                on_done("unknown", None)
 
     async def _ticker(self) -> None:
         tick = self.settings.tick_s
@@ -207,6 +220,9 @@ class Node:
                     break
                 self._handle(item)
             self.turns += 1
+            if self._received is not None:
+                received, self._received = self._received, None
+                await self._install(received)
             ready = self.replica.ready()
             if ready is not None:
                 await self._carry_out(ready)
@@ -214,26 +230,38 @@ class Node:
     def _handle(self, item: tuple[int, object]) -> None:
         source, payload = item
         if source >= 0:
-            self.replica.step(payload)
+            kind = type(payload)
+            if kind is SnapshotChunk:
+                self._on_chunk(payload)
+            elif kind is SnapshotAck:
+                shipment = self._shipping.get(source)
+                if shipment is not None and payload.slot == shipment.slot:
+                    shipment.on_ack(payload.received)
+            else:
+                self.replica.step(payload)
         elif source == _TICK:
             self.replica.tick()
+            self._expire()
         else:
             self._propose(*payload)
 
-    def _propose(self, command: bytes, done: trio.Event, outcome: list) -> None:
-        if outcome:  # the submitter gave up while this waited in the inbox: drop it
-            return
+    def _propose(self, command: bytes, on_done: Callback) -> None:
         result = self.replica.propose(command)
         if result is ProposeResult.QUEUED:
-            self._waiting[command] = (done, outcome)
+            self._waiting[command] = on_done
+            self._deadlines.append((trio.current_time() + self.settings.command_timeout_s, command))
             return
-        reason = {
-            ProposeResult.NOT_LEADER: "not leader",
-            ProposeResult.OVERLOADED: "overloaded",
-            ProposeResult.TOO_LARGE: "too large",
-        }[result]
-        outcome.append((reason, None))
-        done.set()
+        on_done(_REFUSALS[result], None)
+
+    def _expire(self) -> None:
+        """Answer "unknown" for commands whose slot was not applied in time."""
+        deadlines, waiting = self._deadlines, self._waiting
+        now = trio.current_time()
+        while deadlines and (deadlines[0][0] <= now or deadlines[0][1] not in waiting):
+            _, command = deadlines.popleft()
+            on_done = waiting.pop(command, None)
+            if on_done is not None:
+                on_done("unknown", None)
 
     async def _carry_out(self, ready) -> None:
         """Persist (one sync for the turn), then send, then apply and answer."""
@@ -254,19 +282,96 @@ class Node:
                     log.error("dropped an oversized %s to node %s", type(message).__name__, peer)
                     continue
             self.peers.send_frame(peer, frame)
+        machine = self.machine
         for slot, value in ready.committed:
-            results = self.machine.apply(slot, value)
-            if self._waiting:
+            if slot < machine.slots:
+                continue  # a snapshot restored at start, or installed since, covers it
+            results = machine.apply(slot, value)
+            waiting = self._waiting
+            if waiting:
                 for command, result in zip(value, results, strict=True):
-                    waiter = self._waiting.pop(command, None)
-                    if waiter is not None:
-                        waiter[1].append(("ok", result))
-                        waiter[0].set()
+                    on_done = waiting.pop(command, None)
+                    if on_done is not None:
+                        on_done("ok", result)
         for command in ready.dropped:
-            waiter = self._waiting.pop(command, None)
-            if waiter is not None:
-                waiter[1].append(("not leader", None))
-                waiter[0].set()
+            on_done = self._waiting.pop(command, None)
+            if on_done is not None:
+                on_done("not leader", None)
+        for peer, _ in ready.snapshot_requests:
+            if peer not in self._shipping and self._snapshot_at and self._nursery is not None:
+                self._shipping[peer] = shipment = _Shipment(self._snapshot_at)
+                self._nursery.start_soon(self._ship_snapshot, peer, shipment)
+        every = self.settings.snapshot_every_slots
+        if every and machine.slots - self._snapshot_at >= every:
+            await self._take_snapshot()
+
+    # --------------------------------------------------------------------------- snapshots
+
+    async def _take_snapshot(self) -> None:
+        """Store the machine's state, then drop the log below it (less a tail kept for
+        peers that lag a little). Both land in one synced write."""
+        slot = self.machine.slots
+        chunks = self.machine.snapshot(self.settings.snapshot_chunk_bytes)
+        below = max(self.replica.log_start, slot - self.settings.snapshot_keep_slots)
+        await trio.to_thread.run_sync(self.journal.save_snapshot, slot, chunks, below)
+        self.replica.compact(below)
+        self._snapshot_at = slot
+        self.snapshots_taken += 1
+
+    async def _ship_snapshot(self, peer: int, shipment: _Shipment) -> None:
+        """Stream the stored snapshot to `peer`, a window of chunks ahead of its acks."""
+        s = self.settings
+        try:
+            slot, chunks = await trio.to_thread.run_sync(self.journal.read_snapshot)
+            shipment.slot = slot
+            count = len(chunks)
+            sent = 0
+            while shipment.acked < count:
+                while sent < count and sent - shipment.acked < s.snapshot_window_chunks:
+                    chunk = SnapshotChunk(self.id, slot, sent, count, chunks[sent])
+                    self.peers.send_frame(peer, self.peers.frame(chunk))
+                    sent += 1
+                progress = shipment.acked
+                with trio.move_on_after(s.snapshot_ack_timeout_s):
+                    while shipment.acked == progress:
+                        await shipment.changed.wait()
+                        shipment.changed = trio.Event()
+                if shipment.acked == progress:
+                    log.warning("snapshot to node %d stalled at chunk %d of %d", peer, sent, count)
+                    return
+                sent = max(sent, shipment.acked)
+            self.snapshots_sent += 1
+            log.info("sent node %d the snapshot up to slot %d (%d chunks)", peer, slot, count)
+        except FrameTooLarge:
+            log.error("snapshot chunk for node %d exceeds the frame bound", peer)
+        finally:
+            del self._shipping[peer]
+
+    def _on_chunk(self, chunk: SnapshotChunk) -> None:
+        ack, complete = self._assembler.on_chunk(chunk, self.replica.commit)
+        if ack is not None:
+            self.peers.send_frame(chunk.src, self.peers.frame(ack))
+        if complete is not None:
+            self._received = complete
+
+    async def _install(self, received: Incoming) -> None:
+        """A peer's snapshot: check it, store it, then let machine and replica adopt it."""
+        if received.slot <= self.replica.commit:
+            return  # we got there on our own meanwhile
+        machine = self._machine_factory()
+        try:
+            machine.restore(received.chunks)
+        except SnapshotInvalid as error:
+            log.error("refusing the snapshot from node %d: %s", received.src, error)
+            return
+        machine.slots = received.slot
+        slot = received.slot
+        await trio.to_thread.run_sync(self.journal.save_snapshot, slot, received.chunks, slot)
+        self.machine = machine
+        self._snapshot_at = slot
+        self.replica.install_snapshot(slot)
+        self.snapshots_installed += 1
+        log.info("installed the snapshot up to slot %d from node %d", slot, received.src)
 
     # ------------------------------------------------------------------------------- views
 
@@ -280,7 +385,28 @@ class Node:
             "commit": r.commit,
             "applied": r.applied,
             "promised": [r.promised.round, r.promised.node],
+            "log_start": r.log_start,
+            "snapshot": self._snapshot_at,
+            "snapshots": {
+                "taken": self.snapshots_taken,
+                "sent": self.snapshots_sent,
+                "installed": self.snapshots_installed,
+            },
             "syncs": self.syncs,
             "turns": self.turns,
             "ticks_skipped": self.ticks_skipped,
         }
+
+
+class _Shipment:
+    """One snapshot transfer under way: how far the receiver has acknowledged."""
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.acked = 0
+        self.changed = trio.Event()
+
+    def on_ack(self, received: int) -> None:
+        if received > self.acked:
+            self.acked = received
+            self.changed.set()

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
 
+import cbor2
+
 from paxq.storage import Identity, MemoryDisk, MemoryJournal
 
 from ..paxos import (
@@ -47,6 +49,7 @@ _TIMEOUT = 6  # client `target` gives up on (command, attempt) unless answered
 _PARTITION = 7
 _CRASH = 8
 _RESTART = 9  # payload: unused
+_SNAPSHOT = 10  # a snapshot reaches replica `target`; payload (src, slot, chunks)
 
 _OK, _NOT_LEADER, _RETRY = 0, 1, 2
 
@@ -68,6 +71,8 @@ class SimStats:
     liveness_ms: float = 0.0
     #: replicas kept down while the majority had to serve alone
     held_down: int = 0
+    snapshots_taken: int = 0
+    snapshots_installed: int = 0
 
     @property
     def deliveries_per_s(self) -> float:
@@ -90,12 +95,14 @@ class _Node:
     __slots__ = (
         "applied",
         "disk",
+        "encoded",
         "id",
         "incarnation",
         "journal",
         "led",
         "replica",
         "sessions",
+        "snapshot_at",
         "tick_ms",
     )
 
@@ -106,6 +113,8 @@ class _Node:
         self.journal: MemoryJournal | None = None
         self.replica: Replica | None = None
         self.applied: list[Value] = []  # the application: slots applied, in order
+        self.encoded: list[bytes] = []  # each applied slot encoded: the snapshot's chunks
+        self.snapshot_at = 0  # the slot the last snapshot covers up to
         self.sessions: dict[bytes, int] = {}  # command -> client waiting for it
         self.incarnation = 0
         self.led = None  # last ballot this node led (to count elections)
@@ -247,6 +256,8 @@ class Simulation:
             self._on_partition()
         elif kind == _CRASH:
             self._on_crash()
+        elif kind == _SNAPSHOT:
+            self._on_snapshot(target, payload)
         elif kind == _RESTART:
             node = self.nodes[target]
             if node.replica is None and target not in self.held_down:
@@ -259,10 +270,14 @@ class Simulation:
 
     def _start(self, node: _Node) -> None:
         node.incarnation += 1
-        node.applied = []
         node.sessions = {}
         node.led = None
         node.journal = MemoryJournal(node.disk, Identity("sim", node.id))
+        # The application restarts from its snapshot; the replica replays the log from its
+        # start, and slots the snapshot already covers are skipped (see _drain).
+        node.snapshot_at, chunks = node.journal.read_snapshot()
+        node.encoded = chunks
+        node.applied = [tuple(cbor2.loads(chunk)) for chunk in chunks]
         node.replica = self.factory(
             node.id,
             self.config,
@@ -309,8 +324,15 @@ class Simulation:
             applied = node.applied
             sessions = node.sessions
             for slot, value in ready.committed:
+                if slot < len(applied):  # the snapshot restored at start covers it
+                    if applied[slot] != value:
+                        raise Violation(
+                            "agreement", f"node {node.id} replays slot {slot} unlike its snapshot"
+                        )
+                    continue
                 on_apply(node.id, len(applied), slot, value)
                 applied.append(value)
+                node.encoded.append(cbor2.dumps(list(value)))
                 if sessions:
                     for command in value:
                         client = sessions.pop(command, None)
@@ -321,6 +343,15 @@ class Simulation:
                 client = node.sessions.pop(command, None)
                 if client is not None:
                     self._reply(client, command, _RETRY, None)
+        if ready.snapshot_requests:
+            for peer, _ in ready.snapshot_requests:
+                # The runtime ships its stored snapshot; the network may lose or delay it.
+                slot, chunks = node.journal.read_snapshot()
+                if not self.rng.random() < self.loss:
+                    self._push(self._delay(), _SNAPSHOT, peer, (node.id, slot, chunks))
+        every = self.settings.snapshot_every
+        if every and replica.applied - node.snapshot_at >= every and self._take_snapshot(node):
+            return  # crashed right after the snapshot's sync
         if replica.role is Role.LEADER and replica.ballot != node.led:
             node.led = replica.ballot
             self.stats.elections += 1
@@ -331,6 +362,50 @@ class Simulation:
                 crash = self.crash_after_promise
             if self.rng.random() < crash:
                 self._crash(node)
+
+    def _take_snapshot(self, node: _Node) -> bool:
+        """Snapshot the applied state and compact the log; True if the node then crashed."""
+        replica = node.replica
+        slot = replica.applied
+        below = max(replica.log_start, slot - self.settings.snapshot_keep)
+        node.journal.save_snapshot(slot, node.encoded[:slot], below)
+        replica.compact(below)
+        node.snapshot_at = slot
+        self.stats.snapshots_taken += 1
+        if self.rng.random() < self.crash_after_sync:
+            self._crash(node)
+            return True
+        return False
+
+    def _on_snapshot(self, target: int, payload: tuple[int, int, list[bytes]]) -> None:
+        src, slot, chunks = payload
+        node = self.nodes[target]
+        replica = node.replica
+        if replica is None or not self.link[src][target]:
+            self.stats.messages_lost += 1
+            return
+        self.stats.deliveries += 1
+        self.trace.append((self.now, target, f"snapshot from node {src} up to slot {slot}"))
+        if slot <= replica.commit:
+            return  # stale or duplicated: the replica is already past it
+        values = [tuple(cbor2.loads(chunk)) for chunk in chunks]
+        for s in range(len(node.applied), slot):  # the snapshot's content is applied too
+            self.history.on_apply(node.id, s, s, values[s])
+        # Persist first; only then may the replica act on it (its records below depend on it).
+        node.journal.save_snapshot(slot, chunks, slot)
+        node.applied, node.encoded, node.snapshot_at = values, list(chunks), slot
+        if self.rng.random() < self.crash_after_sync:
+            self._crash(node)  # stored, but the replica never heard of it: recovery must cope
+            return
+        if node.sessions:  # commands it was waiting for may be inside: they were chosen
+            for s, value in enumerate(values):
+                for command in value:
+                    client = node.sessions.pop(command, None)
+                    if client is not None:
+                        self._reply(client, command, _OK, s)
+        replica.install_snapshot(slot)
+        self.stats.snapshots_installed += 1
+        self._drain(node)
 
     def _stop(self, node: _Node) -> None:
         """The process dies: memory and the open journal go, the disk stays."""

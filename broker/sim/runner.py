@@ -22,6 +22,7 @@ def report(result: SimResult) -> str:
         f"{'ok' if result.ok else 'VIOLATION'}: seed {result.settings.seed}: "
         f"{s.deliveries} deliveries, {s.events} events, {s.elections} elections, "
         f"{s.crashes} crashes, {s.partitions} partitions, {s.slots_chosen} slots, "
+        f"{s.snapshots_taken} snapshots taken, {s.snapshots_installed} installed, "
         f"{s.commands_acked}/{s.commands_issued} commands acknowledged "
         f"({s.commands_abandoned} abandoned), {s.sim_ms / 1000:.1f} s simulated, "
         f"{s.wall_s:.2f} s wall, {s.deliveries_per_s:,.0f} deliveries/s",

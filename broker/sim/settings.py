@@ -59,6 +59,10 @@ class SimSettings:
     batch_count_max: int
     pending_count_max: int
     catchup_slots_max: int
+    #: a replica snapshots its applied state every this many slots (0: never) and keeps this
+    #: many slots of log behind the snapshot for peers that lag a little
+    snapshot_every: int
+    snapshot_keep: int
     #: after the safety phase faults stop and a random minority stays down: commands issued
     #: from heal + settle to heal + budget must all be acknowledged by the majority; then the
     #: minority returns and every replica must converge within another settle time
@@ -104,6 +108,8 @@ class SimSettings:
             batch_count_max=rng.randint(1, 64),
             pending_count_max=rng.choice((16, 256, 4096)),
             catchup_slots_max=rng.choice((32, 64, 256)),
+            snapshot_every=rng.choice((0, 8, 32, 128)),
+            snapshot_keep=rng.choice((0, 4, 32)),
             liveness_settle_ms=5_000.0,
             liveness_budget_ms=10_000.0,
         )
