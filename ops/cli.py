@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="applied slots between snapshots of the machine; 0 never (default 2048)",
     )
     node.add_argument(
+        "--batch-max", dest="batch_max", type=int, help="commands per slot at most (1024)"
+    )
+    node.add_argument("--window", dest="window", type=int, help="slots in flight at most (32)")
+    node.add_argument(
         "--snapshot-keep",
         dest="snapshot_keep",
         type=int,

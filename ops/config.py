@@ -11,10 +11,12 @@ the file, then defaults).
     tick_ms = 20
     snapshot_every = 2048              # applied slots between snapshots (0: never)
     snapshot_keep = 256                # slots of log kept behind a snapshot
+    batch_max = 1024                   # commands per slot at most (batching)
+    window = 32                        # slots in flight at most (pipelining)
 
 Environment: PAXQ_CLUSTER, PAXQ_ID, PAXQ_DATA, PAXQ_LISTEN, PAXQ_CLIENT, PAXQ_PEERS and
 PAXQ_CLIENTS (as "0=host:port,1=host:port"), PAXQ_TICK_MS, PAXQ_SNAPSHOT_EVERY,
-PAXQ_SNAPSHOT_KEEP.
+PAXQ_SNAPSHOT_KEEP, PAXQ_BATCH_MAX, PAXQ_WINDOW.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class NodeConfig:
     tick_ms: int = 20
     snapshot_every: int = 2048
     snapshot_keep: int = 256
+    batch_max: int = 1024
+    window: int = 32
 
 
 KEYS = (
@@ -59,6 +63,8 @@ KEYS = (
     "tick_ms",
     "snapshot_every",
     "snapshot_keep",
+    "batch_max",
+    "window",
 )
 
 
@@ -106,6 +112,8 @@ def load(
         tick_ms = int(raw.get("tick_ms", 20))
         snapshot_every = int(raw.get("snapshot_every", 2048))
         snapshot_keep = int(raw.get("snapshot_keep", 256))
+        batch_max = int(raw.get("batch_max", 1024))
+        window = int(raw.get("window", 32))
     except (TypeError, ValueError) as error:
         raise ConfigError(str(error)) from error
     if node_id not in peers:
@@ -116,6 +124,8 @@ def load(
         raise ConfigError("tick_ms must be between 1 and 1000")
     if snapshot_every < 0 or snapshot_keep < 0:
         raise ConfigError("snapshot_every and snapshot_keep must be >= 0")
+    if not (1 <= batch_max <= 65536 and 1 <= window <= 1024):
+        raise ConfigError("batch_max must be in [1, 65536] and window in [1, 1024]")
     return NodeConfig(
         cluster=str(raw.get("cluster", "paxq-dev")),
         id=node_id,
@@ -127,6 +137,8 @@ def load(
         tick_ms=tick_ms,
         snapshot_every=snapshot_every,
         snapshot_keep=snapshot_keep,
+        batch_max=batch_max,
+        window=window,
     )
 
 

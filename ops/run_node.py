@@ -33,7 +33,11 @@ def run(config: NodeConfig) -> int:
     try:
         settings = NodeSettings(
             PeerSettings(config.cluster, config.id, config.peers),
-            Config(nodes=tuple(sorted(config.peers))),
+            Config(
+                nodes=tuple(sorted(config.peers)),
+                batch_count_max=config.batch_max,
+                window_slots_max=config.window,
+            ),
             tick_s=config.tick_ms / 1000,
             snapshot_every_slots=config.snapshot_every,
             snapshot_keep_slots=config.snapshot_keep,

@@ -128,11 +128,11 @@ class ClientPort:
             nursery.start_soon(self._write, stream, session)
             async for request in frames:
                 if session.in_flight >= self.in_flight_max:
-                    await session.room.wait()  # past the bound: stop reading (backpressure)
+                    await session.wait_for_room()  # past the bound: stop reading (backpressure)
                 await self._dispatch(session, request)
             # The client closed its side: answer what is still in flight, then end.
             while session.in_flight:
-                await session.room.wait()
+                await session.wait_for_room()
             await session.flushed()
             nursery.cancel_scope.cancel()
 
@@ -225,7 +225,7 @@ class _Session:
         self.out: list[bytes] = []
         self.writing = False
         self.wake = trio.Event()  # replies are waiting for the writer
-        self.room = trio.Event()  # an append finished: the reader may go on
+        self._room: trio.Event | None = None  # the reader waits for an append to finish
         self.sent = trio.Event()
 
     def answer(self, reply: dict) -> None:
@@ -242,8 +242,14 @@ class _Session:
         self.out.append(frame)
         self.wake.set()
         self.in_flight -= 1
-        self.room.set()
-        self.room = trio.Event()
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+
+    async def wait_for_room(self) -> None:
+        if self._room is None:
+            self._room = trio.Event()
+        await self._room.wait()
 
     async def flushed(self) -> None:
         while self.out or self.writing:

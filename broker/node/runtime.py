@@ -1,10 +1,12 @@
 """The node: one replica of the core driven by trio, persisting through the journal.
 
-One task owns the replica. Each turn it takes every input that is waiting (peer messages, client
-commands, ticks), feeds them to the core, and carries out the output in the order the core's
-contract demands: persist (one synced journal write for the whole turn: group commit, in a worker
-thread so the sockets keep flowing), then send, then apply, then answer clients. While a sync
-runs, new inputs gather in bounded channels and become the next turn.
+Two tasks, a pipeline. The loop feeds every input (peer messages, client commands, ticks) to
+the core as it arrives. The effect executor, whenever it is free, takes the core's output
+gathered since its last round and carries it out in the order the core's contract demands:
+persist (one synced journal write for all of it: group commit, in a worker thread), then send,
+then apply, then answer clients. So inputs keep flowing into the core while a sync runs, and
+the next round's batches hold everything that arrived meanwhile; nothing leaves before the
+write that covers it, because rounds are carried out strictly one after another.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import trio
 from paxq.client.wire import FrameTooLarge
 from paxq.storage import Identity, Journal
 
-from ..paxos import Config, ProposeResult, Replica, Role
+from ..paxos import Config, ProposeResult, Ready, Replica, Role
 from ..persist import batch_of, durable_state
 from .codec import Decoder
 from .machines import LogMachine, Machine, SnapshotInvalid
@@ -129,10 +131,12 @@ class Node:
             settings.inbox_max
         )
         self.peers = PeerTransport(settings.peer, Decoder(settings.paxos), self._inbox_send)
+        self._work = trio.Event()  # the loop has fed the core: the executor may have work
         # Commands proposed here and not yet applied, with their callbacks; and the order they
         # came in, with deadlines, so that those never applied are answered "unknown" in time.
         self._waiting: dict[bytes, Callback] = {}
         self._deadlines: deque[tuple[float, bytes]] = deque()
+        self._deadline = 0.0  # for commands proposed in this turn (one clock read per turn)
         self.turns = 0
         self.syncs = 0
         self.ticks_skipped = 0
@@ -186,6 +190,7 @@ class Node:
                 self._nursery = nursery
                 await nursery.start(self.peers.serve)
                 nursery.start_soon(self._ticker)
+                nursery.start_soon(self._execute)
                 task_status.started()
                 await self._loop()
         finally:
@@ -212,7 +217,9 @@ class Node:
         inbox = self._inbox
         bound = self.settings.inbox_max
         while True:
-            self._handle(await inbox.receive())
+            item = await inbox.receive()
+            self._deadline = trio.current_time() + self.settings.command_timeout_s
+            self._handle(item)
             for _ in range(bound):  # everything already waiting joins this turn
                 try:
                     item = inbox.receive_nowait()
@@ -220,12 +227,24 @@ class Node:
                     break
                 self._handle(item)
             self.turns += 1
+            self._work.set()
+
+    async def _execute(self) -> None:
+        """The effect executor: one round = the core's output since the last round, persisted
+        by one write, then carried out. A received snapshot is stored between rounds."""
+        while True:
             if self._received is not None:
                 received, self._received = self._received, None
                 await self._install(received)
             ready = self.replica.ready()
-            if ready is not None:
-                await self._carry_out(ready)
+            if ready is None:
+                self._work = trio.Event()
+                await self._work.wait()
+                continue
+            if ready.persist:
+                await trio.to_thread.run_sync(self.journal.write, batch_of(ready.persist))
+                self.syncs += 1
+            await self._carry_out(ready)
 
     def _handle(self, item: tuple[int, object]) -> None:
         source, payload = item
@@ -249,7 +268,7 @@ class Node:
         result = self.replica.propose(command)
         if result is ProposeResult.QUEUED:
             self._waiting[command] = on_done
-            self._deadlines.append((trio.current_time() + self.settings.command_timeout_s, command))
+            self._deadlines.append((self._deadline, command))
             return
         on_done(_REFUSALS[result], None)
 
@@ -263,12 +282,8 @@ class Node:
             if on_done is not None:
                 on_done("unknown", None)
 
-    async def _carry_out(self, ready) -> None:
-        """Persist (one sync for the turn), then send, then apply and answer."""
-        if ready.persist:
-            batch = batch_of(ready.persist)
-            await trio.to_thread.run_sync(self.journal.write, batch)
-            self.syncs += 1
+    async def _carry_out(self, ready: Ready) -> None:
+        """Send, then apply and answer: the records of `ready` are durable already."""
         frames: dict[int, bytes] = {}  # a broadcast is one message object: encode it once
         for peer, message in ready.messages:
             frame = frames.get(id(message))

@@ -35,33 +35,40 @@ class FrameDecoder:
             raise ValueError("frame_bytes_max must be positive")
         self.frame_bytes_max = frame_bytes_max
         self._buffer = bytearray()
+        self._start = 0  # bytes at the front already handed out as frames
         self._failed = False
 
     def feed(self, data: bytes) -> Iterator[object]:
         """Add received bytes; yield every frame they complete, in order."""
         if self._failed:
             raise MalformedFrame("the stream failed earlier")
-        self._buffer += data
+        buffer = self._buffer
+        # Consumed frames are cut off once per feed, not once per frame: a read holding
+        # hundreds of small frames would otherwise move the buffer hundreds of times.
+        del buffer[: self._start]
+        self._start = 0
+        buffer += data
         while True:
-            if len(self._buffer) < HEADER_BYTES:
+            start = self._start
+            if len(buffer) - start < HEADER_BYTES:
                 return
-            (length,) = _LENGTH.unpack_from(self._buffer)
+            (length,) = _LENGTH.unpack_from(buffer, start)
             if length > self.frame_bytes_max:
                 self._failed = True
                 raise FrameTooLarge(
                     f"frame of {length} bytes announced, the bound is {self.frame_bytes_max}"
                 )
-            end = HEADER_BYTES + length
-            if len(self._buffer) < end:
+            end = start + HEADER_BYTES + length
+            if len(buffer) < end:
                 return
-            data_view = bytes(self._buffer[HEADER_BYTES:end])
-            del self._buffer[:end]
+            body = bytes(buffer[start + HEADER_BYTES : end])
+            self._start = end
             try:
-                yield cbor2.loads(data_view)
+                yield cbor2.loads(body)
             except Exception as error:
                 self._failed = True
                 raise MalformedFrame(f"undecodable frame: {error}") from error
 
     @property
     def buffered_bytes(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) - self._start
