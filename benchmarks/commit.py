@@ -155,7 +155,10 @@ def paxq_client(
     out.put((count, latencies, errors))
 
 
-def run_paxq(size: int, batch: int, window: int, args: argparse.Namespace) -> Figure:
+@contextlib.contextmanager
+def paxq_cluster(batch: int = 1024, window: int = 32, extra: tuple[str, ...] = ()):
+    """3 `paxq node` processes on fresh ports and a temporary data folder; yields
+    (processes, data folder, client addresses, index of the leader). Killed by pid after."""
     data = Path(tempfile.mkdtemp(prefix="paxq-bench-"))
     ports = free_ports(6)
     peers = ",".join(f"{i}={HOST}:{ports[i]}" for i in range(3))
@@ -170,22 +173,25 @@ def run_paxq(size: int, batch: int, window: int, args: argparse.Namespace) -> Fi
                         *(sys.executable, "-m", "paxq.ops.cli", "node", "--cluster", "bench"),
                         *("--id", str(node), "--data", str(data / f"node{node}")),
                         *("--peers", peers, "--clients", clients),
-                        *("--batch-max", str(batch), "--window", str(window)),
+                        *("--batch-max", str(batch), "--window", str(window), *extra),
                     ],
                     stdout=log,
                     stderr=log,
                 )
             )
         addresses = [(HOST, ports[3 + i]) for i in range(3)]
-        leader = addresses[find_leader(addresses)]
-        return _drive(
-            paxq_client, (leader, size, args.depth, args.warmup, args.seconds), args.clients, args
-        )
+        yield procs, data, addresses, find_leader(addresses)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
         shutil.rmtree(data, ignore_errors=True)
+
+
+def run_paxq(size: int, batch: int, window: int, args: argparse.Namespace) -> Figure:
+    with paxq_cluster(batch, window) as (_, _, addresses, leader):
+        load = (addresses[leader], size, args.depth, args.warmup, args.seconds)
+        return _drive(paxq_client, load, args.clients, args)
 
 
 def _drive(target, target_args: tuple, count: int, args: argparse.Namespace) -> Figure:
