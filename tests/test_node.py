@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from paxq.broker.node import PeerSettings
+from paxq.broker.node import LogMachine, PeerSettings
 from paxq.broker.node.runtime import CommandFailed, Node, NodeSettings
 from paxq.broker.paxos import Config, Role
-from paxq.storage import Identity, RocksJournal
+from paxq.storage import CorruptRecord, Identity, RocksJournal
 
 LIMIT_S = 30
 
@@ -147,3 +147,13 @@ async def test_a_node_behind_a_compacted_log_gets_the_snapshot_then_the_tail(
             assert nodes[2].machine.length >= 28  # restored before the loop even runs
             await converged(nodes, 30)
             assert nodes[2].machine.read(29, 1) == (29, [b"entry-29"])
+
+
+async def test_a_stored_snapshot_that_does_not_match_its_slot_is_refused(tmp_path: Path) -> None:
+    addresses = await free_addresses(1)
+    journal = RocksJournal.open(tmp_path / "node0", Identity("test", 0))
+    journal.save_snapshot(5, LogMachine().snapshot(1 << 20), truncate_below=0)  # ends at 0
+    settings = NodeSettings(PeerSettings("test", 0, addresses), Config(nodes=(0,)))
+    with pytest.raises(CorruptRecord, match="ends at slot 0, not at 5"):
+        Node(settings, journal)
+    journal.close()

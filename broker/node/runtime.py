@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import trio
 
 from paxq.client.wire import FrameTooLarge
-from paxq.storage import Identity, Journal
+from paxq.storage import CorruptRecord, Identity, Journal
 
 from ..paxos import Config, ProposeResult, Ready, Replica, Role
 from ..persist import batch_of, durable_state
@@ -114,8 +114,10 @@ class Node:
         self.machine = machine_factory()
         if state.snapshot_slot:
             slot, chunks = journal.read_snapshot()
-            self.machine.restore(chunks)
-            self.machine.slots = slot
+            try:
+                self.machine = self._restored(slot, chunks)
+            except SnapshotInvalid as error:
+                raise CorruptRecord(str(journal.identity), b"snapshot", str(error)) from error
         self._snapshot_at = state.snapshot_slot
         self.replica = Replica(self.id, settings.paxos, random.Random(), durable_state(state))
         self._assembler = Assembler(self.id, settings.snapshot_bytes_max)
@@ -333,6 +335,14 @@ class Node:
         self._snapshot_at = slot
         self.snapshots_taken += 1
 
+    def _restored(self, slot: int, chunks: list[bytes]) -> Machine:
+        """A fresh machine from a snapshot that must end exactly at `slot`."""
+        machine = self._machine_factory()
+        machine.restore(chunks)
+        if machine.slots != slot:
+            raise SnapshotInvalid(f"the snapshot ends at slot {machine.slots}, not at {slot}")
+        return machine
+
     async def _ship_snapshot(self, peer: int, shipment: _Shipment) -> None:
         """Stream the stored snapshot to `peer`, a window of chunks ahead of its acks."""
         s = self.settings
@@ -373,13 +383,11 @@ class Node:
         """A peer's snapshot: check it, store it, then let machine and replica adopt it."""
         if received.slot <= self.replica.commit:
             return  # we got there on our own meanwhile
-        machine = self._machine_factory()
         try:
-            machine.restore(received.chunks)
+            machine = self._restored(received.slot, received.chunks)
         except SnapshotInvalid as error:
             log.error("refusing the snapshot from node %d: %s", received.src, error)
             return
-        machine.slots = received.slot
         slot = received.slot
         await trio.to_thread.run_sync(self.journal.save_snapshot, slot, received.chunks, slot)
         self.machine = machine
