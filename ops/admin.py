@@ -78,6 +78,9 @@ _LOST = (
 )
 
 
+QUERIES = frozenset({"status", "list", "describe", "read"})
+
+
 async def request_leader(addresses: list[Address], op: str, fields: dict[str, object]) -> dict:
     """Ask the nodes in turn, following NOT_LEADER hints, until one answers.
 
@@ -100,7 +103,7 @@ async def request_leader(addresses: list[Address], op: str, fields: dict[str, ob
                 with trio.fail_after(TIMEOUT_S):
                     reply = await connection.request(op, **fields)
             except _LOST:
-                if op == "append":
+                if op not in QUERIES:
                     return {
                         "ok": False,
                         "unknown": True,
@@ -116,20 +119,27 @@ async def request_leader(addresses: list[Address], op: str, fields: dict[str, ob
     return {"ok": False, "message": f"no node answered (tried {', '.join(tried)})"}
 
 
-def append(addresses: list[Address], data: bytes) -> int:
-    reply = trio.run(request_leader, addresses, "append", {"data": data})
+def command(addresses: list[Address], op: str, fields: dict, verb: str) -> int:
+    """Send one command or query to the cluster (the leader for commands); print its result
+    as JSON lines (one per message for claim and read)."""
+    reply = trio.run(request_leader, addresses, op, fields)
     if not reply.get("ok"):
-        print(f"paxq append: {reply.get('message')}", file=sys.stderr)
+        print(f"paxq {verb}: {reply.get('message')}", file=sys.stderr)
         return 1
-    print(json.dumps({"offset": reply["offset"]}))
+    result = reply["result"]
+    if isinstance(result, dict) and "messages" in result and op in ("claim", "read"):
+        for message in result["messages"]:
+            print(json.dumps(_printable(message)))
+    else:
+        print(json.dumps(_printable(result)))
     return 0
 
 
-def read(addresses: list[Address], start: int, limit: int) -> int:
-    reply = trio.run(request_leader, addresses, "read", {"from": start, "limit": limit})
-    if not reply.get("ok"):
-        print(f"paxq read: {reply.get('message')}", file=sys.stderr)
-        return 1
-    for offset, entry in enumerate(reply["entries"], start=reply["from"]):
-        print(json.dumps({"offset": offset, "data": entry.decode("utf-8", "replace")}))
-    return 0
+def _printable(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {k: _printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    return value

@@ -11,9 +11,10 @@ from .errors import (
     StorageUnavailable,
     WrongDataDirectory,
 )
-from .journal import FORMAT, NO_BALLOT, Batch, Identity, Journal, JournalState
+from .journal import FORMAT, NO_BALLOT, Batch, Identity, Journal, JournalState, SnapshotView
+from .keyspace import KeySpace, MemoryKeySpace
 from .memory import MemoryDisk, MemoryJournal
-from .rocks import RocksJournal
+from .rocks import RocksJournal, RocksKeySpace
 
 __all__ = [
     "FORMAT",
@@ -24,9 +25,13 @@ __all__ = [
     "Journal",
     "JournalClosed",
     "JournalState",
+    "KeySpace",
     "MemoryDisk",
     "MemoryJournal",
+    "MemoryKeySpace",
     "RocksJournal",
+    "RocksKeySpace",
+    "SnapshotView",
     "StorageError",
     "StorageUnavailable",
     "WrongDataDirectory",

@@ -6,9 +6,11 @@ durable atomically with one sync (group commit). `Journal.load` returns what sur
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from .keyspace import KeySpace
 
 BallotPair = tuple[int, int]  # (round, node)
 Value = tuple[bytes, ...]  # a batch of opaque commands
@@ -72,6 +74,15 @@ class Batch:
         )
 
 
+@dataclass
+class SnapshotView:
+    """The stored snapshot and, read as of the same moment, the application's key space."""
+
+    slot: int
+    chunks: list[bytes]
+    keys: Callable[[], Iterator[tuple[bytes, bytes]]]  # every (key, value), in key order
+
+
 class Journal(Protocol):
     identity: Identity
 
@@ -91,6 +102,14 @@ class Journal(Protocol):
 
     def read_snapshot(self) -> tuple[int, list[bytes]]:
         """(slot, chunks) of the stored snapshot, every chunk verified; (0, []) if none."""
+        ...
+
+    def snapshot_view(self) -> SnapshotView:
+        """The stored snapshot and the key space, both as of one moment (for shipping)."""
+        ...
+
+    def keyspace(self) -> KeySpace:
+        """The application's key space, in the same store (see `paxq.storage.keyspace`)."""
         ...
 
     def close(self) -> None: ...

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .errors import JournalClosed, WrongDataDirectory
-from .journal import Batch, Identity, JournalState, check_snapshot
+from .journal import Batch, Identity, JournalState, SnapshotView, check_snapshot
+from .keyspace import MemoryKeySpace
 
 
 class MemoryDisk:
@@ -18,6 +19,7 @@ class MemoryDisk:
         self.state = JournalState()
         self.writes = 0  # one per synced batch, as a real disk would count syncs
         self.snapshot: list[bytes] = []
+        self.keys: dict[bytes, bytes] = {}  # the application's key space
 
 
 class MemoryJournal:
@@ -65,6 +67,18 @@ class MemoryJournal:
         if below > state.log_start:
             state.entries = {s: e for s, e in state.entries.items() if s >= below}
             state.log_start = below
+
+    def snapshot_view(self) -> SnapshotView:
+        disk = self._open_disk()
+        frozen = dict(disk.keys)
+        return SnapshotView(
+            disk.state.snapshot_slot,
+            list(disk.snapshot),
+            lambda: MemoryKeySpace(frozen).items(b"", b"\xff" * 16),
+        )
+
+    def keyspace(self) -> MemoryKeySpace:
+        return MemoryKeySpace(self._open_disk().keys)
 
     def close(self) -> None:
         self._disk = None

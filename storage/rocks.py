@@ -9,6 +9,7 @@ Layout (raw byte keys):
     e + slot(8 BE)  [round, node, [command, ...]]
     snapshot        [slot, chunk count]
     k + index(4 BE) one chunk of the snapshot (bytes)
+    P + key         the application's key space (`keyspace()`): message payloads
 
 Every value is `crc32(key + payload)` (4 bytes, big-endian) followed by the CBOR payload, so a
 flipped bit, a torn value or a record copied under another key fails on read. `load()` verifies
@@ -21,18 +22,28 @@ import contextlib
 import os
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cbor2
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from .errors import CorruptRecord, JournalClosed, StorageUnavailable, WrongDataDirectory
-from .journal import FORMAT, NO_BALLOT, Batch, Identity, JournalState, check_snapshot
+from .journal import (
+    FORMAT,
+    NO_BALLOT,
+    Batch,
+    Identity,
+    JournalState,
+    SnapshotView,
+    check_snapshot,
+)
+from .keyspace import seal, unseal
 
 _META, _PROMISE, _COMMIT, _START = b"meta", b"promise", b"commit", b"start"
 _ENTRY = b"e"
 _SNAPSHOT, _CHUNK = b"snapshot", b"k"
+_APP = b"P"  # sorts before every journal key: the log scan (from b"e") never meets it
 _INDEX = struct.Struct(">I")
 _SLOT = struct.Struct(">Q")
 _CRC = struct.Struct(">I")
@@ -165,12 +176,29 @@ class RocksJournal:
     def read_snapshot(self) -> tuple[int, list[bytes]]:
         # From a RocksDB snapshot: a save_snapshot running meanwhile (another thread) cannot
         # mix its chunks into what we read.
+        return self._read_snapshot(self._view())
+
+    def snapshot_view(self) -> SnapshotView:
+        view = self._view()
+        slot, chunks = self._read_snapshot(view)
+        return SnapshotView(slot, chunks, lambda: self._app_items(view))
+
+    def _view(self) -> object:
         try:
-            view = self._open_db().snapshot()
+            return self._open_db().snapshot()
         except JournalClosed:
             raise
         except Exception as error:
             raise StorageUnavailable(f"cannot read {self.path}: {error}") from error
+
+    def _app_items(self, view) -> Iterator[tuple[bytes, bytes]]:
+        where = str(self.path)
+        for full, raw in view.items(from_key=_APP):
+            if not full.startswith(_APP):
+                break
+            yield full[len(_APP) :], unseal(where, full, raw)
+
+    def _read_snapshot(self, view: object) -> tuple[int, list[bytes]]:
         slot, count = self._snapshot_meta(view)
         chunks = []
         for index in range(count):
@@ -272,6 +300,10 @@ class RocksJournal:
             self.close()
             raise StorageUnavailable(f"write to {self.path} failed: {error}") from error
 
+    def keyspace(self) -> RocksKeySpace:
+        """The application's key space in this database (shares its write-ahead log)."""
+        return RocksKeySpace(self)
+
     def size_bytes(self) -> int:
         """Bytes the journal's files take on disk."""
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
@@ -289,4 +321,60 @@ class RocksJournal:
         return self._db
 
 
-__all__ = ["NO_BALLOT", "RocksJournal"]
+class RocksKeySpace:
+    """`KeySpace` on the journal's database; see `paxq.storage.keyspace`."""
+
+    def __init__(self, journal: RocksJournal) -> None:
+        self._journal = journal
+        self._where = str(journal.path)
+        self._pending: dict[bytes, bytes] = {}
+        self._batch = WriteBatch(raw_mode=True)
+        self._unsynced = WriteOptions()  # the next synced journal write covers these
+
+    def put(self, key: bytes, value: bytes) -> None:
+        full = _APP + key
+        sealed = seal(full, value)
+        self._pending[full] = sealed
+        self._batch.put(full, sealed)
+
+    def get(self, key: bytes) -> bytes | None:
+        full = _APP + key
+        raw = self._pending.get(full)
+        if raw is None:
+            try:
+                raw = self._journal._open_db().get(full)
+            except JournalClosed:
+                raise
+            except Exception as error:
+                raise StorageUnavailable(f"cannot read {self._where}: {error}") from error
+        return None if raw is None else unseal(self._where, full, raw)
+
+    def flush(self) -> None:
+        if not self._pending and not len(self._batch):
+            return
+        batch, self._batch = self._batch, WriteBatch(raw_mode=True)
+        self._pending = {}
+        db = self._journal._open_db()
+        try:
+            db.write(batch, self._unsynced)
+        except Exception as error:
+            self._journal.close()
+            raise StorageUnavailable(f"write to {self._where} failed: {error}") from error
+
+    def delete_range(self, start: bytes, end: bytes) -> None:
+        self._batch.delete_range(_APP + start, _APP + end)
+        self._pending.clear()  # deletes follow every put buffered before them
+        self.flush()
+
+    def items(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return self._items(self._journal._view(), start, end)  # the view is taken now
+
+    def _items(self, view, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        low, high = _APP + start, _APP + end
+        for full, raw in view.items(from_key=low):
+            if full >= high:
+                break
+            yield full[len(_APP) :], unseal(self._where, full, raw)
+
+
+__all__ = ["NO_BALLOT", "RocksJournal", "RocksKeySpace"]

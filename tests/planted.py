@@ -5,7 +5,12 @@ Production code has no switch for any of these: each subclass overrides one deci
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from paxq.broker.machine import MachineError, QueueMachine
 from paxq.broker.paxos import ZERO, Replica
+from paxq.client.wire import ErrorCode
+from paxq.storage import KeySpace
 
 
 class QuorumTooSmall(Replica):
@@ -32,3 +37,26 @@ class IgnoresPhaseOneValues(Replica):
             src: promise._replace(entries=()) for src, promise in self._promises.items()
         }
         super()._maybe_win()
+
+
+# ----------------------------------------------------------------------------- the machine
+
+
+class AcceptsStaleTokens(QueueMachine):
+    """Checks only that a message is leased, not that the token is the current one: a slow
+    worker whose lease expired and went to someone else can still ack it."""
+
+    def _refuse_lost(self, sub, leases) -> None:
+        lost = [offset for offset, _ in leases if offset not in sub.leases]
+        if lost:
+            raise MachineError(ErrorCode.LEASE_LOST, "lost", lost)
+
+
+def expiring_on_local_clock(keys: KeySpace, clock: Callable[[], int]) -> QueueMachine:
+    """A machine that evaluates expiry against the replica's own clock, not the stamps."""
+
+    class LocalClock(QueueMachine):
+        def advance(self, stamp_ms: int) -> None:
+            super().advance(clock())
+
+    return LocalClock(keys)

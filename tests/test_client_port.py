@@ -64,15 +64,22 @@ async def test_bad_requests_get_typed_errors(tmp_path: Path) -> None:
             await leader_of(nodes)
             async with await Connection.open(clients[0]) as c:
                 assert (await c.request("fly"))["error"] == ErrorCode.UNKNOWN_OPERATION
-                assert (await c.request("append", data="text"))["error"] == ErrorCode.BAD_REQUEST
-                big = b"x" * (Config(nodes=(0,)).batch_bytes_max + 1)
-                assert (await c.request("append", data=big[:3000]))["ok"] is True
-                too_big = await c.request("read", **{"from": 0, "limit": 10})
+                assert (await c.request("create", topic="t"))["ok"] is True
+
+                async def publish(body: object) -> dict:
+                    return await c.request("publish", topic="t", messages=[{"body": body}])
+
+                assert (await publish("text"))["error"] == ErrorCode.BAD_REQUEST
+                assert (await c.request("publish", topic="nope", messages=[{"body": b""}]))[
+                    "error"
+                ] == ErrorCode.UNKNOWN_TOPIC
+                assert (await publish(b"x" * 3000))["ok"] is True
+                too_big = await c.request("read", topic="t", **{"from": 0, "limit": 10})
                 assert too_big["ok"] is True  # one 3 KB entry still fits 4 KiB
-                await c.request("append", data=b"y" * 3000)
-                reply = await c.request("read", **{"from": 0, "limit": 10})
+                await publish(b"y" * 3000)
+                reply = await c.request("read", topic="t", **{"from": 0, "limit": 10})
                 assert reply["error"] == ErrorCode.TOO_LARGE  # the reply would not fit a frame
-                bad = await c.request("read", **{"from": -1})
+                bad = await c.request("read", topic="t", **{"from": -1})
                 assert bad["error"] == ErrorCode.BAD_REQUEST
 
 
@@ -92,10 +99,7 @@ async def test_broken_clients_never_stop_the_node(tmp_path: Path) -> None:
             stream = await trio.open_tcp_stream(*address)
             await stream.send_all(encode_frame({"paxq": "client", "v": 1}))
             await stream.send_all(
-                b"".join(
-                    encode_frame({"id": i, "op": "read", "from": 0, "limit": 100})
-                    for i in range(2000)
-                )
+                b"".join(encode_frame({"id": i, "op": "list"}) for i in range(2000))
             )
             await trio.aclose_forcefully(stream)
             # A silent socket is told so and dropped after the hello timeout, not left holding
@@ -116,7 +120,7 @@ async def test_an_unknown_outcome_is_not_reported_as_retryable(tmp_path: Path) -
             leader = await leader_of(nodes)
             leader.peers.send_frame = lambda peer, frame: False  # its network loses everything
             async with await Connection.open(clients[leader.id]) as c:
-                reply = await c.request("append", data=b"maybe")
+                reply = await c.request("create", topic="maybe")
             assert reply["error"] == ErrorCode.UNKNOWN_OUTCOME
             assert "leader" not in reply
             assert not leader._waiting, "no waiter is left behind"

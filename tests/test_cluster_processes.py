@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from paxq.client.basic import Connection
+from paxq.client.wire import ErrorCode
 from paxq.ops.admin import gather_status, request_leader
 
 pytestmark = pytest.mark.slow
@@ -28,6 +29,7 @@ class Cluster:
         self.client_addresses = [("127.0.0.1", ports[3 + i]) for i in range(3)]
         self.procs: dict[int, subprocess.Popen] = {}
         self.leader_hint = 0  # asked first, as a client that remembers the leader would
+        self.created = False
         self.extra: list[str] = []  # more flags for every node
 
     def start(self, node: int) -> None:
@@ -83,17 +85,29 @@ class Cluster:
             await trio.sleep(0.05)
 
     async def append(self, data: bytes) -> int | None:
-        """The offset, or None when the outcome is unknown (no acknowledgement)."""
+        """Publish to the topic "log": the offset, or None when the outcome is unknown (no
+        acknowledgement)."""
         first = self.client_addresses[self.leader_hint]
-        others = [a for a in self.client_addresses if a != first]
-        reply = await request_leader([first, *others], "append", {"data": data})
-        return reply["offset"] if reply.get("ok") else None
+        addresses = [first, *[a for a in self.client_addresses if a != first]]
+        if not self.created:
+            reply = await request_leader(addresses, "create", {"topic": "log"})
+            self.created = reply.get("ok") or reply.get("error") == ErrorCode.TOPIC_EXISTS
+        fields = {"topic": "log", "messages": [{"body": data}]}
+        reply = await request_leader(addresses, "publish", fields)
+        return reply["result"]["offset"] if reply.get("ok") else None
 
     async def log_of(self, node: int) -> list[bytes]:
+        entries: list[bytes] = []
         async with await Connection.open(self.client_addresses[node]) as connection:
-            reply = await connection.request("read", **{"from": 0, "limit": 10_000})
-        assert reply["from"] == 0
-        return reply["entries"]
+            while True:
+                reply = await connection.request(
+                    "read", topic="log", limit=1000, **{"from": len(entries)}
+                )
+                result = reply["result"]
+                assert result["from"] == len(entries)
+                entries += [message["body"] for message in result["messages"]]
+                if len(entries) >= result["next"]:
+                    return entries
 
 
 @pytest.fixture

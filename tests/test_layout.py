@@ -63,7 +63,11 @@ def test_the_paxos_core_is_sans_io() -> None:
         "paxq.broker.node",
         "paxq.broker.sim",
     )
-    for path, module in _imports("broker/paxos"):
+    _imports_none_of("broker/paxos", forbidden)
+
+
+def _imports_none_of(folder: str, forbidden: tuple[str, ...]) -> None:
+    for path, module in _imports(folder):
         assert not any(module == f or module.startswith(f + ".") for f in forbidden), (
             f"{path.name} imports {module}"
         )
@@ -77,3 +81,18 @@ def test_the_client_never_imports_the_broker() -> None:
 def test_storage_imports_neither_broker_nor_ops() -> None:
     for path, module in _imports("storage"):
         assert not module.startswith(("paxq.broker", "paxq.ops")), f"{path} imports {module}"
+
+
+def test_the_machine_imports_neither_paxos_nor_node_nor_io() -> None:
+    forbidden = (
+        "paxq.broker.paxos",
+        "paxq.broker.node",
+        "paxq.broker.sim",
+        "trio",
+        "time",
+        "socket",
+    )
+    for path, module in _imports("broker/machine"):
+        assert not any(module == f or module.startswith(f + ".") for f in forbidden), (
+            f"{path.name} imports {module}"
+        )

@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from paxq.broker.node import LogMachine, PeerSettings
+from paxq.broker.node.machines import log_machine
 from paxq.broker.node.runtime import CommandFailed, Node, NodeSettings
 from paxq.broker.paxos import Config, Role
 from paxq.storage import CorruptRecord, Identity, RocksJournal
@@ -37,7 +38,7 @@ async def running(data: Path, addresses: dict, nodes: list[int] | None = None, *
         for node_id in ids:
             journal = RocksJournal.open(data / f"node{node_id}", Identity("test", node_id))
             settings = NodeSettings(PeerSettings("test", node_id, addresses), config, **overrides)
-            node = Node(settings, journal)
+            node = Node(settings, journal, log_machine)
             started[node_id] = node
             await nursery.start(node.run)
         try:
@@ -155,5 +156,5 @@ async def test_a_stored_snapshot_that_does_not_match_its_slot_is_refused(tmp_pat
     journal.save_snapshot(5, LogMachine().snapshot(1 << 20), truncate_below=0)  # ends at 0
     settings = NodeSettings(PeerSettings("test", 0, addresses), Config(nodes=(0,)))
     with pytest.raises(CorruptRecord, match="ends at slot 0, not at 5"):
-        Node(settings, journal)
+        Node(settings, journal, log_machine)
     journal.close()

@@ -1,16 +1,19 @@
-"""The client port of a node (a first, minimal protocol; the client issue extends it).
+"""The client port of a node (a first protocol; the client issue extends it).
 
     hello    -> {"paxq": "client", "v": 1}
              <- {"ok": true, "node": N}
-    request  -> {"id": I, "op": "append", "data": bytes}
-             <- {"id": I, "ok": true, "offset": n}
-    request  -> {"id": I, "op": "read", "from": n, "limit": k}
-             <- {"id": I, "ok": true, "entries": [bytes, ...], "length": L}
-    request  -> {"id": I, "op": "status"}
-             <- {"id": I, "ok": true, "status": {...}}
-    error    <- {"id": I, "ok": false, "error": code, "message": text, "leader": "host:port"}
+    command  -> {"id": I, "op": "publish", "topic": "orders", "messages": [{"body": b"..."}]}
+             <- {"id": I, "ok": true, "result": {"offset": n, "count": 1}}
+    query    -> {"id": I, "op": "read" | "describe" | "list" | "status", ...}
+             <- {"id": I, "ok": true, "result": ...}   (status: "status": {...})
+    error    <- {"id": I, "ok": false, "error": code, "message": text,
+                 "leader": "host:port" (NOT_LEADER), "detail": ... (e.g. LEASE_LOST offsets)}
 
-A follower answers an append with NOT_LEADER and the leader's client address rather than
+Commands (`COMMANDS`: create, delete, publish, subscribe, unsubscribe, claim, ack, nack,
+extend, purge) go through the log to the machine (`paxq.broker.machine`, whose module
+docstring lists their arguments); queries read this node's applied state.
+
+A follower answers a command with NOT_LEADER and the leader's client address rather than
 forwarding it: one hop instead of two, no second timeout to reconcile, and a client that learns
 the leader once talks to it directly from then on.
 
@@ -23,21 +26,35 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import struct
 from collections.abc import Callable
 
 import trio
 
 from paxq.client.wire import ErrorCode, FrameDecoder, FrameTooLarge, WireError, encode_frame
 
+from ..machine import MachineError
+from ..machine import command as command_bytes
 from .listen import serving
-from .machines import COMMAND_HEADER_BYTES
 from .runtime import Node
 
 log = logging.getLogger("paxq.node.clients")
 
 CLIENT_PROTOCOL_VERSION = 1
-_SEQUENCE = struct.Struct(">Q")
+#: operations that go through the log; every other one is a query of local state
+COMMANDS = frozenset(
+    {
+        "create",
+        "delete",
+        "publish",
+        "subscribe",
+        "unsubscribe",
+        "claim",
+        "ack",
+        "nack",
+        "extend",
+        "purge",
+    }
+)
 _FAILURES = {
     "not leader": ErrorCode.NOT_LEADER,
     "overloaded": ErrorCode.OVERLOADED,
@@ -149,28 +166,39 @@ class ClientPort:
             session.sent.set()
 
     async def _dispatch(self, session: _Session, request: object) -> None:
-        """Answer at once, or hand an append to the node with a callback that answers it."""
+        """Answer a query at once, or hand a command to the node with a callback that
+        answers it once applied."""
         if not isinstance(request, dict) or type(request.get("id")) is not int:
             session.answer(_error(None, ErrorCode.BAD_REQUEST, "a request is a map with an int id"))
             return
         rid = request["id"]
-        if request.get("op") != "append":
+        op = request.get("op")
+        if op not in COMMANDS:
             session.answer(self._handle(rid, request))
             return
-        data = request.get("data")
-        if type(data) is not bytes:
-            session.answer(_error(rid, ErrorCode.BAD_REQUEST, "append takes data as bytes"))
-            return
-        if len(data) + COMMAND_HEADER_BYTES > self.node.settings.paxos.batch_bytes_max:
-            session.answer(_error(rid, ErrorCode.TOO_LARGE, "the entry exceeds the batch bound"))
-            return
+        arguments = {k: v for k, v in request.items() if k != "id" and k != "op"}
         session.sequence += 1
-        command = session.id + _SEQUENCE.pack(session.sequence) + data
+        try:
+            command = command_bytes(session.id, session.sequence, op, arguments)
+        except Exception:
+            session.answer(_error(rid, ErrorCode.BAD_REQUEST, "arguments cannot be encoded"))
+            return
+        if len(command) > self.node.settings.paxos.batch_bytes_max:
+            session.answer(_error(rid, ErrorCode.TOO_LARGE, "the command exceeds the batch bound"))
+            return
         addresses = self.client_addresses
 
         def done(kind: str, value: object) -> None:
             if kind == "ok":
-                session.finish(encode_frame({"id": rid, "ok": True, "offset": value}))
+                if isinstance(value, MachineError):
+                    reply = _error(rid, value.code, value.message)
+                    if value.detail is not None:
+                        reply["detail"] = value.detail
+                    session.finish(_encode(reply, self.frame_bytes_max))
+                else:
+                    session.finish(
+                        _encode({"id": rid, "ok": True, "result": value}, self.frame_bytes_max)
+                    )
                 return
             reply = _error(rid, _FAILURES[kind], kind)
             leader = self.node.replica.leader_hint
@@ -184,32 +212,42 @@ class ClientPort:
             await self.node.propose(command, done)  # the node's inbox is full: wait for room
 
     def _handle(self, rid: int, request: dict) -> dict:
+        """Queries, answered from this node's applied state (a follower's may lag)."""
         op = request.get("op")
-        if op == "read":
-            start, limit = request.get("from", 0), request.get("limit", 100)
-            if (
-                type(start) is not int
-                or type(limit) is not int
-                or start < 0
-                or not 0 <= limit <= 10_000
-            ):
-                return _error(
-                    rid, ErrorCode.BAD_REQUEST, "read takes from >= 0 and 0 <= limit <= 10000"
-                )
-            machine = self.node.machine
-            first, entries = machine.read(start, limit)
-            return {
-                "id": rid,
-                "ok": True,
-                "from": first,
-                "entries": entries,
-                "length": machine.length,
-            }
-        if op == "status":
-            status = self.node.status()
-            if self.extra_status is not None:
-                status.update(self.extra_status())
-            return {"id": rid, "ok": True, "status": status}
+        machine = self.node.machine
+        try:
+            if op == "status":
+                status = self.node.status()
+                if self.extra_status is not None:
+                    status.update(self.extra_status())
+                return {"id": rid, "ok": True, "status": status}
+            if op == "list":
+                return {"id": rid, "ok": True, "result": machine.list_topics()}
+            if op == "describe":
+                topic = request.get("topic")
+                if type(topic) is not str:
+                    return _error(rid, ErrorCode.BAD_REQUEST, "describe takes a topic")
+                return {"id": rid, "ok": True, "result": machine.describe(topic)}
+            if op == "read":
+                topic, start = request.get("topic"), request.get("from", 0)
+                limit = request.get("limit", 100)
+                if (
+                    type(topic) is not str
+                    or type(start) is not int
+                    or type(limit) is not int
+                    or start < 0
+                    or not 0 <= limit <= 10_000
+                ):
+                    return _error(
+                        rid,
+                        ErrorCode.BAD_REQUEST,
+                        "read takes a topic, from >= 0 and 0 <= limit <= 10000",
+                    )
+                return {"id": rid, "ok": True, "result": machine.read(topic, start, limit)}
+        except MachineError as error:
+            return _error(rid, error.code, error.message)
+        except AttributeError:
+            pass  # a machine without queries (the log machine of runtime tests)
         return _error(rid, ErrorCode.UNKNOWN_OPERATION, f"unknown operation {op!r}")
 
 
@@ -229,13 +267,7 @@ class _Session:
         self.sent = trio.Event()
 
     def answer(self, reply: dict) -> None:
-        try:
-            frame = encode_frame(reply, self.frame_bytes_max)
-        except FrameTooLarge:
-            frame = encode_frame(
-                _error(reply.get("id"), ErrorCode.TOO_LARGE, "the reply exceeds the frame bound")
-            )
-        self.out.append(frame)
+        self.out.append(_encode(reply, self.frame_bytes_max))
         self.wake.set()
 
     def finish(self, frame: bytes) -> None:
@@ -264,6 +296,15 @@ async def _frames(stream: trio.SocketStream, decoder: FrameDecoder):
             return
         for body in decoder.feed(data):
             yield body
+
+
+def _encode(reply: dict, frame_bytes_max: int) -> bytes:
+    try:
+        return encode_frame(reply, frame_bytes_max)
+    except FrameTooLarge:
+        return encode_frame(
+            _error(reply.get("id"), ErrorCode.TOO_LARGE, "the reply exceeds the frame bound")
+        )
 
 
 def _error(rid: int | None, code: ErrorCode, message: str) -> dict:

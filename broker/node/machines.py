@@ -3,17 +3,21 @@
 The node applies every chosen slot, in order, through `apply`; every `snapshot_every_slots` it
 asks for a `snapshot` (a list of byte chunks it stores and may ship to a lagging peer), and a
 node that starts from a stored snapshot, or receives one, hands it to `restore`. The queue
-machine of `paxq.broker.machine` plugs into the same interface.
+machine of `paxq.broker.machine` is the production one.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Iterator
 from typing import Protocol
 
 import cbor2
 
+from paxq.storage import Journal, SnapshotView
+
+from ..machine import SYSTEM_SESSION, QueueMachine, SnapshotInvalid
 from ..paxos import Value
 
 #: Client commands start with a session id and a sequence number (8 bytes each), which makes
@@ -21,13 +25,25 @@ from ..paxos import Value
 COMMAND_HEADER_BYTES = 16
 
 
-class SnapshotInvalid(ValueError):
-    """A snapshot that does not decode as this machine's state."""
-
-
 class Machine(Protocol):
     #: the next slot to apply: every slot below it is reflected in the state
     slots: int
+
+    def flush(self) -> None:
+        """Called after each round of applies: write what the machine keeps on disk."""
+        ...
+
+    def due_ms(self) -> int | None:
+        """The earliest leader stamp at which a time entry would change the state."""
+        ...
+
+    def snapshot_saved(self) -> None:
+        """The last `snapshot()` is stored durably: what it no longer needs may go."""
+        ...
+
+    def shipped(self, view: SnapshotView, chunk_bytes: int) -> tuple[int, Iterator[bytes]]:
+        """(how many, the chunks) a lagging peer receives for the stored snapshot `view`."""
+        ...
 
     def apply(self, slot: int, value: Value) -> list[object]:
         """Apply one chosen slot; return one result per command, in order."""
@@ -60,11 +76,15 @@ class LogMachine:
 
     def apply(self, slot: int, value: Value) -> list[object]:
         self.slots = slot + 1
-        first = self.length
-        self.length += len(value)
+        results: list[object] = []
         for command in value:
+            if command.startswith(SYSTEM_SESSION):  # the leader's time stamps
+                results.append(None)
+                continue
+            results.append(self.length)
+            self.length += 1
             self._keep(command[COMMAND_HEADER_BYTES:])
-        return list(range(first, self.length))
+        return results
 
     def _keep(self, entry: bytes) -> None:
         recent = self._recent
@@ -84,6 +104,19 @@ class LogMachine:
         return first, list(itertools.islice(self._recent, start, start + max(0, limit)))
 
     # ------------------------------------------------------------------------ snapshots
+
+    def flush(self) -> None:
+        pass
+
+    def due_ms(self) -> int | None:
+        return None
+
+    def snapshot_saved(self) -> None:
+        pass
+
+    @staticmethod
+    def shipped(view: SnapshotView, chunk_bytes: int) -> tuple[int, Iterator[bytes]]:
+        return len(view.chunks), iter(view.chunks)
 
     def snapshot(self, chunk_bytes: int) -> list[bytes]:
         """[format, slots, length, ring entries] first, then the ring in chunks."""
@@ -121,3 +154,13 @@ class LogMachine:
         self._recent_bytes = 0
         for entry in entries:
             self._keep(entry)
+
+
+def queue_machine(journal: Journal) -> Machine:
+    """The production machine, its payloads in the journal's store."""
+    return QueueMachine(journal.keyspace())
+
+
+def log_machine(journal: Journal) -> Machine:
+    """The minimal log machine (tests of the runtime that need no queues)."""
+    return LogMachine()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,10 +23,11 @@ import trio
 from paxq.client.wire import FrameTooLarge
 from paxq.storage import CorruptRecord, Identity, Journal
 
+from ..machine import time_command
 from ..paxos import Config, ProposeResult, Ready, Replica, Role
 from ..persist import batch_of, durable_state
 from .codec import Decoder
-from .machines import LogMachine, Machine, SnapshotInvalid
+from .machines import Machine, SnapshotInvalid, queue_machine
 from .peers import PeerSettings, PeerTransport
 from .transfer import Assembler, Incoming, SnapshotAck, SnapshotChunk
 
@@ -62,6 +64,8 @@ class NodeSettings:
     snapshot_ack_timeout_s: float = 5.0
     #: a received snapshot larger than this is refused
     snapshot_bytes_max: int = 1 << 30
+    #: with leases or aged messages due and no traffic, the leader stamps time this often
+    stamp_idle_ms: int = 100
 
     def __post_init__(self) -> None:
         # Every peer message must fit a frame: the largest are a promise carrying a window of
@@ -100,7 +104,8 @@ class Node:
         self,
         settings: NodeSettings,
         journal: Journal,
-        machine_factory: Callable[[], Machine] = LogMachine,
+        machine_factory: Callable[[Journal], Machine] = queue_machine,
+        clock_ms: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings
         self.id = settings.peer.node_id
@@ -111,7 +116,7 @@ class Node:
         # The machine restarts from the stored snapshot; the replica replays the log from its
         # start, and slots the snapshot covers are skipped when applied (see _carry_out).
         state = journal.load()
-        self.machine = machine_factory()
+        self.machine = machine_factory(journal)
         if state.snapshot_slot:
             slot, chunks = journal.read_snapshot()
             try:
@@ -139,6 +144,12 @@ class Node:
         self._waiting: dict[bytes, Callback] = {}
         self._deadlines: deque[tuple[float, bytes]] = deque()
         self._deadline = 0.0  # for commands proposed in this turn (one clock read per turn)
+        # The leader's wall clock stamps the log: one time entry before the first command of
+        # a turn whose clock moved, and one on a tick when a lease or retention is due.
+        self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+        self._now_ms = 0
+        self._stamped_ms = 0
+        self._stamp_seq = random.getrandbits(32)  # time entries are unique across restarts
         self.turns = 0
         self.syncs = 0
         self.ticks_skipped = 0
@@ -221,6 +232,7 @@ class Node:
         while True:
             item = await inbox.receive()
             self._deadline = trio.current_time() + self.settings.command_timeout_s
+            self._now_ms = self._clock_ms()
             self._handle(item)
             for _ in range(bound):  # everything already waiting joins this turn
                 try:
@@ -263,10 +275,25 @@ class Node:
         elif source == _TICK:
             self.replica.tick()
             self._expire()
+            due = self.machine.due_ms()
+            if (
+                due is not None
+                and due <= self._now_ms
+                and self._now_ms - self._stamped_ms >= self.settings.stamp_idle_ms
+            ):
+                self._stamp()
         else:
             self._propose(*payload)
 
+    def _stamp(self) -> None:
+        if self.replica.role is Role.LEADER:
+            self._stamp_seq += 1
+            self.replica.propose(time_command(self.id, self._stamp_seq, self._now_ms))
+            self._stamped_ms = self._now_ms
+
     def _propose(self, command: bytes, on_done: Callback) -> None:
+        if self._now_ms > self._stamped_ms:
+            self._stamp()
         result = self.replica.propose(command)
         if result is ProposeResult.QUEUED:
             self._waiting[command] = on_done
@@ -310,6 +337,7 @@ class Node:
                     on_done = waiting.pop(command, None)
                     if on_done is not None:
                         on_done("ok", result)
+        machine.flush()
         for command in ready.dropped:
             on_done = self._waiting.pop(command, None)
             if on_done is not None:
@@ -331,13 +359,14 @@ class Node:
         chunks = self.machine.snapshot(self.settings.snapshot_chunk_bytes)
         below = max(self.replica.log_start, slot - self.settings.snapshot_keep_slots)
         await trio.to_thread.run_sync(self.journal.save_snapshot, slot, chunks, below)
+        self.machine.snapshot_saved()
         self.replica.compact(below)
         self._snapshot_at = slot
         self.snapshots_taken += 1
 
     def _restored(self, slot: int, chunks: list[bytes]) -> Machine:
         """A fresh machine from a snapshot that must end exactly at `slot`."""
-        machine = self._machine_factory()
+        machine = self._machine_factory(self.journal)
         machine.restore(chunks)
         if machine.slots != slot:
             raise SnapshotInvalid(f"the snapshot ends at slot {machine.slots}, not at {slot}")
@@ -347,13 +376,16 @@ class Node:
         """Stream the stored snapshot to `peer`, a window of chunks ahead of its acks."""
         s = self.settings
         try:
-            slot, chunks = await trio.to_thread.run_sync(self.journal.read_snapshot)
-            shipment.slot = slot
-            count = len(chunks)
-            sent = 0
+            view = await trio.to_thread.run_sync(self.journal.snapshot_view)
+            slot = shipment.slot = view.slot
+            count, chunks = await trio.to_thread.run_sync(
+                self.machine.shipped, view, s.snapshot_chunk_bytes
+            )
+            sent = 0  # chunks go out once, in order: a lost one stalls the transfer (see above)
             while shipment.acked < count:
                 while sent < count and sent - shipment.acked < s.snapshot_window_chunks:
-                    chunk = SnapshotChunk(self.id, slot, sent, count, chunks[sent])
+                    data = await trio.to_thread.run_sync(next, chunks)
+                    chunk = SnapshotChunk(self.id, slot, sent, count, data)
                     self.peers.send_frame(peer, self.peers.frame(chunk))
                     sent += 1
                 progress = shipment.acked
@@ -364,7 +396,6 @@ class Node:
                 if shipment.acked == progress:
                     log.warning("snapshot to node %d stalled at chunk %d of %d", peer, sent, count)
                     return
-                sent = max(sent, shipment.acked)
             self.snapshots_sent += 1
             log.info("sent node %d the snapshot up to slot %d (%d chunks)", peer, slot, count)
         except FrameTooLarge:
@@ -389,7 +420,10 @@ class Node:
             log.error("refusing the snapshot from node %d: %s", received.src, error)
             return
         slot = received.slot
-        await trio.to_thread.run_sync(self.journal.save_snapshot, slot, received.chunks, slot)
+        # What is stored is the machine's own snapshot: a shipped one may carry payloads,
+        # which restore() has put in the key space already.
+        chunks = machine.snapshot(self.settings.snapshot_chunk_bytes)
+        await trio.to_thread.run_sync(self.journal.save_snapshot, slot, chunks, slot)
         self.machine = machine
         self._snapshot_at = slot
         self.replica.install_snapshot(slot)

@@ -18,8 +18,10 @@ from random import Random
 
 import cbor2
 
-from paxq.storage import Identity, MemoryDisk, MemoryJournal
+from paxq.storage import Identity, KeySpace, MemoryDisk, MemoryJournal
 
+from ..machine import QueueMachine, time_command
+from ..machine.snapshots import write_snapshot
 from ..paxos import (
     Accepted,
     Config,
@@ -34,9 +36,19 @@ from ..paxos import (
 )
 from ..persist import batch_of, durable_state
 from .checkers import History, Violation
+from .oracle import QueueOracle, encode_results
 from .settings import SimSettings
+from .workload import Consumer, Workload, encode
 
 ReplicaFactory = Callable[[int, Config, Random, DurableState | None], Replica]
+#: a machine on a key space; the clock is the replica's own (the real machine never reads it)
+MachineFactory = Callable[[KeySpace, Callable[[], int]], QueueMachine]
+_CHUNK_BYTES = 4096  # small machine snapshot chunks: records cross chunk bounds
+
+
+def _queue_machine(keys: KeySpace, clock: Callable[[], int]) -> QueueMachine:
+    return QueueMachine(keys)
+
 
 # Event kinds, in the heap as (time_ms, seq, kind, target, payload).
 _DELIVER = 0  # payload: a paxos message for replica `target`
@@ -73,6 +85,9 @@ class SimStats:
     held_down: int = 0
     snapshots_taken: int = 0
     snapshots_installed: int = 0
+    machine_commands: int = 0
+    deliveries_checked: int = 0
+    stamps: int = 0
 
     @property
     def deliveries_per_s(self) -> float:
@@ -94,21 +109,33 @@ class SimResult:
 class _Node:
     __slots__ = (
         "applied",
+        "clock_offset_ms",
+        "clock_rate",
         "disk",
         "encoded",
         "id",
         "incarnation",
         "journal",
         "led",
+        "machine",
         "replica",
         "sessions",
         "snapshot_at",
+        "stamp_seq",
+        "stamped_ms",
         "tick_ms",
     )
 
-    def __init__(self, node_id: int, tick_ms: float) -> None:
+    def __init__(self, node_id: int, tick_ms: float, rate: float, offset_ms: float) -> None:
         self.id = node_id
         self.tick_ms = tick_ms
+        # The replica's wall clock: skewed in rate and offset. Only a leader's stamps in the
+        # log may carry it into the machine.
+        self.clock_rate = rate
+        self.clock_offset_ms = offset_ms
+        self.machine: QueueMachine | None = None
+        self.stamped_ms = 0
+        self.stamp_seq = 0
         self.disk = MemoryDisk()  # survives crashes; the journal on it does not
         self.journal: MemoryJournal | None = None
         self.replica: Replica | None = None
@@ -121,10 +148,12 @@ class _Node:
 
 
 class _Client:
-    __slots__ = ("attempts", "guess", "id", "issued", "outstanding", "seq")
+    __slots__ = ("app", "attempts", "guess", "id", "issued", "ops", "outstanding", "seq")
 
-    def __init__(self, client_id: int, guess: int) -> None:
+    def __init__(self, client_id: int, guess: int, app: Consumer) -> None:
         self.id = client_id
+        self.app = app
+        self.ops: dict[bytes, tuple[str, dict]] = {}  # command -> (op, arguments)
         self.guess = guess  # which replica it believes leads
         self.seq = 0
         self.outstanding: dict[bytes, float] = {}  # command -> issued at
@@ -136,11 +165,18 @@ class Simulation:
         self,
         settings: SimSettings,
         replica_factory: ReplicaFactory | None = None,
+        machine_factory: MachineFactory | None = None,
     ) -> None:
         self.settings = settings
         self.rng = Random(settings.seed ^ 0x5EED)
         self.config = settings.paxos_config()
         self.factory = replica_factory or Replica
+        self.machine_factory = machine_factory or _queue_machine
+        self.workload = Workload.from_rng(Random(settings.seed ^ 0xC0FFEE))
+        self.oracle = QueueOracle(self.workload.limits())
+        self.results: list[bytes] = []  # each slot's results, as the first replica computed them
+        self.draining = False
+        self.dead_read: dict[str, int] = {}  # dead-letter topic -> next offset to learn
         self.history = History()
         self.stats = SimStats()
         self.now = 0.0
@@ -163,12 +199,14 @@ class Simulation:
         #: non-transitive, as in a bridge)
         self.link = self._full_links()
         skew = faults.clock_skew
-        self.nodes = [
-            _Node(i, settings.tick_ms * self.rng.uniform(1 - skew, 1 + skew))
-            for i in range(settings.nodes)
-        ]
+        self.nodes = []
+        for i in range(settings.nodes):
+            tick_ms = settings.tick_ms * self.rng.uniform(1 - skew, 1 + skew)
+            offset_ms = self.rng.uniform(-1000.0, 1000.0) * skew
+            self.nodes.append(_Node(i, tick_ms, settings.tick_ms / tick_ms, offset_ms))
         self.clients = [
-            _Client(c, self.rng.randrange(settings.nodes)) for c in range(settings.clients)
+            _Client(c, self.rng.randrange(settings.nodes), Consumer(c, self.workload.setup()))
+            for c in range(settings.clients)
         ]
         for node in self.nodes:
             self._start(node)
@@ -223,6 +261,10 @@ class Simulation:
                 if node.replica is None or payload != node.incarnation:
                     continue
                 node.replica.tick()
+                due = node.machine.due_ms()
+                clock = self._clock(node)
+                if due is not None and due <= clock and clock - node.stamped_ms >= 50:
+                    self._stamp(node)  # a lease or retention is due: time moves without traffic
                 self._drain(node)
                 self._push(node.tick_ms, _TICK, target, payload)
             else:
@@ -245,6 +287,7 @@ class Simulation:
             if command in client.outstanding and client.attempts[command] == attempt:
                 issued = client.outstanding.pop(command)
                 del client.attempts[command]
+                client.app.on_unknown(*client.ops.pop(command))
                 self.stats.commands_abandoned += 1
                 if issued >= self.settled_at:
                     raise Violation(
@@ -273,11 +316,19 @@ class Simulation:
         node.sessions = {}
         node.led = None
         node.journal = MemoryJournal(node.disk, Identity("sim", node.id))
+        node.stamp_seq = self.rng.getrandbits(32)
+        node.stamped_ms = 0
         # The application restarts from its snapshot; the replica replays the log from its
         # start, and slots the snapshot already covers are skipped (see _drain).
         node.snapshot_at, chunks = node.journal.read_snapshot()
-        node.encoded = chunks
-        node.applied = [tuple(cbor2.loads(chunk)) for chunk in chunks]
+        node.machine = self.machine_factory(node.journal.keyspace(), lambda: self._clock(node))
+        applied, machine_chunks = _split(chunks)
+        node.encoded = applied
+        node.applied = [tuple(cbor2.loads(chunk)) for chunk in applied]
+        if node.snapshot_at:
+            node.machine.restore(machine_chunks)
+            if node.machine.slots != node.snapshot_at:
+                raise Violation("snapshot", f"node {node.id}: machine snapshot ends elsewhere")
         node.replica = self.factory(
             node.id,
             self.config,
@@ -323,6 +374,7 @@ class Simulation:
             on_apply = self.history.on_apply
             applied = node.applied
             sessions = node.sessions
+            machine = node.machine
             for slot, value in ready.committed:
                 if slot < len(applied):  # the snapshot restored at start covers it
                     if applied[slot] != value:
@@ -333,11 +385,14 @@ class Simulation:
                 on_apply(node.id, len(applied), slot, value)
                 applied.append(value)
                 node.encoded.append(cbor2.dumps(list(value)))
+                results = machine.apply(slot, value)
+                self._check_results(node, slot, value, results)
                 if sessions:
-                    for command in value:
+                    for command, result in zip(value, results, strict=True):
                         client = sessions.pop(command, None)
                         if client is not None:
-                            self._reply(client, command, _OK, slot)
+                            self._reply(client, command, _OK, (slot, result))
+            machine.flush()
         if ready.dropped:
             for command in ready.dropped:
                 client = node.sessions.pop(command, None)
@@ -346,9 +401,12 @@ class Simulation:
         if ready.snapshot_requests:
             for peer, _ in ready.snapshot_requests:
                 # The runtime ships its stored snapshot; the network may lose or delay it.
-                slot, chunks = node.journal.read_snapshot()
+                view = node.journal.snapshot_view()
+                applied, _ = _split(view.chunks)
+                _, machine_chunks = QueueMachine.shipped(view, _CHUNK_BYTES)
+                chunks = _join(applied, list(machine_chunks)[len(applied) + 1 :])
                 if not self.rng.random() < self.loss:
-                    self._push(self._delay(), _SNAPSHOT, peer, (node.id, slot, chunks))
+                    self._push(self._delay(), _SNAPSHOT, peer, (node.id, view.slot, chunks))
         every = self.settings.snapshot_every
         if every and replica.applied - node.snapshot_at >= every and self._take_snapshot(node):
             return  # crashed right after the snapshot's sync
@@ -368,7 +426,9 @@ class Simulation:
         replica = node.replica
         slot = replica.applied
         below = max(replica.log_start, slot - self.settings.snapshot_keep)
-        node.journal.save_snapshot(slot, node.encoded[:slot], below)
+        chunks = _join(node.encoded[:slot], node.machine.snapshot(_CHUNK_BYTES))
+        node.journal.save_snapshot(slot, chunks, below)
+        node.machine.snapshot_saved()
         replica.compact(below)
         node.snapshot_at = slot
         self.stats.snapshots_taken += 1
@@ -388,12 +448,19 @@ class Simulation:
         self.trace.append((self.now, target, f"snapshot from node {src} up to slot {slot}"))
         if slot <= replica.commit:
             return  # stale or duplicated: the replica is already past it
-        values = [tuple(cbor2.loads(chunk)) for chunk in chunks]
+        applied, machine_chunks = _split(chunks)
+        values = [tuple(cbor2.loads(chunk)) for chunk in applied]
         for s in range(len(node.applied), slot):  # the snapshot's content is applied too
             self.history.on_apply(node.id, s, s, values[s])
+        machine = self.machine_factory(node.journal.keyspace(), lambda: self._clock(node))
+        machine.restore(machine_chunks)
+        if machine.slots != slot:
+            raise Violation("snapshot", f"node {node.id}: a shipped snapshot ends elsewhere")
         # Persist first; only then may the replica act on it (its records below depend on it).
-        node.journal.save_snapshot(slot, chunks, slot)
-        node.applied, node.encoded, node.snapshot_at = values, list(chunks), slot
+        node.journal.save_snapshot(slot, _join(applied, machine.snapshot(_CHUNK_BYTES)), slot)
+        machine.snapshot_saved()
+        node.machine = machine
+        node.applied, node.encoded, node.snapshot_at = values, list(applied), slot
         if self.rng.random() < self.crash_after_sync:
             self._crash(node)  # stored, but the replica never heard of it: recovery must cope
             return
@@ -402,7 +469,7 @@ class Simulation:
                 for command in value:
                     client = node.sessions.pop(command, None)
                     if client is not None:
-                        self._reply(client, command, _OK, s)
+                        self._reply(client, command, _OK, (s, None))
         replica.install_snapshot(slot)
         self.stats.snapshots_installed += 1
         self._drain(node)
@@ -428,7 +495,9 @@ class Simulation:
         settings = self.settings
         if self.issuing and len(client.outstanding) < settings.client_outstanding_max:
             client.seq += 1
-            command = b"c%d.%d" % (client.id, client.seq)
+            op, args = client.app.next(self.rng, self.workload, self.draining)
+            command = encode(client.id, client.seq, op, args)
+            client.ops[command] = (op, args)
             self.history.on_propose(command)
             self.stats.commands_issued += 1
             client.outstanding[command] = self.now
@@ -457,6 +526,8 @@ class Simulation:
             return
         if command in node.sessions:
             return
+        if replica.role is Role.LEADER and self._clock(node) > node.stamped_ms:
+            self._stamp(node)  # the leader's clock, for the commands that follow
         result = replica.propose(command)
         if result is ProposeResult.QUEUED:
             node.sessions[command] = client_id
@@ -480,11 +551,66 @@ class Simulation:
         if status == _OK:
             del client.outstanding[command]
             del client.attempts[command]
-            self.history.on_ack(command, detail, issued, self.now)
+            slot, result = detail
+            self.history.on_ack(command, slot, issued, self.now)
+            op, args = client.ops.pop(command)
+            client.app.on_result(op, args, result)
             return
         # Never given a slot: safe to send the same command again.
         client.guess = detail if detail is not None else self.rng.randrange(len(self.nodes))
         self._push(self.rng.uniform(1.0, 20.0), _RESEND, client_id, command)
+
+    def _learn_dead_letters(self) -> None:
+        """The dead-letter queues' content, from the replica furthest ahead (the checker has
+        seen every slot it has applied)."""
+        ahead = max(
+            (node for node in self.nodes if node.replica is not None),
+            key=lambda node: node.machine.slots,
+        )
+        for topic in self.workload.dead_letter_topics():
+            if topic in ahead.machine.topics:
+                start = self.dead_read.get(topic, 0)
+                for message in _read_all(ahead.machine, topic, start):
+                    self.oracle.on_dead_letter(message["headers"], "a dead-letter queue")
+                    self.dead_read[topic] = message["offset"] + 1
+
+    def _clock(self, node: _Node) -> int:
+        return max(0, int(self.now * node.clock_rate + node.clock_offset_ms))
+
+    def _stamp(self, node: _Node) -> None:
+        """The leader proposes its clock as a time entry (if it still leads)."""
+        if node.replica.role is not Role.LEADER:
+            return
+        node.stamp_seq += 1
+        now = self._clock(node)
+        stamp = time_command(node.id, node.stamp_seq, now)
+        self.history.on_propose(stamp)
+        if node.replica.propose(stamp) is ProposeResult.QUEUED:
+            node.stamped_ms = now
+            self.stats.stamps += 1
+
+    def _check_results(self, node: _Node, slot: int, value, results: list[object]) -> None:
+        """Every replica computes the same results for a slot (determinism); the first one
+        to apply it feeds the queue checker."""
+        encoded = encode_results(results)
+        known = self.results
+        if slot < len(known):
+            if known[slot] != encoded:
+                raise Violation(
+                    "determinism",
+                    f"node {node.id} computed other results at slot {slot} than the replica "
+                    f"that applied it first",
+                )
+            return
+        if slot != len(known):
+            raise Violation("order", f"slot {slot} applied first before slot {len(known)}")
+        known.append(encoded)
+        oracle = self.oracle
+        for command, result in zip(value, results, strict=True):
+            if command:  # a no-op fills a hole with an empty command
+                oracle.on_command(slot, command, result)
+        self.stats.machine_commands = oracle.commands
+        self.stats.deliveries_checked = oracle.deliveries
 
     def _delay(self) -> float:
         faults = self.settings.faults
@@ -620,6 +746,28 @@ class Simulation:
         logs = [node.applied for node in self.nodes]
         self.history.check_durable(logs)
         self.history.check_linearizable()
+        self._drain_phase(event_cap)
+
+    def _drain_phase(self, event_cap: int) -> None:
+        """Consumers work the queue and the subscriptions empty (no faults): every message
+        must end acknowledged or dead-lettered, and all replicas in the same state."""
+        self.draining = self.issuing = True
+        readers = self.workload.readers()
+        deadline = self.now + 60_000.0
+        while self.now < deadline:
+            self._learn_dead_letters()
+            if not self.oracle.unsettled(readers):
+                break
+            self._run_events(event_cap, until_ms=self.now + 250.0)
+        self.issuing = False
+        self._run_events(event_cap, until_ms=self.now + self.settings.client_timeout_ms + 1_000.0)
+        self._check_converged()
+        self._learn_dead_letters()
+        self.oracle.check_drained(readers)
+        machines = [node.machine for node in self.nodes]
+        states = {b"".join(write_snapshot(machine, 1 << 20)) for machine in machines}
+        if len(states) != 1:
+            raise Violation("determinism", "replicas at the same slot hold different machines")
 
     def _check_liveness(self) -> None:
         settled = self.settled_at
@@ -652,5 +800,32 @@ class Simulation:
         return lines
 
 
-def run_seed(settings: SimSettings, replica_factory: ReplicaFactory | None = None) -> SimResult:
-    return Simulation(settings, replica_factory).run()
+def _read_all(machine: QueueMachine, topic: str, start: int = 0) -> list[dict]:
+    out: list[dict] = []
+    while True:
+        page = machine.read(topic, start, 1000)
+        out += page["messages"]
+        if not page["messages"]:
+            return out
+        start = page["messages"][-1]["offset"] + 1
+
+
+def _join(applied: list[bytes], machine: list[bytes]) -> list[bytes]:
+    """A sim snapshot: [how many applied slots follow], the applied slots (the checkers' copy
+    of the log), then the machine's chunks."""
+    return [cbor2.dumps(len(applied)), *applied, *machine]
+
+
+def _split(chunks: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    if not chunks:
+        return [], []
+    count = cbor2.loads(chunks[0])
+    return list(chunks[1 : 1 + count]), list(chunks[1 + count :])
+
+
+def run_seed(
+    settings: SimSettings,
+    replica_factory: ReplicaFactory | None = None,
+    machine_factory: MachineFactory | None = None,
+) -> SimResult:
+    return Simulation(settings, replica_factory, machine_factory).run()

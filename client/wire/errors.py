@@ -18,6 +18,13 @@ class ErrorCode(enum.IntEnum):
     WRONG_CLUSTER = 8
     UNSUPPORTED_VERSION = 9
     UNKNOWN_OUTCOME = 10  # the command may or may not have been applied: do not resend blindly
+    UNKNOWN_TOPIC = 11
+    TOPIC_EXISTS = 12
+    UNKNOWN_SUBSCRIPTION = 13
+    SUBSCRIPTION_EXISTS = 14
+    LEASE_LOST = 15  # the token is stale: the lease expired or was given to another consumer
+    FULL = 16  # a queue at its message or byte limit refuses new messages
+    SEQUENCE_TOO_OLD = 17  # an idempotent producer's sequence fell out of the window
 
 
 class WireError(Exception):

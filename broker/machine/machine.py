@@ -1,0 +1,699 @@
+"""The replicated state machine: topics, subscriptions, queues and leased claims.
+
+Pure and deterministic: the same commands in the same order give the same state and the same
+results on every replica. It never reads a clock: time is the leader's stamp, carried in
+`time` commands the node proposes (and clamped here so it never runs backwards). Payloads
+live in the key space (`paxq.storage.keyspace`); only metadata is in memory.
+
+A command is `header (16 bytes) + CBOR [op, {args}]`. Its result is a plain value (maps,
+lists, ints, bytes) or a `MachineError`; a refused command changes nothing.
+
+Payloads the state no longer needs are deleted only after the next snapshot is stored
+(`snapshot` then `snapshot_saved`): a replica that restarts from its last snapshot replays
+the log above it and may need any payload that snapshot still references.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import cbor2
+
+from paxq.client.wire import ErrorCode
+from paxq.storage import KeySpace, SnapshotView
+
+from . import args as check
+from .errors import MachineError, bad
+from .producers import Producers
+from .snapshots import SnapshotInvalid, payload_chunks, read_snapshot, write_snapshot
+from .subscriptions import Subscription
+from .topics import NO_KEY, QUEUE, TOPIC, Topic, key_hash, payload_key, topic_range
+
+HEADER_BYTES = 16
+#: commands whose header starts with this session come from the node itself (time stamps)
+SYSTEM_SESSION = b"\0" * 8
+#: the built-in subscription of a queue
+QUEUE_SUBSCRIPTION = ""
+
+Value = tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds and defaults of the machine. They are part of its replicated behaviour: every
+    replica of a cluster must run with the same ones."""
+
+    message_bytes_max: int = 1 << 20  # body + key + headers, encoded
+    key_bytes_max: int = 1024
+    headers_max: int = 64
+    publish_messages_max: int = 1000
+    claim_max: int = 1000
+    leases_max: int = 1000  # per ack, nack or extend
+    lease_ms_max: int = 12 * 3600 * 1000
+    lease_ms_default: int = 30_000
+    delay_ms_max: int = 30 * 24 * 3600 * 1000
+    topics_max: int = 10_000
+    subscriptions_max: int = 1000  # per topic
+    max_deliveries_default: int = 10
+    backoff_base_ms_default: int = 1000
+    backoff_max_ms_default: int = 60_000
+    retention_messages_default: int = 10_000_000
+    retention_bytes_default: int = 10 << 30
+    retention_age_ms_default: int = 7 * 24 * 3600 * 1000  # topics only; queues keep until acked
+    producer_window: int = 32
+    producers_max: int = 10_000
+    #: a claim looks at most this many new offsets (delayed or key-blocked ones are set aside)
+    scan_max: int = 4096
+    read_max: int = 1000
+
+
+_CREATE = frozenset(
+    {
+        "topic",
+        "kind",
+        "max_messages",
+        "max_bytes",
+        "max_age_ms",
+        "max_deliveries",
+        "dead_letter",
+        "key_ordered",
+        "backoff_base_ms",
+        "backoff_max_ms",
+    }
+)
+_SUBSCRIBE = frozenset(
+    {
+        "topic",
+        "subscription",
+        "start",
+        "max_deliveries",
+        "dead_letter",
+        "key_ordered",
+        "backoff_base_ms",
+        "backoff_max_ms",
+    }
+)
+_MESSAGE = frozenset({"body", "key", "headers", "delay_ms"})
+
+
+class QueueMachine:
+    FORMAT = 1
+
+    def __init__(self, keys: KeySpace, limits: Limits | None = None) -> None:
+        self.keys = keys
+        self.limits = limits or Limits()
+        self.slots = 0
+        self.now_ms = 0
+        self.token = 0  # the last lease token handed out
+        self.next_topic_id = 1
+        self.topics: dict[str, Topic] = {}
+        self.by_id: dict[int, Topic] = {}
+        #: heap of (deadline_ms, topic id, subscription, offset, token); stale entries skipped
+        self.expiries: list[tuple[int, int, str, int, int]] = []
+        self.producers = Producers(self.limits.producer_window, self.limits.producers_max)
+        self._garbage: list[tuple[bytes, bytes]] = []  # payload ranges to delete after a snapshot
+        self._releasable: list[tuple[bytes, bytes]] = []
+        self._ops: dict[str, Callable[[dict], object]] = {
+            "create": self._create,
+            "delete": self._delete,
+            "publish": self._publish,
+            "subscribe": self._subscribe,
+            "unsubscribe": self._unsubscribe,
+            "claim": self._claim,
+            "ack": self._ack,
+            "nack": self._nack,
+            "extend": self._extend,
+            "purge": self._purge,
+        }
+
+    # ----------------------------------------------------------------------------- apply
+
+    def apply(self, slot: int, value: Value) -> list[object]:
+        self.slots = slot + 1
+        return [self.run(command) for command in value]
+
+    def run(self, command: bytes) -> object:
+        """One command's result (a refusal is returned as a MachineError, not raised)."""
+        try:
+            request = cbor2.loads(command[HEADER_BYTES:])
+        except Exception:
+            return bad("the command is not CBOR")
+        if (
+            type(request) is not list
+            or len(request) != 2
+            or type(request[0]) is not str
+            or type(request[1]) is not dict
+        ):
+            return bad("a command is [op, {arguments}]")
+        op, arguments = request
+        if op == "time":
+            if command[:8] != SYSTEM_SESSION or type(arguments.get("ms")) is not int:
+                return bad("time entries come from the node")
+            self.advance(arguments["ms"])
+            return None
+        handler = self._ops.get(op)
+        if handler is None:
+            return MachineError(ErrorCode.UNKNOWN_OPERATION, f"unknown operation {op!r}")
+        try:
+            return handler(arguments)
+        except MachineError as error:
+            return error
+
+    # ------------------------------------------------------------------------------ time
+
+    def advance(self, stamp_ms: int) -> None:
+        """The leader's clock says `stamp_ms`: time moves on (never back), leases expire,
+        old messages leave."""
+        if stamp_ms <= self.now_ms:
+            return
+        now = self.now_ms = stamp_ms
+        expiries = self.expiries
+        while expiries and expiries[0][0] <= now:
+            deadline, topic_id, name, offset, token = heapq.heappop(expiries)
+            topic = self.by_id.get(topic_id)
+            sub = topic.subs.get(name) if topic is not None else None
+            lease = sub.leases.get(offset) if sub is not None else None
+            if lease is None or lease[0] != token or lease[1] != deadline:
+                continue  # acked, extended or given back since
+            if not sub.give_back(offset, now):
+                self._dead_letter(topic, sub, offset, "expired")
+        for topic in self.topics.values():
+            if topic.max_age_ms and topic.next > topic.first:
+                keep = topic.first_over_age(now)
+                if keep > topic.first:
+                    self._drop(topic, keep, expired=True)
+
+    def due_ms(self) -> int | None:
+        """The earliest stamp at which a time entry would change the state (a lease expires
+        or a message ages out), if any: the node proposes one then, traffic or not."""
+        due = []
+        expiries = self.expiries
+        while expiries:  # drop stale heads so an idle cluster does not stamp for nothing
+            deadline, topic_id, name, offset, token = expiries[0]
+            topic = self.by_id.get(topic_id)
+            sub = topic.subs.get(name) if topic is not None else None
+            lease = sub.leases.get(offset) if sub is not None else None
+            if lease is not None and lease[0] == token and lease[1] == deadline:
+                due.append(deadline)
+                break
+            heapq.heappop(expiries)
+        for topic in self.topics.values():
+            if topic.max_age_ms and topic.next > topic.first:
+                due.append(topic.time_of(topic.first) + topic.max_age_ms + 1)
+        return min(due) if due else None
+
+    # ---------------------------------------------------------------------------- topics
+
+    def _topic(self, arguments: dict) -> Topic:
+        name = check.name(arguments, "topic")
+        topic = self.topics.get(name)
+        if topic is None:
+            raise MachineError(ErrorCode.UNKNOWN_TOPIC, f"no topic {name!r}")
+        return topic
+
+    def _subscription_options(self, arguments: dict, default_dead_letter: str) -> dict:
+        limits = self.limits
+        dead_letter = arguments.get("dead_letter", default_dead_letter)
+        if dead_letter is not None:
+            dead_letter = check.name({"dead_letter": dead_letter}, "dead_letter")
+        base = check.integer(
+            arguments, "backoff_base_ms", limits.backoff_base_ms_default, 0, limits.delay_ms_max
+        )
+        return {
+            "max_deliveries": check.integer(
+                arguments, "max_deliveries", limits.max_deliveries_default, 0, 1 << 30
+            ),
+            "dead_letter": dead_letter,
+            "key_ordered": check.flag(arguments, "key_ordered", False),
+            "backoff_base_ms": base,
+            "backoff_max_ms": check.integer(
+                arguments,
+                "backoff_max_ms",
+                max(base, limits.backoff_max_ms_default),
+                base,
+                limits.delay_ms_max,
+            ),
+        }
+
+    def _create(self, arguments: dict) -> object:
+        limits = self.limits
+        check.known_fields(arguments, _CREATE, "create")
+        name = check.name(arguments, "topic")
+        kind = arguments.get("kind", TOPIC)
+        if kind not in (TOPIC, QUEUE):
+            raise bad("kind is 'topic' or 'queue'")
+        if name in self.topics:
+            raise MachineError(ErrorCode.TOPIC_EXISTS, f"topic {name!r} exists")
+        if len(self.topics) >= limits.topics_max:
+            raise MachineError(ErrorCode.OVERLOADED, f"at most {limits.topics_max} topics")
+        max_messages = check.integer(
+            arguments, "max_messages", limits.retention_messages_default, 1
+        )
+        max_bytes = check.integer(arguments, "max_bytes", limits.retention_bytes_default, 1)
+        age_default = limits.retention_age_ms_default if kind == TOPIC else 0
+        max_age_ms = check.integer(arguments, "max_age_ms", age_default, 0)
+        if kind == QUEUE:
+            options = self._subscription_options(arguments, f"{name}.dlq")
+        else:
+            extra = set(arguments) - {"topic", "kind", "max_messages", "max_bytes", "max_age_ms"}
+            if extra:
+                raise bad(f"{sorted(extra)} are subscription settings: give them to subscribe")
+            options = {}
+        self._new_topic(name, kind, max_messages, max_bytes, max_age_ms, options)
+        return {"topic": name, "kind": kind}
+
+    def _new_topic(
+        self, name: str, kind: str, max_messages: int, max_bytes: int, max_age_ms: int, options
+    ) -> Topic:
+        topic = Topic(
+            self.next_topic_id,
+            name,
+            kind,
+            self.now_ms,
+            max_messages,
+            max_bytes,
+            max_age_ms,
+            options,
+        )
+        self.next_topic_id += 1
+        self.topics[name] = topic
+        self.by_id[topic.id] = topic
+        if kind == QUEUE:
+            topic.subs[QUEUE_SUBSCRIPTION] = Subscription(
+                QUEUE_SUBSCRIPTION, topic, 0, self.now_ms, **options
+            )
+        return topic
+
+    def _delete(self, arguments: dict) -> object:
+        check.known_fields(arguments, frozenset({"topic"}), "delete")
+        topic = self._topic(arguments)
+        del self.topics[topic.name]
+        del self.by_id[topic.id]
+        self._garbage.append(topic_range(topic.id))
+        return {"topic": topic.name, "deleted": topic.depth}
+
+    def _drop(self, topic: Topic, below: int, expired: bool = False) -> None:
+        """Offsets below `below` leave the topic and every subscription: by retention
+        (`expired`), purge, or because a queue is done with them."""
+        old, new = topic.drop_below(below)
+        if new > old:
+            if expired:
+                topic.expired += new - old
+            self._garbage.append((payload_key(topic.id, old), payload_key(topic.id, new)))
+            for sub in topic.subs.values():
+                sub.skip_below(new, self.now_ms)
+
+    # --------------------------------------------------------------------------- publish
+
+    def _publish(self, arguments: dict) -> object:
+        limits = self.limits
+        check.known_fields(
+            arguments, frozenset({"topic", "messages", "producer", "seq"}), "publish"
+        )
+        topic = self._topic(arguments)
+        producer = arguments.get("producer")
+        seq = None
+        if producer is not None:
+            producer = check.name(arguments, "producer")
+            seq = check.integer(arguments, "seq", -1, 0)
+            earlier = self.producers.lookup(producer, seq)
+            if earlier is not None:
+                return {**earlier, "duplicate": True}
+        elif "seq" in arguments:
+            raise bad("seq needs a producer")
+        messages = arguments.get("messages")
+        if type(messages) is not list or not 0 < len(messages) <= limits.publish_messages_max:
+            raise bad(f"messages must be a list of 1 to {limits.publish_messages_max}")
+        ready = [self._message(message) for message in messages]  # all checked before any change
+        total = sum(len(payload) for payload, _, _ in ready)
+        if topic.kind == QUEUE and not topic.fits(len(ready), total):
+            raise MachineError(
+                ErrorCode.FULL,
+                f"queue {topic.name!r} holds {topic.depth} messages, {topic.bytes} bytes: "
+                f"its limit is {topic.max_messages} messages, {topic.max_bytes} bytes",
+            )
+        now = self.now_ms
+        first = topic.next
+        put = self.keys.put
+        for payload, key, delay_ms in ready:
+            offset = topic.append(now, len(payload), key, now + delay_ms)
+            put(payload_key(topic.id, offset), payload)
+        if topic.kind == TOPIC and topic.over_limit():
+            self._drop(topic, self._first_within_limits(topic), expired=True)
+        result = {"offset": first, "count": len(ready)}
+        if producer is not None:
+            self.producers.record(producer, seq, result)
+        return result
+
+    @staticmethod
+    def _first_within_limits(topic: Topic) -> int:
+        """The first offset to keep so the topic fits its message and byte limits."""
+        below = max(topic.first, topic.next - topic.max_messages)
+        sizes, base = topic.sizes, topic.base
+        excess = topic.bytes - sum(sizes[topic.first - base : below - base]) - topic.max_bytes
+        while excess > 0 and below < topic.next:
+            excess -= sizes[below - base]
+            below += 1
+        return below
+
+    def _message(self, message: object) -> tuple[bytes, int, int]:
+        """(stored payload, key hash, delay) of one message to publish, checked."""
+        limits = self.limits
+        if type(message) is not dict:
+            raise bad("each message is a map with a body")
+        check.known_fields(message, _MESSAGE, "a message")
+        body = message.get("body")
+        if type(body) is not bytes:
+            raise bad("a message body is bytes")
+        key = message.get("key")
+        if key is not None and (type(key) is not bytes or len(key) > limits.key_bytes_max):
+            raise bad(f"a message key is bytes, at most {limits.key_bytes_max}")
+        headers = message.get("headers")
+        if headers is not None and (
+            type(headers) is not dict
+            or len(headers) > limits.headers_max
+            or not all(type(k) is str and type(v) in (str, bytes, int) for k, v in headers.items())
+        ):
+            raise bad(f"headers map names to str, bytes or int, at most {limits.headers_max}")
+        delay_ms = check.integer(message, "delay_ms", 0, 0, limits.delay_ms_max)
+        payload = cbor2.dumps([body, key, headers])
+        if len(payload) > limits.message_bytes_max:
+            raise MachineError(
+                ErrorCode.TOO_LARGE,
+                f"a message of {len(payload)} bytes exceeds {limits.message_bytes_max}",
+            )
+        return payload, (NO_KEY if key is None else key_hash(key)), delay_ms
+
+    def payload(self, topic: Topic, offset: int) -> tuple[bytes, bytes | None, dict | None]:
+        raw = self.keys.get(payload_key(topic.id, offset))
+        if raw is None:
+            raise AssertionError(f"payload of {topic.name}@{offset} missing from the key space")
+        body, key, headers = cbor2.loads(raw)
+        return body, key, headers
+
+    # ----------------------------------------------------------------------- subscriptions
+
+    def _subscription(self, arguments: dict) -> tuple[Topic, Subscription]:
+        topic = self._topic(arguments)
+        if topic.kind == QUEUE and arguments.get("subscription") is None:
+            name = QUEUE_SUBSCRIPTION
+        else:
+            name = check.name(arguments, "subscription")
+        sub = topic.subs.get(name)
+        if sub is None:
+            raise MachineError(
+                ErrorCode.UNKNOWN_SUBSCRIPTION, f"topic {topic.name!r} has no subscription {name!r}"
+            )
+        return topic, sub
+
+    def _subscribe(self, arguments: dict) -> object:
+        check.known_fields(arguments, _SUBSCRIBE, "subscribe")
+        topic = self._topic(arguments)
+        name = check.name(arguments, "subscription")
+        if topic.kind == QUEUE:
+            raise bad(f"{topic.name!r} is a queue: it has one built-in subscription")
+        if name in topic.subs:
+            raise MachineError(
+                ErrorCode.SUBSCRIPTION_EXISTS, f"topic {topic.name!r} has subscription {name!r}"
+            )
+        if len(topic.subs) >= self.limits.subscriptions_max:
+            raise MachineError(
+                ErrorCode.OVERLOADED, f"at most {self.limits.subscriptions_max} subscriptions"
+            )
+        start = arguments.get("start", "latest")
+        if start == "latest":
+            offset = topic.next
+        elif start == "earliest":
+            offset = topic.first
+        elif type(start) is int and start >= 0:
+            offset = min(max(start, topic.first), topic.next)
+        else:
+            raise bad("start is 'earliest', 'latest' or an offset")
+        default = f"{topic.name}.{name}.dlq"
+        options = self._subscription_options(arguments, default)
+        topic.subs[name] = Subscription(name, topic, offset, self.now_ms, **options)
+        return {"topic": topic.name, "subscription": name, "offset": offset}
+
+    def _unsubscribe(self, arguments: dict) -> object:
+        check.known_fields(arguments, frozenset({"topic", "subscription"}), "unsubscribe")
+        topic, sub = self._subscription(arguments)
+        if topic.kind == QUEUE:
+            raise bad("a queue's subscription goes with the queue: delete the queue")
+        del topic.subs[sub.name]
+        return {"topic": topic.name, "subscription": sub.name}
+
+    def _purge(self, arguments: dict) -> object:
+        check.known_fields(arguments, frozenset({"topic", "subscription"}), "purge")
+        topic = self._topic(arguments)
+        if arguments.get("subscription") is None and topic.kind == TOPIC:
+            dropped = topic.depth
+            self._drop(topic, topic.next)
+            return {"purged": dropped}
+        topic, sub = self._subscription(arguments)
+        dropped = sub.purge(self.now_ms)
+        self._work_done(topic, sub)
+        return {"purged": dropped}
+
+    # ---------------------------------------------------------------------------- leases
+
+    def _claim(self, arguments: dict) -> object:
+        limits = self.limits
+        check.known_fields(
+            arguments,
+            frozenset({"topic", "subscription", "max", "lease_ms", "consumer"}),
+            "claim",
+        )
+        topic, sub = self._subscription(arguments)
+        count = check.integer(arguments, "max", 1, 1, limits.claim_max)
+        lease_ms = check.integer(
+            arguments, "lease_ms", limits.lease_ms_default, 1, limits.lease_ms_max
+        )
+        consumer = arguments.get("consumer", "")
+        if type(consumer) is not str or len(consumer) > check.NAME_CHARS_MAX:
+            raise bad("consumer is a string of at most 200 characters")
+        now = self.now_ms
+        deadline = now + lease_ms
+        out = []
+        for offset in sub.claimable(now, count, limits.scan_max):
+            self.token += 1
+            token = self.token
+            deliveries = sub.lease(offset, token, deadline, consumer)
+            heapq.heappush(self.expiries, (deadline, topic.id, sub.name, offset, token))
+            body, key, headers = self.payload(topic, offset)
+            out.append(
+                {
+                    "offset": offset,
+                    "body": body,
+                    "key": key,
+                    "headers": headers,
+                    "deliveries": deliveries,
+                    "token": token,
+                    "deadline_ms": deadline,
+                    "published_ms": topic.time_of(offset),
+                }
+            )
+        return {"messages": out, "now_ms": now}
+
+    def _leases(self, arguments: dict, op: str, extra: frozenset[str]) -> tuple:
+        check.known_fields(arguments, frozenset({"topic", "subscription", "leases"}) | extra, op)
+        topic, sub = self._subscription(arguments)
+        leases = check.leases(arguments, self.limits.leases_max)
+        return topic, sub, leases
+
+    def _refuse_lost(self, sub: Subscription, leases: list[tuple[int, int]]) -> None:
+        lost = sub.lost(leases, self.now_ms)
+        if lost:
+            raise MachineError(
+                ErrorCode.LEASE_LOST,
+                f"{len(lost)} of {len(leases)} leases are no longer held: nothing was changed",
+                lost,
+            )
+
+    def _ack(self, arguments: dict) -> object:
+        topic, sub, leases = self._leases(arguments, "ack", frozenset())
+        self._refuse_lost(sub, leases)
+        now = self.now_ms
+        for offset, _ in leases:
+            sub.finish(offset, now)
+            sub.acked += 1
+        self._work_done(topic, sub)
+        return {"acked": len(leases)}
+
+    def _nack(self, arguments: dict) -> object:
+        topic, sub, leases = self._leases(arguments, "nack", frozenset({"delay_ms"}))
+        delay_ms = check.optional_integer(arguments, "delay_ms", 0, self.limits.delay_ms_max)
+        self._refuse_lost(sub, leases)
+        now = self.now_ms
+        dead = 0
+        for offset, _ in leases:
+            wait = sub.backoff_ms(offset) if delay_ms is None else delay_ms
+            if not sub.give_back(offset, now + wait):
+                self._dead_letter(topic, sub, offset, "nacked")
+                dead += 1
+        return {"nacked": len(leases), "dead_lettered": dead}
+
+    def _extend(self, arguments: dict) -> object:
+        limits = self.limits
+        topic, sub, leases = self._leases(arguments, "extend", frozenset({"lease_ms"}))
+        lease_ms = check.integer(
+            arguments, "lease_ms", limits.lease_ms_default, 1, limits.lease_ms_max
+        )
+        self._refuse_lost(sub, leases)
+        deadline = self.now_ms + lease_ms
+        for offset, token in leases:
+            sub.leases[offset][1] = deadline
+            heapq.heappush(self.expiries, (deadline, topic.id, sub.name, offset, token))
+        return {"deadline_ms": deadline}
+
+    def _dead_letter(self, topic: Topic, sub: Subscription, offset: int, reason: str) -> None:
+        """The message used up its deliveries: a copy goes to the dead-letter queue (created
+        on first use), and the subscription is done with it."""
+        deliveries = sub.counts.get(offset, 0)
+        sub.dead_lettered += 1
+        target_name = sub.dead_letter
+        if target_name is not None and target_name != topic.name:
+            target = self.topics.get(target_name)
+            if target is None and len(self.topics) < self.limits.topics_max:
+                limits = self.limits
+                target = self._new_topic(
+                    target_name,
+                    QUEUE,
+                    limits.retention_messages_default,
+                    limits.retention_bytes_default,
+                    0,
+                    {  # a dead-letter queue's own messages are never dead-lettered again
+                        "max_deliveries": 0,
+                        "dead_letter": None,
+                        "key_ordered": False,
+                        "backoff_base_ms": limits.backoff_base_ms_default,
+                        "backoff_max_ms": limits.backoff_max_ms_default,
+                    },
+                )
+            if target is not None:
+                body, key, headers = self.payload(topic, offset)
+                death = dict(headers or {})
+                death.update(
+                    {
+                        "x-death-topic": topic.name,
+                        "x-death-subscription": sub.name,
+                        "x-death-offset": offset,
+                        "x-death-deliveries": deliveries,
+                        "x-death-reason": reason,
+                    }
+                )
+                payload = cbor2.dumps([body, key, death])
+                if target.fits(1, len(payload)):
+                    copied = target.append(
+                        self.now_ms, len(payload), NO_KEY if key is None else key_hash(key), 0
+                    )
+                    self.keys.put(payload_key(target.id, copied), payload)
+        sub.finish(offset, self.now_ms)
+        self._work_done(topic, sub)
+
+    def _work_done(self, topic: Topic, sub: Subscription) -> None:
+        """A queue keeps a message only until its subscription is done with it."""
+        if topic.kind != QUEUE:
+            return
+        if sub.floor > topic.first:
+            self._drop(topic, sub.floor)
+
+    # --------------------------------------------------------------------------- queries
+
+    def list_topics(self) -> list[dict]:
+        return [
+            {"topic": t.name, "kind": t.kind, "first": t.first, "next": t.next}
+            for t in sorted(self.topics.values(), key=lambda t: t.name)
+        ]
+
+    def describe(self, name: str) -> dict:
+        topic = self.topics.get(name)
+        if topic is None:
+            raise MachineError(ErrorCode.UNKNOWN_TOPIC, f"no topic {name!r}")
+        subs = {}
+        for sub_name, sub in sorted(topic.subs.items()):
+            subs[sub_name] = {
+                **sub.stats(self.now_ms),
+                "max_deliveries": sub.max_deliveries,
+                "dead_letter": sub.dead_letter,
+                "key_ordered": sub.key_ordered,
+            }
+        return {
+            "topic": topic.name,
+            "kind": topic.kind,
+            "first": topic.first,
+            "next": topic.next,
+            "messages": topic.depth,
+            "bytes": topic.bytes,
+            "expired": topic.expired,
+            "retention": {
+                "max_messages": topic.max_messages,
+                "max_bytes": topic.max_bytes,
+                "max_age_ms": topic.max_age_ms,
+            },
+            "subscriptions": subs,
+            "now_ms": self.now_ms,
+        }
+
+    def read(self, name: str, start: int, limit: int) -> dict:
+        """Retained messages from `start` on (a live tail's read): no state changes."""
+        topic = self.topics.get(name)
+        if topic is None:
+            raise MachineError(ErrorCode.UNKNOWN_TOPIC, f"no topic {name!r}")
+        first = max(start, topic.first)
+        end = min(topic.next, first + max(0, min(limit, self.limits.read_max)))
+        messages = []
+        for offset in range(first, end):
+            body, key, headers = self.payload(topic, offset)
+            messages.append({"offset": offset, "body": body, "key": key, "headers": headers})
+        return {"from": first, "next": topic.next, "messages": messages}
+
+    # ------------------------------------------------------------------------- snapshots
+
+    def snapshot(self, chunk_bytes: int) -> list[bytes]:
+        """The metadata as chunks (payloads stay in the key space, which this flushes).
+        Payloads freed so far may be deleted once these chunks are stored: `snapshot_saved`."""
+        self.keys.flush()
+        self._releasable, self._garbage = self._garbage, []
+        return write_snapshot(self, chunk_bytes)
+
+    def snapshot_saved(self) -> None:
+        released, self._releasable = self._releasable, []
+        for start, end in released:
+            self.keys.delete_range(start, end)
+
+    def restore(self, chunks: list[bytes]) -> None:
+        read_snapshot(self, chunks)
+        self.keys.flush()
+        # Payloads a crash kept from being deleted (their deletion was not yet durable):
+        # everything of topics that are gone, and below each topic's first offset.
+        low = 0
+        for topic_id in sorted(self.by_id):
+            self.keys.delete_range(
+                topic_range(low)[0], payload_key(topic_id, self.by_id[topic_id].first)
+            )
+            low = topic_id + 1
+        self.keys.delete_range(topic_range(low)[0], topic_range(self.next_topic_id)[0])
+
+    def flush(self) -> None:
+        """Write the payloads applied so far (unsynced; see the module's note)."""
+        self.keys.flush()
+
+    @staticmethod
+    def shipped(view: SnapshotView, chunk_bytes: int) -> tuple[int, Iterator[bytes]]:
+        """What a peer receives: the stored snapshot's chunks, then the payloads of the key
+        space as of the same moment. Touches no state of the machine (runs in a thread)."""
+        count, payloads = payload_chunks(view.keys, chunk_bytes)
+        return len(view.chunks) + count, itertools.chain(view.chunks, payloads)
+
+
+__all__ = [
+    "HEADER_BYTES",
+    "QUEUE_SUBSCRIPTION",
+    "SYSTEM_SESSION",
+    "Limits",
+    "QueueMachine",
+    "SnapshotInvalid",
+]

@@ -1,0 +1,274 @@
+"""The machine's state as a stream of small CBOR records, cut into chunks.
+
+A chunk is a run of CBOR items, each a record `[kind, ...]`. Large arrays and sets are cut
+into pieces of `PIECE` elements, so no record outgrows a chunk by much. The last record is
+`["end", records before it]`; a snapshot without it, or with anything malformed, is refused
+(`SnapshotInvalid`). When a snapshot travels to a peer, `payload` records follow the metadata:
+the peer stores them in its key space.
+"""
+
+from __future__ import annotations
+
+import io
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import cbor2
+
+from .subscriptions import Subscription
+from .topics import Topic
+
+if TYPE_CHECKING:
+    from .machine import QueueMachine
+
+PIECE = 16_384
+
+
+class SnapshotInvalid(ValueError):
+    """A snapshot that does not decode as this machine's state."""
+
+
+def _pieces(items: list) -> Iterator[list]:
+    for start in range(0, len(items), PIECE):
+        yield items[start : start + PIECE]
+
+
+def _records(machine: QueueMachine) -> Iterator[list]:
+    yield [
+        "head",
+        machine.FORMAT,
+        machine.slots,
+        machine.now_ms,
+        machine.token,
+        machine.next_topic_id,
+    ]
+    for topic in machine.topics.values():
+        yield [
+            "topic",
+            topic.id,
+            topic.name,
+            topic.kind,
+            topic.created_ms,
+            topic.max_messages,
+            topic.max_bytes,
+            topic.max_age_ms,
+            topic.options,
+            topic.first,
+            topic.next,
+            topic.expired,
+        ]
+        start = topic.first - topic.base
+        for at in range(start, len(topic.times), PIECE):
+            end = at + PIECE
+            yield [
+                "arrays",
+                topic.id,
+                topic.times[at:end].tobytes(),
+                topic.sizes[at:end].tobytes(),
+                topic.keys[at:end].tobytes(),
+            ]
+        for piece in _pieces(sorted(topic.delayed.items())):
+            yield ["delayed", topic.id, piece]
+        for sub in topic.subs.values():
+            yield from _subscription(topic.id, sub)
+    for producer, results in machine.producers.known.items():
+        yield ["producer", producer, sorted(results.items())]
+
+
+def _subscription(topic_id: int, sub: Subscription) -> Iterator[list]:
+    yield [
+        "sub",
+        topic_id,
+        sub.name,
+        sub.created_ms,
+        sub.cursor,
+        sub.floor,
+        sub.max_deliveries,
+        sub.dead_letter,
+        sub.key_ordered,
+        sub.backoff_base_ms,
+        sub.backoff_max_ms,
+        sub.dead_lettered,
+        sub.acked,
+    ]
+    name = sub.name
+    for piece in _pieces(sorted(sub.done)):
+        yield ["done", topic_id, name, piece]
+    for piece in _pieces(sorted([o, *lease] for o, lease in sub.leases.items())):
+        yield ["leases", topic_id, name, piece]
+    for piece in _pieces(sorted(sub.counts.items())):
+        yield ["counts", topic_id, name, piece]
+    for piece in _pieces(sorted(sub.waiting)):
+        yield ["waiting", topic_id, name, piece]
+    for key, offset in sub.held.items():
+        yield ["held", topic_id, name, key, offset, list(sub.blocked.get(key, ()))]
+
+
+def chunked(records: Iterator[list], chunk_bytes: int) -> Iterator[bytes]:
+    """Records as chunks of about `chunk_bytes` (one record may run over), ending with the
+    `end` record."""
+    part = io.BytesIO()
+    count = 0
+    for record in records:
+        cbor2.dump(record, part)
+        count += 1
+        if part.tell() >= chunk_bytes:
+            yield part.getvalue()
+            part = io.BytesIO()
+    cbor2.dump(["end", count], part)
+    yield part.getvalue()
+
+
+def _payload_parts(items: Iterator[tuple[bytes, bytes]], chunk_bytes: int) -> Iterator[bytes]:
+    part = io.BytesIO()
+    for key, value in items:
+        cbor2.dump(["payload", key, value], part)
+        if part.tell() >= chunk_bytes:
+            yield part.getvalue()
+            part = io.BytesIO()
+    if part.tell():
+        yield part.getvalue()
+
+
+def payload_chunks(
+    items: Callable[[], Iterator[tuple[bytes, bytes]]], chunk_bytes: int
+) -> tuple[int, Iterator[bytes]]:
+    """The key space as chunks of `payload` records: (how many, the chunks). Two passes over
+    the same consistent view, so the count is known before the first chunk leaves and the
+    chunks need not all be in memory at once."""
+    count = sum(1 for _ in _payload_parts(items(), chunk_bytes))
+    return count, _payload_parts(items(), chunk_bytes)
+
+
+def write_snapshot(machine: QueueMachine, chunk_bytes: int) -> list[bytes]:
+    return list(chunked(_records(machine), chunk_bytes))
+
+
+def read_snapshot(machine: QueueMachine, chunks: list[bytes]) -> None:
+    """Replace `machine`'s state with the snapshot's, payload records into its key space.
+    Raises SnapshotInvalid, leaving the metadata untouched, on anything malformed."""
+    try:
+        state = _State()
+        ended = False
+        for chunk in chunks:
+            source = io.BytesIO(chunk)
+            decoder = cbor2.CBORDecoder(source)
+            while source.tell() < len(chunk):
+                record = decoder.decode()
+                if ended and record[0] != "payload":
+                    raise SnapshotInvalid("records other than payloads after the end")
+                if record[0] == "end":
+                    if record[1] != state.count:
+                        raise SnapshotInvalid(f"{state.count} records, the end says {record[1]}")
+                    ended = True
+                elif record[0] == "payload":
+                    key, value = record[1], record[2]
+                    if type(key) is not bytes or type(value) is not bytes:
+                        raise SnapshotInvalid("a payload record holds bytes")
+                    machine.keys.put(key, value)
+                else:
+                    state.count += 1
+                    state.take(record, machine.FORMAT)
+        if not ended or state.head is None:
+            raise SnapshotInvalid("the snapshot is cut short")
+    except SnapshotInvalid:
+        raise
+    except Exception as error:
+        raise SnapshotInvalid(f"malformed machine snapshot: {error!r}") from error
+    state.install(machine)
+
+
+class _State:
+    """A snapshot being read: nothing touches the machine until the whole is read."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.head: list | None = None
+        self.topics: dict[int, Topic] = {}
+        self.ends: dict[int, int] = {}
+        self.subs: dict[tuple[int, str], Subscription] = {}
+        self.producers: list[tuple[str, dict[int, object]]] = []
+
+    def take(self, record: list, expected_format: int) -> None:
+        kind = record[0]
+        if kind == "head":
+            _, fmt, slots, now, token, next_topic_id = record
+            if fmt != expected_format:
+                raise SnapshotInvalid(f"snapshot format {fmt}, expected {expected_format}")
+            self.head = [slots, now, token, next_topic_id]
+        elif kind == "topic":
+            (_, tid, name, kind_, created, max_messages, max_bytes, max_age, options, first,
+             next_, expired) = record  # fmt: skip
+            topic = Topic(tid, name, kind_, created, max_messages, max_bytes, max_age, options)
+            topic.first = topic.next = topic.base = first
+            topic.expired = expired
+            self.ends[tid] = next_  # checked once the arrays are in
+            self.topics[tid] = topic
+        elif kind == "arrays":
+            topic = self.topics[record[1]]
+            times, sizes, keys = array("q"), array("q"), array("q")
+            times.frombytes(record[2])
+            sizes.frombytes(record[3])
+            keys.frombytes(record[4])
+            if not len(times) == len(sizes) == len(keys):
+                raise SnapshotInvalid("arrays of unequal length")
+            topic.times.extend(times)
+            topic.sizes.extend(sizes)
+            topic.keys.extend(keys)
+            topic.next += len(times)
+            topic.bytes += sum(sizes)
+        elif kind == "delayed":
+            self.topics[record[1]].delayed.update((o, at) for o, at in record[2])
+        elif kind == "sub":
+            (_, tid, name, created, cursor, floor, max_deliveries, dead_letter, key_ordered,
+             base, most, dead_lettered, acked) = record  # fmt: skip
+            topic = self.topics[tid]
+            sub = Subscription(
+                name, topic, floor, created, max_deliveries, dead_letter, key_ordered, base, most
+            )
+            sub.cursor = cursor
+            sub.dead_lettered, sub.acked = dead_lettered, acked
+            topic.subs[name] = sub
+            self.subs[tid, name] = sub
+        elif kind == "done":
+            self.subs[record[1], record[2]].done.update(record[3])
+        elif kind == "leases":
+            leases = self.subs[record[1], record[2]].leases
+            for offset, token, deadline, consumer in record[3]:
+                leases[offset] = [token, deadline, consumer]
+        elif kind == "counts":
+            self.subs[record[1], record[2]].counts.update((o, n) for o, n in record[3])
+        elif kind == "waiting":
+            self.subs[record[1], record[2]].waiting.extend((at, o) for at, o in record[3])
+        elif kind == "held":
+            sub = self.subs[record[1], record[2]]
+            sub.held[record[3]] = record[4]
+            if record[5]:
+                sub.blocked[record[3]] = deque(record[5])
+        elif kind == "producer":
+            self.producers.append((record[1], {seq: result for seq, result in record[2]}))
+        else:
+            raise SnapshotInvalid(f"unknown record {kind!r}")
+
+    def install(self, machine: QueueMachine) -> None:
+        for topic in self.topics.values():
+            if topic.next != self.ends[topic.id]:
+                raise SnapshotInvalid(f"topic {topic.name!r}: arrays end at {topic.next}")
+        machine.slots, machine.now_ms, machine.token, machine.next_topic_id = self.head
+        machine.topics = {t.name: t for t in self.topics.values()}
+        machine.by_id = dict(self.topics)
+        machine.expiries = [
+            (lease[1], tid, name, offset, lease[0])
+            for (tid, name), sub in self.subs.items()
+            for offset, lease in sub.leases.items()
+        ]
+        machine.expiries.sort()
+        for sub in self.subs.values():
+            sub.waiting.sort()
+        machine.producers.known.clear()
+        for producer, results in self.producers:
+            machine.producers.known[producer] = results
+        machine._garbage = []
+        machine._releasable = []

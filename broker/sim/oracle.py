@@ -1,0 +1,241 @@
+"""The queue checker: follows the chosen log and each command's result (as the first replica
+to apply it computed them; every other replica must compute the same) and holds the machine to
+its promises.
+
+- **total order**: a topic's offsets are handed out once each, without gaps, and every
+  delivery or read of an offset carries the body published there;
+- **lease exclusivity**: at any stamped time a message has at most one unexpired lease;
+- **fencing**: ack, nack and extend succeed only with the current, unexpired token, and are
+  refused (LEASE_LOST) only when the token really is stale;
+- **no redelivery after an ack**, deliveries counted one by one, never above `max_deliveries`;
+- **idempotent producers**: a retried (producer, seq) gets the original result;
+- at the end (`check_drained`): every message published to a queue or subscription was
+  acknowledged or dead-lettered, and each dead letter after exactly `max_deliveries`.
+"""
+
+from __future__ import annotations
+
+import cbor2
+
+from paxq.client.wire import ErrorCode
+
+from ..machine import MachineError
+from ..machine.machine import HEADER_BYTES
+from .checkers import Violation
+
+Key = tuple[str, str, int]  # (topic, subscription, offset)
+
+
+def encode_results(results: list[object]) -> bytes:
+    """Results in a form two replicas' can be compared by."""
+    plain = [
+        ["error", int(r.code), r.message, r.detail] if isinstance(r, MachineError) else r
+        for r in results
+    ]
+    return cbor2.dumps(plain)
+
+
+class QueueOracle:
+    def __init__(self, max_deliveries: dict[tuple[str, str], int]) -> None:
+        #: (topic, subscription) -> its max_deliveries (0: unlimited); "" is a queue's own
+        self.max_deliveries = max_deliveries
+        self.now = 0
+        self.content: dict[str, dict[int, bytes]] = {}
+        self.next_offset: dict[str, int] = {}
+        self.leases: dict[Key, tuple[int, int]] = {}  # -> (token, deadline)
+        self.counts: dict[Key, int] = {}
+        self.acked: set[Key] = set()
+        self.dead: dict[Key, int] = {}  # -> deliveries when dead-lettered (from the DLQ)
+        self.producers: dict[tuple[str, int], dict] = {}
+        self.commands = 0
+        self.deliveries = 0
+        #: (topic, subscription) -> the offset it started at, once created
+        self.starts: dict[tuple[str, str], int] = {}
+
+    def _create(self, slot: int, args: dict, result: dict) -> None:
+        if result["kind"] == "queue":
+            self.starts[args["topic"], ""] = 0
+
+    def _subscribe(self, slot: int, args: dict, result: dict) -> None:
+        self.starts[args["topic"], args["subscription"]] = result["offset"]
+
+    def _expected(self, readers: dict[str, list[str]]):
+        """(topic, subscription, offset) of every message a reader that exists must settle."""
+        for topic, subs in readers.items():
+            for sub in subs:
+                start = self.starts.get((topic, sub))
+                if start is None:
+                    continue
+                for offset in self.content.get(topic, {}):
+                    if offset >= start:
+                        yield topic, sub, offset
+
+    # ------------------------------------------------------------------------ the log
+
+    def on_command(self, slot: int, command: bytes, result: object) -> None:
+        self.commands += 1
+        op, args = cbor2.loads(command[HEADER_BYTES:])
+        if op == "time":
+            self.now = max(self.now, args["ms"])
+            return
+        if isinstance(result, MachineError):
+            if result.code == ErrorCode.LEASE_LOST:
+                self._check_refusal(slot, args, result)
+            return
+        handler = getattr(self, "_" + op, None)
+        if handler is not None:
+            handler(slot, args, result)
+
+    def _sub(self, args: dict) -> str:
+        return args.get("subscription") or ""
+
+    def _publish(self, slot: int, args: dict, result: dict) -> None:
+        producer = args.get("producer")
+        if producer is not None:
+            key = (producer, args["seq"])
+            plain = {k: v for k, v in result.items() if k != "duplicate"}
+            earlier = self.producers.get(key)
+            if result.get("duplicate"):
+                if earlier != plain:
+                    raise Violation(
+                        "idempotence",
+                        f"slot {slot}: retry of {key} answered {plain}, the original was {earlier}",
+                    )
+                return
+            if earlier is not None:
+                raise Violation(
+                    "idempotence", f"slot {slot}: {key} appended twice ({earlier}, then {plain})"
+                )
+            self.producers[key] = plain
+        topic = args["topic"]
+        first, count = result["offset"], result["count"]
+        expected = self.next_offset.get(topic, 0)
+        if first != expected or count != len(args["messages"]):
+            raise Violation(
+                "total order",
+                f"slot {slot}: {topic} gave offsets {first}+{count}, expected {expected}+"
+                f"{len(args['messages'])}",
+            )
+        content = self.content.setdefault(topic, {})
+        for i, message in enumerate(args["messages"]):
+            content[first + i] = message["body"]
+        self.next_offset[topic] = first + count
+
+    def _claim(self, slot: int, args: dict, result: dict) -> None:
+        topic, sub = args["topic"], self._sub(args)
+        now = self.now
+        limit = self.max_deliveries.get((topic, sub), 0)
+        lease_ms = args.get("lease_ms", 30_000)
+        for m in result["messages"]:
+            self.deliveries += 1
+            offset = m["offset"]
+            key = (topic, sub, offset)
+            where = f"slot {slot}: {topic}/{sub or '(queue)'}@{offset}"
+            known = self.content.get(topic, {}).get(offset)
+            if known is None and not topic.endswith(".dlq"):
+                raise Violation("total order", f"{where} delivered, but never published")
+            if known is not None and known != m["body"]:
+                raise Violation("total order", f"{where} delivered {m['body']!r}, not {known!r}")
+            if key in self.acked:
+                raise Violation("redelivery", f"{where} delivered again after its ack")
+            if key in self.dead:
+                raise Violation("redelivery", f"{where} delivered again after dead-lettering")
+            held = self.leases.get(key)
+            if held is not None and held[1] > now:
+                raise Violation(
+                    "lease exclusivity",
+                    f"{where} leased with token {m['token']} at {now} while token {held[0]} "
+                    f"holds it until {held[1]}",
+                )
+            count = self.counts.get(key, 0) + 1
+            if m["deliveries"] != count:
+                raise Violation(
+                    "deliveries", f"{where} says delivery {m['deliveries']}, not {count}"
+                )
+            if limit and count > limit:
+                raise Violation("dead letter", f"{where} delivered {count} times, limit {limit}")
+            if m["deadline_ms"] != now + lease_ms:
+                raise Violation(
+                    "time", f"{where} leased until {m['deadline_ms']}, not {now + lease_ms}"
+                )
+            self.counts[key] = count
+            self.leases[key] = (m["token"], m["deadline_ms"])
+            death = (m.get("headers") or {}).get("x-death-deliveries")
+            if death is not None:
+                self.on_dead_letter(m["headers"], where)
+
+    def on_dead_letter(self, headers: dict, where: str) -> None:
+        origin = (
+            headers["x-death-topic"],
+            headers["x-death-subscription"],
+            headers["x-death-offset"],
+        )
+        deliveries = headers["x-death-deliveries"]
+        limit = self.max_deliveries.get(origin[:2], 0)
+        if deliveries != limit or self.counts.get(origin) != limit:
+            raise Violation(
+                "dead letter",
+                f"{where}: {origin} dead-lettered after {deliveries} deliveries "
+                f"({self.counts.get(origin)} seen), the limit is {limit}",
+            )
+        if origin in self.acked:
+            raise Violation("dead letter", f"{where}: {origin} was acknowledged")
+        self.dead[origin] = deliveries
+
+    def _held(self, slot: int, op: str, args: dict) -> list[Key]:
+        topic, sub = args["topic"], self._sub(args)
+        keys = []
+        for offset, token in args["leases"]:
+            key = (topic, sub, offset)
+            held = self.leases.get(key)
+            if held is None or held[0] != token or held[1] <= self.now:
+                raise Violation(
+                    "fencing",
+                    f"slot {slot}: {op} of {topic}/{sub or '(queue)'}@{offset} with token "
+                    f"{token} accepted at {self.now}; the lease is {held}",
+                )
+            keys.append(key)
+        return keys
+
+    def _ack(self, slot: int, args: dict, result: dict) -> None:
+        for key in self._held(slot, "ack", args):
+            del self.leases[key]
+            self.acked.add(key)
+
+    def _nack(self, slot: int, args: dict, result: dict) -> None:
+        for key in self._held(slot, "nack", args):
+            del self.leases[key]
+
+    def _extend(self, slot: int, args: dict, result: dict) -> None:
+        for key in self._held(slot, "extend", args):
+            self.leases[key] = (self.leases[key][0], result["deadline_ms"])
+
+    def _check_refusal(self, slot: int, args: dict, error: MachineError) -> None:
+        topic, sub = args["topic"], self._sub(args)
+        tokens = dict((offset, token) for offset, token in args["leases"])
+        for offset in error.detail:
+            held = self.leases.get((topic, sub, offset))
+            if held is not None and held[0] == tokens[offset] and held[1] > self.now:
+                raise Violation(
+                    "fencing", f"slot {slot}: a valid lease on {topic}@{offset} refused as lost"
+                )
+
+    # ---------------------------------------------------------------------------- end
+
+    def unsettled(self, readers: dict[str, list[str]]) -> int:
+        """Messages of the readers neither acknowledged nor known dead-lettered yet."""
+        return sum(
+            1 for key in self._expected(readers) if key not in self.acked and key not in self.dead
+        )
+
+    def check_drained(self, readers: dict[str, list[str]]) -> None:
+        """After the drain: every message of each reader (topic -> subscriptions) was
+        acknowledged or dead-lettered (dead letters learned from the final state too)."""
+        for key in self._expected(readers):
+            if key not in self.acked and key not in self.dead:
+                topic, sub, offset = key
+                raise Violation(
+                    "at-least-once",
+                    f"{topic}/{sub or '(queue)'}@{offset} was neither acknowledged nor "
+                    f"dead-lettered (delivered {self.counts.get(key, 0)} times)",
+                )

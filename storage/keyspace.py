@@ -1,0 +1,81 @@
+"""The application's key space: where the replicated machine keeps message payloads.
+
+It lives in the same store as the journal (RocksDB: the same database, so the same write-ahead
+log), under its own prefix. Writes are not synced on their own: they need not be, because
+the log they were derived from is durable, and the journal's next synced write (every round
+has one, and a snapshot's save is one) makes everything written before it durable too.
+
+Values are sealed with a checksum like journal records: a damaged value is refused
+(`CorruptRecord`), never handed back.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+from typing import Protocol
+
+from .errors import CorruptRecord
+
+_CRC = struct.Struct(">I")
+
+
+class KeySpace(Protocol):
+    def put(self, key: bytes, value: bytes) -> None:
+        """Buffered until `flush`, but visible to `get` at once."""
+        ...
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def flush(self) -> None:
+        """Write what is buffered (unsynced: the journal's next synced write covers it)."""
+        ...
+
+    def delete_range(self, start: bytes, end: bytes) -> None:
+        """Delete keys in [start, end), after flushing what is buffered."""
+        ...
+
+    def items(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Keys in [start, end) with their values, as of the call (a consistent view)."""
+        ...
+
+
+def seal(key: bytes, value: bytes) -> bytes:
+    return _CRC.pack(zlib.crc32(value, zlib.crc32(key))) + value
+
+
+def unseal(where: str, key: bytes, raw: bytes) -> bytes:
+    if len(raw) < _CRC.size:
+        raise CorruptRecord(where, key, "shorter than its checksum")
+    (expected,) = _CRC.unpack_from(raw)
+    value = raw[_CRC.size :]
+    if zlib.crc32(value, zlib.crc32(key)) != expected:
+        raise CorruptRecord(where, key, "checksum mismatch")
+    return value
+
+
+class MemoryKeySpace:
+    """The in-memory twin: a dict that outlives crashes (it lives on the `MemoryDisk`)."""
+
+    def __init__(self, data: dict[bytes, bytes]) -> None:
+        self._data = data
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._data[key] = seal(key, value)
+
+    def get(self, key: bytes) -> bytes | None:
+        raw = self._data.get(key)
+        return None if raw is None else unseal("memory", key, raw)
+
+    def flush(self) -> None:
+        pass
+
+    def delete_range(self, start: bytes, end: bytes) -> None:
+        for key in [k for k in self._data if start <= k < end]:
+            del self._data[key]
+
+    def items(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        chosen = sorted((k, v) for k, v in self._data.items() if start <= k < end)
+        for key, raw in chosen:
+            yield key, unseal("memory", key, raw)
