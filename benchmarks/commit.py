@@ -57,6 +57,9 @@ class Figure:
         )
 
 
+TOPIC = "bench"  # every paxq figure publishes one message per command to this topic
+
+
 def free_ports(count: int) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]
     try:
@@ -125,7 +128,9 @@ def paxq_client(
         nonlocal next_id
         next_id += 1
         sent_at[next_id] = clock()
-        return encode_frame({"id": next_id, "op": "append", "data": payload})
+        return encode_frame(
+            {"id": next_id, "op": "publish", "topic": TOPIC, "messages": [{"body": payload}]}
+        )
 
     sock.sendall(b"".join(request() for _ in range(depth)))
     measure_from = clock() + warmup
@@ -180,7 +185,12 @@ def paxq_cluster(batch: int = 1024, window: int = 32, extra: tuple[str, ...] = (
                 )
             )
         addresses = [(HOST, ports[3 + i]) for i in range(3)]
-        yield procs, data, addresses, find_leader(addresses)
+        leader = find_leader(addresses)
+        with socket.create_connection(addresses[leader], timeout=10) as sock:
+            decoder = FrameDecoder()
+            _exchange(sock, decoder, {"paxq": "client", "v": 1})
+            _exchange(sock, decoder, {"id": 1, "op": "create", "topic": TOPIC})
+        yield procs, data, addresses, leader
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGKILL)

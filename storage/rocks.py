@@ -85,6 +85,10 @@ class RocksJournal:
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         options.set_paranoid_checks(True)
+        # Memtables bound the store's memory: at most 3 x 16 MiB (RocksDB's default is
+        # 2 x 64 MiB), so a node holding a million queued payloads stays small.
+        options.set_write_buffer_size(16 << 20)
+        options.set_max_write_buffer_number(3)
         try:
             db = Rdict(str(path), options)
         except Exception as error:  # rocksdict raises plain exceptions for I/O failures

@@ -20,7 +20,7 @@ LIMIT_S = 30
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, size: int = 1, **port_options):
+async def serving(tmp_path: Path, size: int = 1, clock_ms=None, **port_options):
     peers = await free_addresses(size)
     clients = await free_addresses(size)
     config = Config(nodes=tuple(range(size)))
@@ -29,7 +29,7 @@ async def serving(tmp_path: Path, size: int = 1, **port_options):
         for i in range(size):
             journal = RocksJournal.open(tmp_path / f"n{i}", Identity("t", i))
             settings = NodeSettings(PeerSettings("t", i, peers), config, command_timeout_s=0.3)
-            nodes[i] = Node(settings, journal)
+            nodes[i] = Node(settings, journal, clock_ms=clock_ms)
             ports[i] = ClientPort(nodes[i], clients, **port_options)
             await nursery.start(nodes[i].run)
             await nursery.start(ports[i].serve)
@@ -124,3 +124,67 @@ async def test_an_unknown_outcome_is_not_reported_as_retryable(tmp_path: Path) -
             assert reply["error"] == ErrorCode.UNKNOWN_OUTCOME
             assert "leader" not in reply
             assert not leader._waiting, "no waiter is left behind"
+
+
+async def test_the_queue_operations_over_real_sockets(tmp_path: Path) -> None:
+    """Every command and query through a 3-node cluster's client port; a lease expires on
+    the leader's clock with no traffic at all (the node stamps time when it is due)."""
+    wall = [1_000_000]  # the nodes' wall clock, in ms: moved by the test only
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, size=3, clock_ms=lambda: wall[0]) as (nodes, clients):
+            leader = await leader_of(nodes)
+            async with await Connection.open(clients[leader.id]) as c:
+
+                async def ok(op: str, **fields) -> object:
+                    reply = await c.request(op, **fields)
+                    assert reply["ok"], reply
+                    return reply["result"]
+
+                await ok("create", topic="jobs", kind="queue", max_deliveries=2)
+                assert (await c.request("create", topic="jobs"))["error"] == ErrorCode.TOPIC_EXISTS
+                messages = [{"body": b"a", "key": b"k"}, {"body": b"b"}]
+                assert await ok("publish", topic="jobs", messages=messages) == {
+                    "offset": 0,
+                    "count": 2,
+                }
+                taken = (await ok("claim", topic="jobs", max=2, lease_ms=5_000))["messages"]
+                assert [m["body"] for m in taken] == [b"a", b"b"]
+                assert taken[0]["deadline_ms"] >= wall[0] + 5_000
+                first, second = ([m["offset"], m["token"]] for m in taken)
+                assert await ok("ack", topic="jobs", leases=[first]) == {"acked": 1}
+                lost = await c.request("ack", topic="jobs", leases=[first])
+                assert (lost["error"], lost["detail"]) == (ErrorCode.LEASE_LOST, [0])
+                assert await ok("extend", topic="jobs", leases=[second], lease_ms=5_000)
+                described = await ok("describe", topic="jobs")
+                assert described["subscriptions"][""]["in_flight"] == 1
+                # Time passes on the leader's clock only; nobody sends anything.
+                wall[0] += 60_000
+                while (await ok("describe", topic="jobs"))["subscriptions"][""]["in_flight"]:
+                    await trio.sleep(0.02)
+                [again] = (await ok("claim", topic="jobs"))["messages"]
+                assert (again["offset"], again["deliveries"]) == (1, 2)
+                assert await ok("nack", topic="jobs", leases=[[1, again["token"]]]) == {
+                    "nacked": 1,
+                    "dead_lettered": 1,
+                }
+                dead = await ok("read", topic="jobs.dlq")
+                assert dead["messages"][0]["headers"]["x-death-deliveries"] == 2
+                assert [t["topic"] for t in await ok("list")] == ["jobs", "jobs.dlq"]
+                await ok("create", topic="news")
+                await ok("subscribe", topic="news", subscription="s", start="earliest")
+                await ok("publish", topic="news", messages=[{"body": b"n"}])
+                [n] = (await ok("claim", topic="news", subscription="s"))["messages"]
+                await ok("ack", topic="news", subscription="s", leases=[[0, n["token"]]])
+                assert await ok("purge", topic="news") == {"purged": 1}
+                await ok("unsubscribe", topic="news", subscription="s")
+                await ok("delete", topic="news")
+            # A follower refuses commands with the leader's address, and answers queries.
+            follower = next(i for i in nodes if i != leader.id)
+            async with await Connection.open(clients[follower]) as c:
+                reply = await c.request("publish", topic="jobs", messages=[{"body": b"x"}])
+                assert reply["error"] == ErrorCode.NOT_LEADER and reply["leader"]
+                while True:
+                    reply = await c.request("describe", topic="jobs")
+                    if reply["ok"] and reply["result"]["subscriptions"][""]["dead_lettered"]:
+                        break
+                    await trio.sleep(0.02)

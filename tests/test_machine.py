@@ -244,6 +244,17 @@ def test_expiry_redelivers_and_stale_tokens_are_refused(d: Driver) -> None:
     d.refused(ErrorCode.LEASE_LOST, "ack", topic="q", leases=[lease(again)])  # acked once
 
 
+def test_a_claim_stops_at_its_byte_bound_but_always_gets_one(d: Driver) -> None:
+    d.ok("create", topic="q", kind="queue")
+    d.publish("q", *[b"x" * 100] * 5)
+    taken = d.claim("q", max=10, max_bytes=250)  # each message is stored as about 105 bytes
+    assert [m["offset"] for m in taken] == [0, 1]
+    assert [m["offset"] for m in d.claim("q", max=10, max_bytes=1)] == [2]
+    d.ok("nack", topic="q", leases=[lease(m) for m in taken], delay_ms=0)
+    assert [m["offset"] for m in d.claim("q", max=10, max_bytes=250)] == [0, 1]
+    assert [m["offset"] for m in d.claim("q", max=10)] == [3, 4]
+
+
 def test_extend_moves_the_deadline(d: Driver) -> None:
     d.ok("create", topic="q", kind="queue")
     d.publish("q", b"a")
@@ -424,3 +435,26 @@ def test_a_damaged_snapshot_is_refused_and_changes_nothing(d: Driver) -> None:
         with pytest.raises(SnapshotInvalid):
             fresh.restore(broken)
         assert state(fresh) == before
+
+
+def test_a_shipped_snapshot_carries_the_payloads_and_they_bypass_memory() -> None:
+    from paxq.storage import Identity, MemoryDisk, MemoryJournal
+
+    source = MemoryJournal(MemoryDisk(), Identity("c", 0))
+    d = Driver()
+    d.machine = QueueMachine(source.keyspace())
+    d.at(1000)
+    d.ok("create", topic="q", kind="queue")
+    for i in range(40):
+        d.publish("q", b"%03d" % i * 50)
+    chunks = d.machine.snapshot(512)
+    source.save_snapshot(d.machine.slots, chunks, 0)
+    count, shipped = QueueMachine.shipped(source.snapshot_view(), 512)
+    shipped = list(shipped)
+    assert count == len(shipped) > len(chunks)
+    target = MemoryJournal(MemoryDisk(), Identity("c", 1))
+    receiver = QueueMachine(target.keyspace())
+    kept = [chunk for chunk in shipped if receiver.absorb(chunk)]
+    assert kept == chunks  # only the metadata is held; every payload went to the key space
+    receiver.restore(kept)
+    assert receiver.read("q", 0, 100) == d.machine.read("q", 0, 100)

@@ -28,7 +28,13 @@ from paxq.storage import KeySpace, SnapshotView
 from . import args as check
 from .errors import MachineError, bad
 from .producers import Producers
-from .snapshots import SnapshotInvalid, payload_chunks, read_snapshot, write_snapshot
+from .snapshots import (
+    SnapshotInvalid,
+    absorb,
+    payload_chunks,
+    read_snapshot,
+    write_snapshot,
+)
 from .subscriptions import Subscription
 from .topics import NO_KEY, QUEUE, TOPIC, Topic, key_hash, payload_key, topic_range
 
@@ -51,6 +57,9 @@ class Limits:
     headers_max: int = 64
     publish_messages_max: int = 1000
     claim_max: int = 1000
+    #: a claim stops adding messages past this many payload bytes (it always gets one): the
+    #: reply must fit a client frame, or the leases would be taken with nobody to hold them
+    claim_bytes_max: int = 1 << 20
     leases_max: int = 1000  # per ack, nack or extend
     lease_ms_max: int = 12 * 3600 * 1000
     lease_ms_default: int = 30_000
@@ -463,11 +472,14 @@ class QueueMachine:
         limits = self.limits
         check.known_fields(
             arguments,
-            frozenset({"topic", "subscription", "max", "lease_ms", "consumer"}),
+            frozenset({"topic", "subscription", "max", "max_bytes", "lease_ms", "consumer"}),
             "claim",
         )
         topic, sub = self._subscription(arguments)
         count = check.integer(arguments, "max", 1, 1, limits.claim_max)
+        bytes_max = check.integer(
+            arguments, "max_bytes", limits.claim_bytes_max, 1, limits.claim_bytes_max
+        )
         lease_ms = check.integer(
             arguments, "lease_ms", limits.lease_ms_default, 1, limits.lease_ms_max
         )
@@ -477,7 +489,7 @@ class QueueMachine:
         now = self.now_ms
         deadline = now + lease_ms
         out = []
-        for offset in sub.claimable(now, count, limits.scan_max):
+        for offset in sub.claimable(now, count, limits.scan_max, bytes_max):
             self.token += 1
             token = self.token
             deliveries = sub.lease(offset, token, deadline, consumer)
@@ -676,6 +688,11 @@ class QueueMachine:
             )
             low = topic_id + 1
         self.keys.delete_range(topic_range(low)[0], topic_range(self.next_topic_id)[0])
+
+    def absorb(self, chunk: bytes) -> bool:
+        """A chunk of a snapshot being received: payloads are stored at once (False),
+        metadata is to be kept for `restore` (True). Keeps a large transfer out of memory."""
+        return absorb(self.keys, chunk)
 
     def flush(self) -> None:
         """Write the payloads applied so far (unsynced; see the module's note)."""

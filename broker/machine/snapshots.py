@@ -142,6 +142,38 @@ def payload_chunks(
     return count, _payload_parts(items(), chunk_bytes)
 
 
+def absorb(keys, chunk: bytes) -> bool:
+    """A shipped chunk as it arrives: a chunk of payloads goes straight into the key space
+    (False: nothing to keep); a metadata chunk is kept (True) for `read_snapshot`."""
+    source = io.BytesIO(chunk)
+    decoder = cbor2.CBORDecoder(source)
+    try:
+        first = decoder.decode()
+    except Exception:
+        return True  # read_snapshot refuses it with a clear error
+    if not (type(first) is list and first and first[0] == "payload"):
+        return True
+    records = [first]
+    try:
+        while source.tell() < len(chunk):
+            records.append(decoder.decode())
+    except Exception:
+        return True
+    if not all(
+        type(r) is list
+        and len(r) == 3
+        and r[0] == "payload"
+        and type(r[1]) is bytes
+        and type(r[2]) is bytes
+        for r in records
+    ):
+        return True
+    for _, key, value in records:
+        keys.put(key, value)
+    keys.flush()
+    return False
+
+
 def write_snapshot(machine: QueueMachine, chunk_bytes: int) -> list[bytes]:
     return list(chunked(_records(machine), chunk_bytes))
 
@@ -153,6 +185,7 @@ def read_snapshot(machine: QueueMachine, chunks: list[bytes]) -> None:
         state = _State()
         ended = False
         for chunk in chunks:
+            machine.keys.flush()  # payloads go to disk a chunk at a time, not all at the end
             source = io.BytesIO(chunk)
             decoder = cbor2.CBORDecoder(source)
             while source.tell() < len(chunk):

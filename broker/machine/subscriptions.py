@@ -80,23 +80,32 @@ class Subscription:
             and offset not in self.leases
         )
 
-    def claimable(self, now_ms: int, limit: int, scan_max: int) -> list[int]:
-        """Offsets to deliver now, at most `limit`: due redeliveries first, then new
-        messages from the cursor. Moves the cursor past what it hands out or sets aside
-        (delayed messages, and messages whose key is out)."""
+    def claimable(self, now_ms: int, limit: int, scan_max: int, bytes_max: int) -> list[int]:
+        """Offsets to deliver now, at most `limit` and (past the first) at most `bytes_max`
+        of stored payload: due redeliveries first, then new messages from the cursor. Moves
+        the cursor past what it hands out or sets aside (delayed messages, and messages whose
+        key is out)."""
         out: list[int] = []
         waiting = self.waiting
-        while waiting and len(out) < limit and waiting[0][0] <= now_ms:
-            _, offset = heapq.heappop(waiting)
-            if self._live(offset):
-                out.append(offset)
         topic = self.topic
+        size = 0
+        while waiting and len(out) < limit and waiting[0][0] <= now_ms:
+            offset = waiting[0][1]
+            if self._live(offset):
+                size += topic.size_of(offset)
+                if out and size > bytes_max:
+                    return out
+                out.append(offset)
+            heapq.heappop(waiting)
         if self.cursor < topic.first:
             self.cursor = topic.first
         end = min(topic.next, self.cursor + scan_max)
         delayed = topic.delayed
         while len(out) < limit and self.cursor < end:
             offset = self.cursor
+            size += topic.size_of(offset)
+            if out and size > bytes_max:
+                break
             self.cursor += 1
             if self.key_ordered:
                 key = topic.key_of(offset)

@@ -41,6 +41,11 @@ class Machine(Protocol):
         """The last `snapshot()` is stored durably: what it no longer needs may go."""
         ...
 
+    def absorb(self, chunk: bytes) -> bool:
+        """A received snapshot chunk as it arrives: True if it must be kept for `restore`
+        (False: the machine has stored what it holds already)."""
+        ...
+
     def shipped(self, view: SnapshotView, chunk_bytes: int) -> tuple[int, Iterator[bytes]]:
         """(how many, the chunks) a lagging peer receives for the stored snapshot `view`."""
         ...
@@ -113,6 +118,9 @@ class LogMachine:
 
     def snapshot_saved(self) -> None:
         pass
+
+    def absorb(self, chunk: bytes) -> bool:
+        return True
 
     @staticmethod
     def shipped(view: SnapshotView, chunk_bytes: int) -> tuple[int, Iterator[bytes]]:

@@ -125,13 +125,16 @@ class Node:
                 raise CorruptRecord(str(journal.identity), b"snapshot", str(error)) from error
         self._snapshot_at = state.snapshot_slot
         self.replica = Replica(self.id, settings.paxos, random.Random(), durable_state(state))
-        self._assembler = Assembler(self.id, settings.snapshot_bytes_max)
+        self._assembler = Assembler(
+            self.id, settings.snapshot_bytes_max, lambda chunk: self.machine.absorb(chunk)
+        )
         self._received: Incoming | None = None  # a complete snapshot waiting to be installed
         self._shipping: dict[int, _Shipment] = {}  # peer -> the transfer under way to it
         self._nursery: trio.Nursery | None = None
         self.snapshots_taken = 0
         self.snapshots_sent = 0
         self.snapshots_installed = 0
+        self.snapshot_last: dict | None = None  # slot, bytes and duration of the last one taken
         # One bounded inbox for every input: peer messages (tagged with the peer), ticks and
         # client commands. Past its bound, senders wait: backpressure, not memory.
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[int, object]](
@@ -355,11 +358,17 @@ class Node:
     async def _take_snapshot(self) -> None:
         """Store the machine's state, then drop the log below it (less a tail kept for
         peers that lag a little). Both land in one synced write."""
+        started = time.perf_counter()
         slot = self.machine.slots
         chunks = self.machine.snapshot(self.settings.snapshot_chunk_bytes)
         below = max(self.replica.log_start, slot - self.settings.snapshot_keep_slots)
         await trio.to_thread.run_sync(self.journal.save_snapshot, slot, chunks, below)
         self.machine.snapshot_saved()
+        self.snapshot_last = {
+            "slot": slot,
+            "bytes": sum(map(len, chunks)),
+            "ms": round((time.perf_counter() - started) * 1000, 1),
+        }
         self.replica.compact(below)
         self._snapshot_at = slot
         self.snapshots_taken += 1
@@ -448,6 +457,7 @@ class Node:
                 "taken": self.snapshots_taken,
                 "sent": self.snapshots_sent,
                 "installed": self.snapshots_installed,
+                "last": self.snapshot_last,
             },
             "syncs": self.syncs,
             "turns": self.turns,

@@ -11,6 +11,7 @@ within a byte bound, and hands the whole snapshot to the node to install.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -45,8 +46,13 @@ class Incoming:
 class Assembler:
     """Receiving side: accepts chunks in order from one transfer at a time, within bounds."""
 
-    def __init__(self, node_id: int, bytes_max: int) -> None:
+    def __init__(
+        self, node_id: int, bytes_max: int, keep: Callable[[bytes], bool] = lambda chunk: True
+    ) -> None:
         self.node_id = node_id
+        #: called on each chunk in order; False: its content is stored already (payloads),
+        #: so it is neither held in memory nor counted against the bound
+        self.keep = keep
         self.bytes_max = bytes_max
         self.current: Incoming | None = None
         self.refused = 0
@@ -66,6 +72,11 @@ class Assembler:
         ):
             return None, None
         if m.index == len(current.chunks):
+            if not self.keep(m.data):
+                current.chunks.append(b"")
+                return SnapshotAck(self.node_id, current.slot, len(current.chunks)), (
+                    self._complete(current)
+                )
             current.size += len(m.data)
             if current.size > self.bytes_max:
                 log.error(
@@ -77,7 +88,11 @@ class Assembler:
             current.chunks.append(m.data)
         # A duplicate or early chunk is answered with where we stand, so the sender resumes.
         ack = SnapshotAck(self.node_id, current.slot, len(current.chunks))
+        return ack, self._complete(current)
+
+    def _complete(self, current: Incoming) -> Incoming | None:
         if len(current.chunks) == current.count:
             self.current = None
-            return ack, current
-        return ack, None
+            current.chunks = [chunk for chunk in current.chunks if chunk]
+            return current
+        return None

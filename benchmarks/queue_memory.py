@@ -1,0 +1,173 @@
+"""A node holding a million queued messages: resident memory, snapshot and restart.
+
+A 3-node cluster (synced RocksDB, `--snapshot-every` slots between snapshots) gets a queue and
+`--messages` messages of `--size` bytes, published `--per-command` to a command with
+`--depth` commands in flight. Nothing consumes them. Then it reports, per node, resident memory
+(VmRSS) and the data folder's size, the last snapshot's duration and size, and kills one node
+with SIGKILL, starts it again and times how long until it serves again with everything
+applied (its snapshot restored and the log above it replayed). RSS after the restart too.
+
+    .venv/bin/python benchmarks/queue_memory.py [--messages 1000000 --size 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import time
+
+from commit import _exchange, find_leader, paxq_cluster
+from long_run import folder_mib, rss_mib
+from provenance import git_commit
+
+from paxq.client.wire import ErrorCode, FrameDecoder, encode_frame
+
+QUEUE = "work"
+
+
+def connect(address: tuple[str, int]) -> tuple[socket.socket, FrameDecoder]:
+    sock = socket.create_connection(address, timeout=60)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    decoder = FrameDecoder(64 << 20)
+    _exchange(sock, decoder, {"paxq": "client", "v": 1})
+    return sock, decoder
+
+
+def status(address: tuple[str, int]) -> dict:
+    sock, decoder = connect(address)
+    with sock:
+        return _exchange(sock, decoder, {"id": 1, "op": "status"})["status"]
+
+
+class LeaderLost(Exception):
+    pass
+
+
+def load(addresses: list[tuple[str, int]], total: int, size: int, per: int, depth: int):
+    """Publish `total` messages as an idempotent producer, following the leader if it moves
+    (a command whose outcome was lost is sent again under the same sequence number: the
+    machine answers it with the original offsets instead of appending twice). Returns
+    (seconds, leader changes seen)."""
+    body = os.urandom(size)
+    commands = total // per
+    done: set[int] = set()
+    started = time.perf_counter()
+    changes = 0
+    while len(done) < commands:
+        try:
+            _load_from(addresses[find_leader(addresses)], body, per, commands, depth, done)
+        except (OSError, LeaderLost):
+            changes += 1
+    return time.perf_counter() - started, changes
+
+
+def _load_from(address, body: bytes, per: int, commands: int, depth: int, done: set[int]) -> None:
+    sock, decoder = connect(address)
+    messages = [{"body": body}] * per
+    todo = (seq for seq in range(commands) if seq not in done)
+
+    def send() -> bool:
+        seq = next(todo, None)
+        if seq is None:
+            return False
+        sock.sendall(
+            encode_frame(
+                {
+                    "id": seq,
+                    "op": "publish",
+                    "topic": QUEUE,
+                    "messages": messages,
+                    "producer": "loader",
+                    "seq": seq,
+                }
+            )
+        )
+        return True
+
+    with sock:
+        in_flight = sum(send() for _ in range(depth))
+        while in_flight:
+            data = sock.recv(1 << 20)
+            if not data:
+                raise LeaderLost("the leader closed the connection")
+            for reply in decoder.feed(data):
+                in_flight -= 1
+                if not reply.get("ok"):
+                    if reply.get("error") in (ErrorCode.NOT_LEADER, ErrorCode.UNKNOWN_OUTCOME):
+                        raise LeaderLost(reply["message"])
+                    raise RuntimeError(f"publish failed: {reply}")
+                done.add(reply["id"])
+                in_flight += send()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--per-command", type=int, default=100)
+    parser.add_argument("--depth", type=int, default=16)
+    parser.add_argument("--snapshot-every", type=int, default=256)
+    args = parser.parse_args()
+    print(
+        f"commit {git_commit()}; {args.messages:,} messages of {args.size} B into one queue, "
+        f"{args.per_command} per publish, {args.depth} publishes in flight, "
+        f"--snapshot-every {args.snapshot_every}"
+    )
+    extra = ("--snapshot-every", str(args.snapshot_every), "--snapshot-keep", "64")
+    with paxq_cluster(extra=extra) as (procs, data, addresses, leader):
+        sock, decoder = connect(addresses[leader])
+        with sock:
+            created = _exchange(
+                sock, decoder, {"id": 1, "op": "create", "topic": QUEUE, "kind": "queue"}
+            )
+            assert created["ok"], created
+        seconds, changes = load(addresses, args.messages, args.size, args.per_command, args.depth)
+        print(
+            f"loaded in {seconds:.1f} s: {args.messages / seconds:,.0f} messages/s "
+            f"({changes} leader changes followed)"
+        )
+        leader = find_leader(addresses)
+        commit = status(addresses[leader])["commit"]
+        while min(status(a)["applied"] for a in addresses) < commit:
+            time.sleep(0.2)
+        sock, decoder = connect(addresses[leader])
+        with sock:
+            described = _exchange(sock, decoder, {"id": 2, "op": "describe", "topic": QUEUE})
+        depth = described["result"]["subscriptions"][""]["depth"]
+        print(f"queue depth {depth:,}, {described['result']['bytes'] / 2**20:,.0f} MiB of payload")
+        for node, proc in enumerate(procs):
+            s = status(addresses[node])
+            print(
+                f"node {node} ({s['role']}): RSS {rss_mib(proc.pid):.0f} MiB, "
+                f"data {folder_mib(data / f'node{node}'):,.0f} MiB, last snapshot "
+                f"{s['snapshots']['last']}"
+            )
+        # Restart a follower holding everything: kill -9, start it again, wait until it
+        # serves with every slot applied.
+        victim = next(n for n in range(3) if n != leader)
+        applied = status(addresses[victim])["applied"]
+        procs[victim].kill()
+        procs[victim].wait(10)
+        started = time.perf_counter()
+        log = open(data / f"node{victim}.restart.log", "wb")  # noqa: SIM115
+        procs[victim] = subprocess.Popen(procs[victim].args, stdout=log, stderr=log)
+        while True:
+            try:
+                s = status(addresses[victim])
+                if s["applied"] >= applied:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        restart_s = time.perf_counter() - started
+        print(
+            f"node {victim} restarted (kill -9) and serving with all {applied} slots applied in "
+            f"{restart_s:.1f} s; RSS {rss_mib(procs[victim].pid):.0f} MiB"
+        )
+        assert find_leader(addresses) is not None
+
+
+if __name__ == "__main__":
+    main()
