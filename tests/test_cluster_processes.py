@@ -106,7 +106,7 @@ class Cluster:
                 result = reply["result"]
                 assert result["from"] == len(entries)
                 entries += [message["body"] for message in result["messages"]]
-                if len(entries) >= result["next"]:
+                if len(entries) >= result["end"]:
                     return entries
 
 

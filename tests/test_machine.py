@@ -458,3 +458,139 @@ def test_a_shipped_snapshot_carries_the_payloads_and_they_bypass_memory() -> Non
     assert kept == chunks  # only the metadata is held; every payload went to the key space
     receiver.restore(kept)
     assert receiver.read("q", 0, 100) == d.machine.read("q", 0, 100)
+
+
+def payload_offsets(d: Driver, topic: str) -> list[int]:
+    """Offsets of the topic whose payloads are in the key space."""
+    topic_id = d.machine.topics[topic].id
+    return sorted(
+        int.from_bytes(key[4:], "big")
+        for key in d.store
+        if int.from_bytes(key[:4], "big") == topic_id
+    )
+
+
+def test_acked_messages_behind_one_still_out_neither_fill_a_queue_nor_stay_on_disk(
+    d: Driver,
+) -> None:
+    d.ok("create", topic="q", kind="queue", max_messages=3)
+    d.publish("q", b"a", b"b", b"c")
+    a, b, c = d.claim("q")
+    d.ok("ack", topic="q", leases=[lease(b), lease(c)])  # a is still out: the front stays
+    assert d.publish("q", b"d") == 3  # only a counts against the limit
+    assert (d.stats("q")["depth"], d.machine.describe("q")["messages"]) == (2, 2)
+    assert [m["body"] for m in d.machine.read("q", 0, 10)["messages"]] == [b"a", b"d"]
+    d.machine.snapshot(1 << 20)
+    assert payload_offsets(d, "q") == [0, 1, 2, 3]  # deletion waits for the stored snapshot
+    d.machine.snapshot_saved()
+    assert payload_offsets(d, "q") == [0, 3]
+    copy = QueueMachine(MemoryKeySpace(d.store))
+    copy.restore(d.machine.snapshot(1 << 20))
+    assert copy.describe("q") == d.machine.describe("q")
+    d.publish("q", b"e")
+    d.refused(ErrorCode.FULL, "publish", topic="q", messages=[{"body": b"f"}])
+    d.ok("ack", topic="q", leases=[lease(a)])
+    assert d.machine.describe("q")["first"] == 3  # the front moves past everything acked
+
+
+def test_two_snapshots_before_one_is_saved_release_both_garbages(d: Driver) -> None:
+    d.ok("create", topic="q", kind="queue")
+    d.publish("q", b"a", b"b")
+    for message in d.claim("q", max=1), d.claim("q", max=1):
+        d.ok("ack", topic="q", leases=[lease(message[0])])
+        d.machine.snapshot(1 << 20)  # the first is never reported saved
+    d.machine.snapshot_saved()
+    assert payload_offsets(d, "q") == []
+
+
+def test_producer_sequences_are_per_topic(d: Driver) -> None:
+    d.ok("create", topic="t")
+    d.ok("create", topic="u")
+    one = d.ok("publish", topic="t", messages=[{"body": b"a"}], producer="p", seq=1)
+    two = d.ok("publish", topic="u", messages=[{"body": b"b"}], producer="p", seq=1)
+    assert "duplicate" not in one and "duplicate" not in two
+    assert d.machine.describe("u")["next"] == 1
+    again = d.ok("publish", topic="u", messages=[{"body": b"b"}], producer="p", seq=1)
+    assert again == {**two, "duplicate": True}
+
+
+def poison(d: Driver, topic: str, count: int, **extra) -> None:
+    """`count` messages of the queue used up their one delivery."""
+    d.publish(topic, *[b"poison-%d" % i for i in range(count)])
+    taken = d.claim(topic, max=count, **extra)
+    d.ok("nack", topic=topic, leases=[lease(m) for m in taken], **extra)
+    assert len(taken) == count
+
+
+def test_dead_letters_to_a_topic_follow_its_retention(d: Driver) -> None:
+    d.ok("create", topic="dead", max_messages=2)
+    d.ok("create", topic="q", kind="queue", max_deliveries=1, dead_letter="dead")
+    poison(d, "q", 3)
+    kept = [m["body"] for m in d.machine.read("dead", 0, 10)["messages"]]
+    assert kept == [b"poison-1", b"poison-2"]  # the oldest made room, as retention does
+    assert (d.stats("q")["dead_lettered"], d.stats("q")["dead_letter_dropped"]) == (3, 0)
+
+
+def test_dead_letters_with_nowhere_to_go_are_counted(d: Driver) -> None:
+    d.ok("create", topic="dead", kind="queue", max_messages=1)
+    d.ok("create", topic="q", kind="queue", max_deliveries=1, dead_letter="dead")
+    poison(d, "q", 3)
+    assert d.machine.describe("dead")["messages"] == 1
+    stats = d.stats("q")
+    assert (stats["dead_lettered"], stats["dead_letter_dropped"], stats["depth"]) == (3, 2, 0)
+
+
+def test_a_long_name_still_gets_a_default_dead_letter_queue(d: Driver) -> None:
+    name = "q" * 200
+    d.ok("create", topic=name, kind="queue", max_deliveries=1)
+    d.ok("create", topic="t" * 200)
+    d.ok("subscribe", topic="t" * 200, subscription="s" * 200, max_deliveries=1)
+    poison(d, name, 1)
+    [dead] = [t for t in d.machine.list_topics() if t["topic"].endswith(".dlq")]
+    assert len(dead["topic"]) == 200 and dead["topic"].startswith("q" * 150)
+    assert d.stats(name)["dead_letter_dropped"] == 0
+    other = d.machine.describe("t" * 200)["subscriptions"]["s" * 200]["dead_letter"]
+    assert len(other) == 200 and other != dead["topic"]
+
+
+def test_the_expiry_heap_does_not_grow_with_acked_or_extended_leases(d: Driver) -> None:
+    d.ok("create", topic="q", kind="queue")
+    for _ in range(10):
+        d.publish("q", *[b"x"] * 1000)
+        taken = d.claim("q", max=1000, lease_ms=3_600_000)
+        d.ok("ack", topic="q", leases=[lease(m) for m in taken])
+    [kept] = d.claim("q", max=1) or [None]
+    assert kept is None
+    d.publish("q", b"long job")
+    [job] = d.claim("q", lease_ms=3_600_000)
+    for ms in range(10_000):
+        d.at(1000 + ms)  # each extension moves the deadline
+        d.ok("extend", topic="q", leases=[lease(job)], lease_ms=3_600_000)
+    assert len(d.machine.expiries) <= 4097
+    deadline = 10_999 + 3_600_000  # the last extension's
+    d.at(deadline - 1)
+    assert d.stats("q")["in_flight"] == 1
+    d.at(deadline)
+    assert [m["body"] for m in d.claim("q")] == [b"long job"]
+
+
+def test_set_aside_messages_do_not_use_up_a_claims_bytes(d: Driver) -> None:
+    d.ok("create", topic="q", kind="queue")
+    d.ok(
+        "publish",
+        topic="q",
+        messages=[{"body": b"L" * 1000, "delay_ms": 500}, {"body": b"s"}, {"body": b"t"}],
+    )
+    assert [m["body"] for m in d.claim("q", max_bytes=300)] == [b"s", b"t"]
+
+
+def test_a_read_stops_at_its_byte_bound_but_always_gets_one() -> None:
+    d = Driver(Limits(read_bytes_max=250))
+    d.ok("create", topic="t")
+    d.publish("t", *[b"x" * 100] * 5)
+    page = d.machine.read("t", 0, 10)
+    assert ([m["offset"] for m in page["messages"]], page["next"], page["end"]) == ([0, 1], 2, 5)
+    d = Driver(Limits(read_bytes_max=1))
+    d.ok("create", topic="t")
+    d.publish("t", b"big")
+    assert len(d.machine.read("t", 0, 10)["messages"]) == 1

@@ -36,7 +36,16 @@ from .snapshots import (
     write_snapshot,
 )
 from .subscriptions import Subscription
-from .topics import NO_KEY, QUEUE, TOPIC, Topic, key_hash, payload_key, topic_range
+from .topics import (
+    NO_KEY,
+    QUEUE,
+    TOPIC,
+    Topic,
+    dead_letter_name,
+    key_hash,
+    payload_key,
+    topic_range,
+)
 
 HEADER_BYTES = 16
 #: commands whose header starts with this session come from the node itself (time stamps)
@@ -45,6 +54,10 @@ SYSTEM_SESSION = b"\0" * 8
 QUEUE_SUBSCRIPTION = ""
 
 Value = tuple[bytes, ...]
+#: an entry of the expiry heap: (deadline_ms, topic id, subscription, offset, token)
+Expiry = tuple[int, int, str, int, int]
+#: the expiry heap is rebuilt without its stale entries when it outgrows twice the live ones
+EXPIRIES_COMPACT_MIN = 4096
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,8 @@ class Limits:
     #: a claim looks at most this many new offsets (delayed or key-blocked ones are set aside)
     scan_max: int = 4096
     read_max: int = 1000
+    #: a read stops adding messages past this many payload bytes (it always gets one)
+    read_bytes_max: int = 1 << 20
 
 
 _CREATE = frozenset(
@@ -109,7 +124,7 @@ _MESSAGE = frozenset({"body", "key", "headers", "delay_ms"})
 
 
 class QueueMachine:
-    FORMAT = 1
+    FORMAT = 2
 
     def __init__(self, keys: KeySpace, limits: Limits | None = None) -> None:
         self.keys = keys
@@ -120,8 +135,10 @@ class QueueMachine:
         self.next_topic_id = 1
         self.topics: dict[str, Topic] = {}
         self.by_id: dict[int, Topic] = {}
-        #: heap of (deadline_ms, topic id, subscription, offset, token); stale entries skipped
-        self.expiries: list[tuple[int, int, str, int, int]] = []
+        #: heap of every lease's deadline; entries of leases since acked, given back or
+        #: extended stay until popped or compacted away, and are skipped
+        self.expiries: list[Expiry] = []
+        self._expiries_bound = EXPIRIES_COMPACT_MIN
         self.producers = Producers(self.limits.producer_window, self.limits.producers_max)
         self._garbage: list[tuple[bytes, bytes]] = []  # payload ranges to delete after a snapshot
         self._releasable: list[tuple[bytes, bytes]] = []
@@ -181,12 +198,12 @@ class QueueMachine:
         now = self.now_ms = stamp_ms
         expiries = self.expiries
         while expiries and expiries[0][0] <= now:
-            deadline, topic_id, name, offset, token = heapq.heappop(expiries)
-            topic = self.by_id.get(topic_id)
-            sub = topic.subs.get(name) if topic is not None else None
-            lease = sub.leases.get(offset) if sub is not None else None
-            if lease is None or lease[0] != token or lease[1] != deadline:
+            entry = heapq.heappop(expiries)
+            found = self._current(entry)
+            if found is None:
                 continue  # acked, extended or given back since
+            topic, sub = found
+            offset = entry[3]
             if not sub.give_back(offset, now):
                 self._dead_letter(topic, sub, offset, "expired")
         for topic in self.topics.values():
@@ -201,18 +218,36 @@ class QueueMachine:
         due = []
         expiries = self.expiries
         while expiries:  # drop stale heads so an idle cluster does not stamp for nothing
-            deadline, topic_id, name, offset, token = expiries[0]
-            topic = self.by_id.get(topic_id)
-            sub = topic.subs.get(name) if topic is not None else None
-            lease = sub.leases.get(offset) if sub is not None else None
-            if lease is not None and lease[0] == token and lease[1] == deadline:
-                due.append(deadline)
+            if self._current(expiries[0]) is not None:
+                due.append(expiries[0][0])
                 break
             heapq.heappop(expiries)
         for topic in self.topics.values():
             if topic.max_age_ms and topic.next > topic.first:
                 due.append(topic.time_of(topic.first) + topic.max_age_ms + 1)
         return min(due) if due else None
+
+    def _current(self, entry: Expiry) -> tuple[Topic, Subscription] | None:
+        """The topic and subscription of an expiry entry whose lease is still the one it
+        was pushed for; None for a stale entry."""
+        deadline, topic_id, name, offset, token = entry
+        topic = self.by_id.get(topic_id)
+        sub = topic.subs.get(name) if topic is not None else None
+        lease = sub.leases.get(offset) if sub is not None else None
+        if lease is None or lease[0] != token or lease[1] != deadline:
+            return None
+        return topic, sub
+
+    def _expire_at(self, entry: Expiry) -> None:
+        heapq.heappush(self.expiries, entry)
+        if len(self.expiries) > self._expiries_bound:
+            # Amortised O(1): stale entries (acked or extended leases) would otherwise pile
+            # up for a whole lease length. The order of pops does not depend on the heap's
+            # shape (entries are unique by token), so replicas need not compact alike.
+            live = [e for e in self.expiries if self._current(e) is not None]
+            heapq.heapify(live)
+            self.expiries = live
+            self._expiries_bound = max(EXPIRIES_COMPACT_MIN, 2 * len(live))
 
     # ---------------------------------------------------------------------------- topics
 
@@ -265,7 +300,7 @@ class QueueMachine:
         age_default = limits.retention_age_ms_default if kind == TOPIC else 0
         max_age_ms = check.integer(arguments, "max_age_ms", age_default, 0)
         if kind == QUEUE:
-            options = self._subscription_options(arguments, f"{name}.dlq")
+            options = self._subscription_options(arguments, dead_letter_name(name))
         else:
             extra = set(arguments) - {"topic", "kind", "max_messages", "max_bytes", "max_age_ms"}
             if extra:
@@ -302,7 +337,44 @@ class QueueMachine:
         del self.topics[topic.name]
         del self.by_id[topic.id]
         self._garbage.append(topic_range(topic.id))
-        return {"topic": topic.name, "deleted": topic.depth}
+        return {"topic": topic.name, "deleted": self._held(topic)[0]}
+
+    @staticmethod
+    def _held(topic: Topic) -> tuple[int, int]:
+        """Messages and bytes the topic holds against its limits: a queue's acked messages
+        that wait above an earlier one still out do not count."""
+        if topic.kind == QUEUE:
+            sub = topic.subs[QUEUE_SUBSCRIPTION]
+            return topic.depth - len(sub.done), topic.bytes - sub.done_bytes
+        return topic.depth, topic.bytes
+
+    def _fits(self, topic: Topic, count: int, size: int) -> bool:
+        if topic.kind != QUEUE:
+            return True  # a topic makes room by retention
+        sub = topic.subs[QUEUE_SUBSCRIPTION]
+        return topic.fits(count, size, len(sub.done), sub.done_bytes)
+
+    def _append(self, topic: Topic, ready: list[tuple[bytes, int, int]]) -> int:
+        """Append checked (payload, key hash, delay) messages; returns the first offset. A
+        topic then drops its oldest messages to stay within its retention."""
+        now = self.now_ms
+        first = topic.next
+        put = self.keys.put
+        for payload, key, delay_ms in ready:
+            offset = topic.append(now, len(payload), key, now + delay_ms)
+            put(payload_key(topic.id, offset), payload)
+        if topic.kind == TOPIC and topic.over_limit():
+            self._drop(topic, self._first_within_limits(topic), expired=True)
+        return first
+
+    def _free(self, start: bytes, end: bytes) -> None:
+        """Payload keys in [start, end) may go after the next snapshot. Adjacent ranges are
+        merged: acks mostly come in order."""
+        garbage = self._garbage
+        if garbage and garbage[-1][1] == start:
+            garbage[-1] = (garbage[-1][0], end)
+        else:
+            garbage.append((start, end))
 
     def _drop(self, topic: Topic, below: int, expired: bool = False) -> None:
         """Offsets below `below` leave the topic and every subscription: by retention
@@ -311,7 +383,7 @@ class QueueMachine:
         if new > old:
             if expired:
                 topic.expired += new - old
-            self._garbage.append((payload_key(topic.id, old), payload_key(topic.id, new)))
+            self._free(payload_key(topic.id, old), payload_key(topic.id, new))
             for sub in topic.subs.values():
                 sub.skip_below(new, self.now_ms)
 
@@ -328,7 +400,7 @@ class QueueMachine:
         if producer is not None:
             producer = check.name(arguments, "producer")
             seq = check.integer(arguments, "seq", -1, 0)
-            earlier = self.producers.lookup(producer, seq)
+            earlier = self.producers.lookup(topic.id, producer, seq)
             if earlier is not None:
                 return {**earlier, "duplicate": True}
         elif "seq" in arguments:
@@ -338,23 +410,17 @@ class QueueMachine:
             raise bad(f"messages must be a list of 1 to {limits.publish_messages_max}")
         ready = [self._message(message) for message in messages]  # all checked before any change
         total = sum(len(payload) for payload, _, _ in ready)
-        if topic.kind == QUEUE and not topic.fits(len(ready), total):
+        if not self._fits(topic, len(ready), total):
+            held, held_bytes = self._held(topic)
             raise MachineError(
                 ErrorCode.FULL,
-                f"queue {topic.name!r} holds {topic.depth} messages, {topic.bytes} bytes: "
+                f"queue {topic.name!r} holds {held} messages, {held_bytes} bytes: "
                 f"its limit is {topic.max_messages} messages, {topic.max_bytes} bytes",
             )
-        now = self.now_ms
-        first = topic.next
-        put = self.keys.put
-        for payload, key, delay_ms in ready:
-            offset = topic.append(now, len(payload), key, now + delay_ms)
-            put(payload_key(topic.id, offset), payload)
-        if topic.kind == TOPIC and topic.over_limit():
-            self._drop(topic, self._first_within_limits(topic), expired=True)
+        first = self._append(topic, ready)
         result = {"offset": first, "count": len(ready)}
         if producer is not None:
-            self.producers.record(producer, seq, result)
+            self.producers.record(topic.id, producer, seq, result)
         return result
 
     @staticmethod
@@ -441,7 +507,7 @@ class QueueMachine:
             offset = min(max(start, topic.first), topic.next)
         else:
             raise bad("start is 'earliest', 'latest' or an offset")
-        default = f"{topic.name}.{name}.dlq"
+        default = dead_letter_name(topic.name, name)
         options = self._subscription_options(arguments, default)
         topic.subs[name] = Subscription(name, topic, offset, self.now_ms, **options)
         return {"topic": topic.name, "subscription": name, "offset": offset}
@@ -493,7 +559,7 @@ class QueueMachine:
             self.token += 1
             token = self.token
             deliveries = sub.lease(offset, token, deadline, consumer)
-            heapq.heappush(self.expiries, (deadline, topic.id, sub.name, offset, token))
+            self._expire_at((deadline, topic.id, sub.name, offset, token))
             body, key, headers = self.payload(topic, offset)
             out.append(
                 {
@@ -531,7 +597,7 @@ class QueueMachine:
         for offset, _ in leases:
             sub.finish(offset, now)
             sub.acked += 1
-        self._work_done(topic, sub)
+        self._work_done(topic, sub, [offset for offset, _ in leases])
         return {"acked": len(leases)}
 
     def _nack(self, arguments: dict) -> object:
@@ -556,61 +622,72 @@ class QueueMachine:
         self._refuse_lost(sub, leases)
         deadline = self.now_ms + lease_ms
         for offset, token in leases:
-            sub.leases[offset][1] = deadline
-            heapq.heappush(self.expiries, (deadline, topic.id, sub.name, offset, token))
+            held = sub.leases[offset]
+            if held[1] != deadline:  # the same deadline has its heap entry already
+                held[1] = deadline
+                self._expire_at((deadline, topic.id, sub.name, offset, token))
         return {"deadline_ms": deadline}
 
     def _dead_letter(self, topic: Topic, sub: Subscription, offset: int, reason: str) -> None:
-        """The message used up its deliveries: a copy goes to the dead-letter queue (created
-        on first use), and the subscription is done with it."""
+        """The message used up its deliveries: a copy goes to the dead-letter target (a queue
+        created on first use, or an existing topic), and the subscription is done with it.
+        With no room for the copy (its queue full, no room for a new queue) it is counted in
+        `dead_letter_dropped`: the source is not held up behind its dead letters."""
         deliveries = sub.counts.get(offset, 0)
         sub.dead_lettered += 1
         target_name = sub.dead_letter
-        if target_name is not None and target_name != topic.name:
+        if target_name is not None:
             target = self.topics.get(target_name)
             if target is None and len(self.topics) < self.limits.topics_max:
-                limits = self.limits
-                target = self._new_topic(
-                    target_name,
-                    QUEUE,
-                    limits.retention_messages_default,
-                    limits.retention_bytes_default,
-                    0,
-                    {  # a dead-letter queue's own messages are never dead-lettered again
-                        "max_deliveries": 0,
-                        "dead_letter": None,
-                        "key_ordered": False,
-                        "backoff_base_ms": limits.backoff_base_ms_default,
-                        "backoff_max_ms": limits.backoff_max_ms_default,
-                    },
-                )
-            if target is not None:
-                body, key, headers = self.payload(topic, offset)
-                death = dict(headers or {})
-                death.update(
-                    {
-                        "x-death-topic": topic.name,
-                        "x-death-subscription": sub.name,
-                        "x-death-offset": offset,
-                        "x-death-deliveries": deliveries,
-                        "x-death-reason": reason,
-                    }
-                )
-                payload = cbor2.dumps([body, key, death])
-                if target.fits(1, len(payload)):
-                    copied = target.append(
-                        self.now_ms, len(payload), NO_KEY if key is None else key_hash(key), 0
-                    )
-                    self.keys.put(payload_key(target.id, copied), payload)
+                target = self._dead_letter_queue(target_name)
+            body, key, headers = self.payload(topic, offset)
+            death = dict(headers or {})
+            death.update(
+                {
+                    "x-death-topic": topic.name,
+                    "x-death-subscription": sub.name,
+                    "x-death-offset": offset,
+                    "x-death-deliveries": deliveries,
+                    "x-death-reason": reason,
+                }
+            )
+            payload = cbor2.dumps([body, key, death])
+            copy = (payload, NO_KEY if key is None else key_hash(key), 0)
+            if target is not None and target is not topic and self._fits(target, 1, len(payload)):
+                self._append(target, [copy])
+            else:
+                sub.dead_letter_dropped += 1
         sub.finish(offset, self.now_ms)
-        self._work_done(topic, sub)
+        self._work_done(topic, sub, [offset])
 
-    def _work_done(self, topic: Topic, sub: Subscription) -> None:
-        """A queue keeps a message only until its subscription is done with it."""
+    def _dead_letter_queue(self, name: str) -> Topic:
+        limits = self.limits
+        return self._new_topic(
+            name,
+            QUEUE,
+            limits.retention_messages_default,
+            limits.retention_bytes_default,
+            0,
+            {  # a dead-letter queue's own messages are never dead-lettered again
+                "max_deliveries": 0,
+                "dead_letter": None,
+                "key_ordered": False,
+                "backoff_base_ms": limits.backoff_base_ms_default,
+                "backoff_max_ms": limits.backoff_max_ms_default,
+            },
+        )
+
+    def _work_done(self, topic: Topic, sub: Subscription, finished: list[int] = ()) -> None:
+        """A queue keeps a message only until its subscription is done with it: the front
+        leaves the topic, and an acked message behind one still out gives up its payload."""
         if topic.kind != QUEUE:
             return
         if sub.floor > topic.first:
             self._drop(topic, sub.floor)
+        done = sub.done
+        for offset in finished:
+            if offset in done:
+                self._free(payload_key(topic.id, offset), payload_key(topic.id, offset + 1))
 
     # --------------------------------------------------------------------------- queries
 
@@ -637,8 +714,8 @@ class QueueMachine:
             "kind": topic.kind,
             "first": topic.first,
             "next": topic.next,
-            "messages": topic.depth,
-            "bytes": topic.bytes,
+            "messages": self._held(topic)[0],
+            "bytes": self._held(topic)[1],
             "expired": topic.expired,
             "retention": {
                 "max_messages": topic.max_messages,
@@ -650,17 +727,27 @@ class QueueMachine:
         }
 
     def read(self, name: str, start: int, limit: int) -> dict:
-        """Retained messages from `start` on (a live tail's read): no state changes."""
+        """Retained messages from `start` on (a live tail's read), at most `limit` and (past
+        the first) `read_bytes_max` of payload: no state changes. A queue's acked messages
+        are skipped. `next` is where the following read starts."""
         topic = self.topics.get(name)
         if topic is None:
             raise MachineError(ErrorCode.UNKNOWN_TOPIC, f"no topic {name!r}")
-        first = max(start, topic.first)
-        end = min(topic.next, first + max(0, min(limit, self.limits.read_max)))
+        limits = self.limits
+        done = topic.subs[QUEUE_SUBSCRIPTION].done if topic.kind == QUEUE else {}
+        first = offset = max(start, topic.first)
+        end = min(topic.next, first + max(0, min(limit, limits.read_max)))
         messages = []
-        for offset in range(first, end):
-            body, key, headers = self.payload(topic, offset)
-            messages.append({"offset": offset, "body": body, "key": key, "headers": headers})
-        return {"from": first, "next": topic.next, "messages": messages}
+        size = 0
+        while offset < end:
+            if offset not in done:
+                size += topic.size_of(offset)
+                if messages and size > limits.read_bytes_max:
+                    break
+                body, key, headers = self.payload(topic, offset)
+                messages.append({"offset": offset, "body": body, "key": key, "headers": headers})
+            offset += 1
+        return {"from": first, "next": offset, "end": topic.next, "messages": messages}
 
     # ------------------------------------------------------------------------- snapshots
 
@@ -668,7 +755,8 @@ class QueueMachine:
         """The metadata as chunks (payloads stay in the key space, which this flushes).
         Payloads freed so far may be deleted once these chunks are stored: `snapshot_saved`."""
         self.keys.flush()
-        self._releasable, self._garbage = self._garbage, []
+        self._releasable.extend(self._garbage)  # a snapshot before the last was saved
+        self._garbage = []
         return write_snapshot(self, chunk_bytes)
 
     def snapshot_saved(self) -> None:

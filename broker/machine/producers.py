@@ -9,20 +9,23 @@ from paxq.client.wire import ErrorCode
 
 from .errors import MachineError
 
+#: a producer's sequence is per topic, as in Kafka: (topic id, producer id)
+ProducerKey = tuple[int, str]
+
 
 class Producers:
-    """Per producer id, the results of its last `window` sequence numbers. At most
-    `producers_max` producers are remembered; the one unheard of longest is forgotten first."""
+    """Per producer id and topic, the results of its last `window` sequence numbers. At most
+    `producers_max` of them are remembered; the one unheard of longest is forgotten first."""
 
     def __init__(self, window: int, producers_max: int) -> None:
         self.window = window
         self.producers_max = producers_max
-        self.known: OrderedDict[str, dict[int, object]] = OrderedDict()
+        self.known: OrderedDict[ProducerKey, dict[int, object]] = OrderedDict()
 
-    def lookup(self, producer: str, seq: int) -> object | None:
-        """The stored result of (producer, seq) if it was applied; raises SEQUENCE_TOO_OLD
-        for a sequence so far behind that its result may have been forgotten."""
-        results = self.known.get(producer)
+    def lookup(self, topic_id: int, producer: str, seq: int) -> object | None:
+        """The stored result of (producer, seq) on the topic if it was applied; raises
+        SEQUENCE_TOO_OLD for a sequence so far behind that its result may be forgotten."""
+        results = self.known.get((topic_id, producer))
         if results is None:
             return None
         found = results.get(seq)
@@ -35,14 +38,14 @@ class Producers:
             )
         return None
 
-    def record(self, producer: str, seq: int, result: object) -> None:
-        results = self.known.get(producer)
+    def record(self, topic_id: int, producer: str, seq: int, result: object) -> None:
+        results = self.known.get((topic_id, producer))
         if results is None:
-            results = self.known[producer] = {}
+            results = self.known[topic_id, producer] = {}
             if len(self.known) > self.producers_max:
                 self.known.popitem(last=False)
         else:
-            self.known.move_to_end(producer)
+            self.known.move_to_end((topic_id, producer))
         results[seq] = result
         if len(results) > self.window:
             del results[min(results)]

@@ -73,8 +73,8 @@ def _records(machine: QueueMachine) -> Iterator[list]:
             yield ["delayed", topic.id, piece]
         for sub in topic.subs.values():
             yield from _subscription(topic.id, sub)
-    for producer, results in machine.producers.known.items():
-        yield ["producer", producer, sorted(results.items())]
+    for (topic_id, producer), results in machine.producers.known.items():
+        yield ["producer", topic_id, producer, sorted(results.items())]
 
 
 def _subscription(topic_id: int, sub: Subscription) -> Iterator[list]:
@@ -91,10 +91,11 @@ def _subscription(topic_id: int, sub: Subscription) -> Iterator[list]:
         sub.backoff_base_ms,
         sub.backoff_max_ms,
         sub.dead_lettered,
+        sub.dead_letter_dropped,
         sub.acked,
     ]
     name = sub.name
-    for piece in _pieces(sorted(sub.done)):
+    for piece in _pieces(sorted(sub.done.items())):
         yield ["done", topic_id, name, piece]
     for piece in _pieces(sorted([o, *lease] for o, lease in sub.leases.items())):
         yield ["leases", topic_id, name, piece]
@@ -222,7 +223,7 @@ class _State:
         self.topics: dict[int, Topic] = {}
         self.ends: dict[int, int] = {}
         self.subs: dict[tuple[int, str], Subscription] = {}
-        self.producers: list[tuple[str, dict[int, object]]] = []
+        self.producers: list[tuple[tuple[int, str], dict[int, object]]] = []
 
     def take(self, record: list, expected_format: int) -> None:
         kind = record[0]
@@ -256,17 +257,21 @@ class _State:
             self.topics[record[1]].delayed.update((o, at) for o, at in record[2])
         elif kind == "sub":
             (_, tid, name, created, cursor, floor, max_deliveries, dead_letter, key_ordered,
-             base, most, dead_lettered, acked) = record  # fmt: skip
+             base, most, dead_lettered, dead_letter_dropped, acked) = record  # fmt: skip
             topic = self.topics[tid]
             sub = Subscription(
                 name, topic, floor, created, max_deliveries, dead_letter, key_ordered, base, most
             )
             sub.cursor = cursor
             sub.dead_lettered, sub.acked = dead_lettered, acked
+            sub.dead_letter_dropped = dead_letter_dropped
             topic.subs[name] = sub
             self.subs[tid, name] = sub
         elif kind == "done":
-            self.subs[record[1], record[2]].done.update(record[3])
+            sub = self.subs[record[1], record[2]]
+            for offset, size in record[3]:
+                sub.done[offset] = size
+                sub.done_bytes += size
         elif kind == "leases":
             leases = self.subs[record[1], record[2]].leases
             for offset, token, deadline, consumer in record[3]:
@@ -281,7 +286,8 @@ class _State:
             if record[5]:
                 sub.blocked[record[3]] = deque(record[5])
         elif kind == "producer":
-            self.producers.append((record[1], {seq: result for seq, result in record[2]}))
+            results = {seq: result for seq, result in record[3]}
+            self.producers.append(((record[1], record[2]), results))
         else:
             raise SnapshotInvalid(f"unknown record {kind!r}")
 
@@ -298,6 +304,7 @@ class _State:
             for offset, lease in sub.leases.items()
         ]
         machine.expiries.sort()
+        machine._expiries_bound = max(machine._expiries_bound, 2 * len(machine.expiries))
         for sub in self.subs.values():
             sub.waiting.sort()
         machine.producers.known.clear()

@@ -28,8 +28,10 @@ class Subscription:
         "created_ms",
         "cursor",
         "dead_letter",
+        "dead_letter_dropped",
         "dead_lettered",
         "done",
+        "done_bytes",
         "floor",
         "held",
         "key_ordered",
@@ -56,7 +58,10 @@ class Subscription:
         self.topic = topic
         self.created_ms = created_ms
         self.cursor = self.floor = start
-        self.done: set[int] = set()
+        #: offset -> stored size, for offsets done above the floor (a queue still holds them
+        #: in its arrays, but not against its limits)
+        self.done: dict[int, int] = {}
+        self.done_bytes = 0
         self.leases: dict[int, Lease] = {}
         self.counts: dict[int, int] = {}  # deliveries so far, for offsets not done
         self.waiting: list[tuple[int, int]] = []  # heap of (deliverable at, offset)
@@ -68,6 +73,8 @@ class Subscription:
         self.backoff_base_ms = backoff_base_ms
         self.backoff_max_ms = backoff_max_ms
         self.dead_lettered = 0
+        #: dead letters that had nowhere to go (their queue full, or no room for a new one)
+        self.dead_letter_dropped = 0
         self.acked = 0
 
     # --------------------------------------------------------------------------- reading
@@ -101,24 +108,26 @@ class Subscription:
             self.cursor = topic.first
         end = min(topic.next, self.cursor + scan_max)
         delayed = topic.delayed
+        key_ordered = self.key_ordered
+        held = self.held
         while len(out) < limit and self.cursor < end:
             offset = self.cursor
-            size += topic.size_of(offset)
-            if out and size > bytes_max:
-                break
-            self.cursor += 1
-            if self.key_ordered:
-                key = topic.key_of(offset)
-                if key != NO_KEY:
-                    if key in self.held:
-                        self.blocked.setdefault(key, deque()).append(offset)
-                        continue
-                    self.held[key] = offset
-            at = delayed.get(offset, 0) if delayed else 0
-            if at > now_ms:
-                heapq.heappush(waiting, (at, offset))
+            key = topic.key_of(offset) if key_ordered else NO_KEY
+            if key != NO_KEY and key in held:
+                self.blocked.setdefault(key, deque()).append(offset)
+                self.cursor += 1
                 continue
-            out.append(offset)
+            at = delayed.get(offset, 0) if delayed else 0
+            if at <= now_ms:
+                size += topic.size_of(offset)
+                if out and size > bytes_max:
+                    break  # left for the next claim, cursor and all
+                out.append(offset)
+            else:
+                heapq.heappush(waiting, (at, offset))
+            if key != NO_KEY:
+                held[key] = offset  # a delayed message holds its key too
+            self.cursor += 1
         return out
 
     def lease(self, offset: int, token: int, deadline_ms: int, consumer: str) -> int:
@@ -145,7 +154,9 @@ class Subscription:
         self.counts.pop(offset, None)
         if offset < self.floor or offset in self.done:
             return
-        self.done.add(offset)
+        size = self.topic.size_of(offset)
+        self.done[offset] = size
+        self.done_bytes += size
         if self.key_ordered and offset >= self.topic.first:
             self._release(self.topic.key_of(offset), offset, now_ms)
         self._advance_floor()
@@ -185,7 +196,7 @@ class Subscription:
         done = self.done
         floor = self.floor
         while floor < self.cursor and floor in done:
-            done.remove(floor)
+            self.done_bytes -= done.pop(floor)
             floor += 1
         self.floor = floor
 
@@ -195,6 +206,7 @@ class Subscription:
         dropped = self.depth
         self.floor = self.cursor = topic.next
         self.done.clear()
+        self.done_bytes = 0
         self.leases.clear()
         self.counts.clear()
         self.waiting.clear()
@@ -203,19 +215,31 @@ class Subscription:
         return dropped
 
     def skip_below(self, first: int, now_ms: int) -> None:
-        """Retention dropped the topic's offsets below `first`: forget them here."""
-        if self.floor >= first:
+        """Retention dropped the topic's offsets below `first`: forget them here. Costs
+        O(offsets dropped) or O(state), whichever is less: a topic at its limit drops a few
+        offsets on every publish."""
+        old = self.floor
+        if old >= first:
             return
         self.floor = first
         if self.cursor < first:
             self.cursor = first
-        self.done = {o for o in self.done if o >= first}
-        for offset in [o for o in self.leases if o < first]:
-            del self.leases[offset]
-        for offset in [o for o in self.counts if o < first]:
-            del self.counts[offset]
-        for key, offset in list(self.held.items()):
-            if offset < first:
+        # done, leases and counts only hold offsets in [old floor, cursor)
+        done = self.done
+        for table in (done, self.leases, self.counts):
+            if not table:
+                continue
+            below = (
+                [o for o in range(old, first) if o in table]
+                if first - old < len(table)
+                else [o for o in table if o < first]
+            )
+            for offset in below:
+                value = table.pop(offset)
+                if table is done:
+                    self.done_bytes -= value
+        if self.held:
+            for key, offset in [(k, o) for k, o in self.held.items() if o < first]:
                 self._release(key, offset, now_ms)
         self._advance_floor()
 
@@ -224,8 +248,7 @@ class Subscription:
     @property
     def depth(self) -> int:
         """Messages not yet done: unread, leased, waiting or blocked."""
-        start = max(self.floor, self.topic.first)
-        return max(0, self.topic.next - start - sum(1 for o in self.done if o >= start))
+        return max(0, self.topic.next - max(self.floor, self.topic.first) - len(self.done))
 
     def stats(self, now_ms: int) -> dict:
         topic = self.topic
@@ -239,6 +262,7 @@ class Subscription:
             "in_flight": len(self.leases),
             "delayed": delayed,
             "dead_lettered": self.dead_lettered,
+            "dead_letter_dropped": self.dead_letter_dropped,
             "acked": self.acked,
             "oldest_unacked_age_ms": max(0, oldest),
             "cursor": self.cursor,

@@ -11,6 +11,8 @@ import hashlib
 import struct
 from array import array
 
+from .args import NAME_CHARS_MAX
+
 _PAYLOAD = struct.Struct(">IQ")
 NO_KEY = 0
 
@@ -31,6 +33,17 @@ def key_hash(key: bytes) -> int:
     """A message key as a non-zero 56-bit number. Two keys that collide are ordered together:
     stricter than asked for, never looser."""
     return int.from_bytes(hashlib.blake2b(key, digest_size=7).digest(), "big") + 1
+
+
+def dead_letter_name(*parts: str) -> str:
+    """The default dead-letter queue of a queue or subscription: its names and `.dlq`. A name
+    over the 200 characters a name may have keeps its start and a hash of the whole, so it
+    stays unique."""
+    name = ".".join((*parts, "dlq"))
+    if len(name) <= NAME_CHARS_MAX:
+        return name
+    digest = hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
+    return f"{name[: NAME_CHARS_MAX - 21]}.{digest}.dlq"
 
 
 class Topic:
@@ -139,11 +152,13 @@ class Topic:
             or (self.max_bytes and self.bytes > self.max_bytes)
         )
 
-    def fits(self, count: int, size: int) -> bool:
-        """Would `count` more messages of `size` bytes stay within the limits?"""
+    def fits(self, count: int, size: int, done: int = 0, done_bytes: int = 0) -> bool:
+        """Would `count` more messages of `size` bytes stay within the limits? `done` messages
+        of `done_bytes` are retained but finished with (acked in a queue, above an earlier
+        one still out): they do not count."""
         return not (
-            (self.max_messages and self.depth + count > self.max_messages)
-            or (self.max_bytes and self.bytes + size > self.max_bytes)
+            (self.max_messages and self.depth - done + count > self.max_messages)
+            or (self.max_bytes and self.bytes - done_bytes + size > self.max_bytes)
         )
 
     def first_over_age(self, now_ms: int) -> int:

@@ -805,9 +805,9 @@ def _read_all(machine: QueueMachine, topic: str, start: int = 0) -> list[dict]:
     while True:
         page = machine.read(topic, start, 1000)
         out += page["messages"]
-        if not page["messages"]:
+        if page["next"] >= page["end"]:
             return out
-        start = page["messages"][-1]["offset"] + 1
+        start = page["next"]
 
 
 def _join(applied: list[bytes], machine: list[bytes]) -> list[bytes]:

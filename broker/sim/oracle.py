@@ -92,7 +92,7 @@ class QueueOracle:
     def _publish(self, slot: int, args: dict, result: dict) -> None:
         producer = args.get("producer")
         if producer is not None:
-            key = (producer, args["seq"])
+            key = (args["topic"], producer, args["seq"])
             plain = {k: v for k, v in result.items() if k != "duplicate"}
             earlier = self.producers.get(key)
             if result.get("duplicate"):
