@@ -1,7 +1,7 @@
 """A topic's metadata: offsets, and per retained message its stamp time, size and key hash.
 
 Payloads are not here: they sit in the key space under `payload_key(topic id, offset)`. Per
-message this keeps 20 bytes in three arrays, so a million queued messages cost about 20 MB of
+message this keeps 24 bytes in three arrays, so a million queued messages cost about 24 MB of
 memory however large their bodies are.
 """
 
