@@ -1,13 +1,13 @@
-"""`paxq status`, `paxq append`, `paxq read`: talk to a cluster through its client ports."""
+"""`paxq status`: every node's view, asked of each node directly."""
 
 from __future__ import annotations
 
 import json
-import sys
 
 import trio
 
-from paxq.client.basic import Connection, parse_address
+from paxq.client.connection import ConnectionLost, call, connect
+from paxq.client.errors import PaxqError
 
 Address = tuple[str, int]
 TIMEOUT_S = 3.0
@@ -16,10 +16,11 @@ TIMEOUT_S = 3.0
 async def _status_of(address: Address) -> dict:
     try:
         with trio.fail_after(TIMEOUT_S):
-            async with await Connection.open(address) as connection:
-                reply = await connection.request("status")
-        return reply.get("status", {"error": reply.get("message")})
-    except (OSError, trio.TooSlowError, ConnectionError) as error:
+            async with connect(address, timeout_s=TIMEOUT_S) as connection:
+                return await call(connection, "status")  # type: ignore[return-value]
+    except PaxqError as error:
+        return {"error": str(error)}
+    except (OSError, TimeoutError, trio.TooSlowError, ConnectionLost) as error:
         return {"error": f"unreachable: {error.__class__.__name__}"}
 
 
@@ -67,79 +68,3 @@ def _size(count: int) -> str:
             return f"{count:.0f} {unit}"
         count /= 1024
     return f"{count:.1f} TiB"
-
-
-_LOST = (
-    OSError,
-    ConnectionError,
-    trio.TooSlowError,
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-)
-
-
-QUERIES = frozenset({"status", "list", "describe", "read"})
-
-
-async def request_leader(addresses: list[Address], op: str, fields: dict[str, object]) -> dict:
-    """Ask the nodes in turn, following NOT_LEADER hints, until one answers.
-
-    A node that cannot be reached (or does not answer the hello) is skipped. An append whose
-    connection breaks after it was sent is not sent again elsewhere: it may have been applied,
-    so its outcome is reported as unknown (idempotent producers, a later issue, lift this).
-    """
-    tried: list[str] = []
-    queue = list(addresses)
-    while queue and len(tried) < 2 * len(addresses) + 2:
-        address = queue.pop(0)
-        tried.append(f"{address[0]}:{address[1]}")
-        try:
-            with trio.fail_after(TIMEOUT_S):
-                connection = await Connection.open(address)
-        except _LOST:
-            continue
-        async with connection:
-            try:
-                with trio.fail_after(TIMEOUT_S):
-                    reply = await connection.request(op, **fields)
-            except _LOST:
-                if op not in QUERIES:
-                    return {
-                        "ok": False,
-                        "unknown": True,
-                        "message": f"lost {tried[-1]} after sending: outcome unknown",
-                    }
-                continue
-        if reply.get("ok"):
-            return reply
-        if reply.get("leader"):
-            queue.insert(0, parse_address(reply["leader"]))
-        elif reply.get("error") is not None and not queue:
-            return reply
-    return {"ok": False, "message": f"no node answered (tried {', '.join(tried)})"}
-
-
-def command(addresses: list[Address], op: str, fields: dict, verb: str) -> int:
-    """Send one command or query to the cluster (the leader for commands); print its result
-    as JSON lines (one per message for claim and read)."""
-    reply = trio.run(request_leader, addresses, op, fields)
-    if not reply.get("ok"):
-        print(f"paxq {verb}: {reply.get('message')}", file=sys.stderr)
-        return 1
-    result = reply["result"]
-    if isinstance(result, dict) and "messages" in result and op in ("claim", "read"):
-        for message in result["messages"]:
-            print(json.dumps(_printable(message)))
-    else:
-        print(json.dumps(_printable(result)))
-    return 0
-
-
-def _printable(value: object) -> object:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, dict):
-        return {k: _printable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_printable(v) for v in value]
-    return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from paxq.broker.sim import SimResult, SimSettings, replay_command, report, run_seed, sweep
@@ -68,7 +68,7 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _addresses(args: argparse.Namespace) -> list[tuple[str, int]]:
-    from paxq.client.basic import parse_address
+    from paxq.client.connection import parse_address
 
     from .dev import dev_client_addresses
 
@@ -80,15 +80,6 @@ def _status(args: argparse.Namespace) -> int:
     from .admin import print_status
 
     return print_status(_addresses(args), args.json)
-
-
-def _command(op: str, fields: Callable[[argparse.Namespace], dict]):
-    def run(args: argparse.Namespace) -> int:
-        from .admin import command
-
-        return command(_addresses(args), op, fields(args), args.command)
-
-    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,79 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="one JSON object per node")
     status.set_defaults(run=_status)
 
-    create = commands.add_parser("create", help="create a topic, or a queue with --queue")
-    create.add_argument("topic")
-    create.add_argument("--queue", action="store_true", help="a work queue (one shared reader)")
-    create.add_argument("--nodes", help=nodes_help)
-    create.set_defaults(
-        run=_command(
-            "create", lambda a: {"topic": a.topic, "kind": "queue" if a.queue else "topic"}
-        )
-    )
+    from .client_commands import add_commands
 
-    publish = commands.add_parser("publish", help="publish a message: prints its offset")
-    publish.add_argument("topic")
-    publish.add_argument("data", help="the message body (text)")
-    publish.add_argument("--key", help="the message key (text)")
-    publish.add_argument("--nodes", help=nodes_help)
-    publish.set_defaults(
-        run=_command(
-            "publish",
-            lambda a: {
-                "topic": a.topic,
-                "messages": [{"body": a.data.encode(), "key": a.key.encode() if a.key else None}],
-            },
-        )
-    )
-
-    read = commands.add_parser("read", help="read a topic's messages (JSON lines)")
-    read.add_argument("topic")
-    read.add_argument("--from", dest="start", type=int, default=0)
-    read.add_argument("--limit", type=int, default=20)
-    read.add_argument("--nodes", help=nodes_help)
-    read.set_defaults(
-        run=_command("read", lambda a: {"topic": a.topic, "from": a.start, "limit": a.limit})
-    )
-
-    claim = commands.add_parser("claim", help="lease messages of a queue or subscription")
-    claim.add_argument("topic")
-    claim.add_argument("--subscription")
-    claim.add_argument("--max", type=int, default=1)
-    claim.add_argument("--lease-ms", type=int, default=30_000)
-    claim.add_argument("--nodes", help=nodes_help)
-    claim.set_defaults(
-        run=_command(
-            "claim",
-            lambda a: {
-                "topic": a.topic,
-                "subscription": a.subscription,
-                "max": a.max,
-                "lease_ms": a.lease_ms,
-            },
-        )
-    )
-
-    ack = commands.add_parser("ack", help="acknowledge a claimed message")
-    ack.add_argument("topic")
-    ack.add_argument("offset", type=int)
-    ack.add_argument("token", type=int)
-    ack.add_argument("--subscription")
-    ack.add_argument("--nodes", help=nodes_help)
-    ack.set_defaults(
-        run=_command(
-            "ack",
-            lambda a: {
-                "topic": a.topic,
-                "subscription": a.subscription,
-                "leases": [[a.offset, a.token]],
-            },
-        )
-    )
-
-    describe = commands.add_parser("describe", help="a topic's state and its subscriptions")
-    describe.add_argument("topic")
-    describe.add_argument("--nodes", help=nodes_help)
-    describe.set_defaults(run=_command("describe", lambda a: {"topic": a.topic}))
+    add_commands(commands)
     return parser
 
 

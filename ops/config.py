@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from paxq.client.basic import parse_address
+from paxq.client.connection import parse_address
 
 Address = tuple[str, int]
 

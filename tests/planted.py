@@ -52,6 +52,16 @@ class AcceptsStaleTokens(QueueMachine):
             raise MachineError(ErrorCode.LEASE_LOST, "lost", lost)
 
 
+class ForgetsSettles(QueueMachine):
+    """Remembers the sequences of publishes only: a resent ack, nack or extend is applied
+    again (and refused, its lease being gone) instead of answered."""
+
+    def _once(self, topic, arguments, act):
+        if "messages" in arguments:
+            return super()._once(topic, arguments, act)
+        return act()
+
+
 def expiring_on_local_clock(keys: KeySpace, clock: Callable[[], int]) -> QueueMachine:
     """A machine that evaluates expiry against the replica's own clock, not the stamps."""
 

@@ -12,7 +12,7 @@ from test_node import free_addresses, leader_of
 from paxq.broker.node import Node, NodeSettings, PeerSettings
 from paxq.broker.node.clients import ClientPort
 from paxq.broker.paxos import Config
-from paxq.client.basic import Connection
+from paxq.client.connection import connect
 from paxq.client.wire import ErrorCode, FrameDecoder, encode_frame
 from paxq.storage import Identity, RocksJournal
 
@@ -54,7 +54,7 @@ async def raw(address, payload: bytes) -> bytes:
 
 
 async def still_serves(address) -> None:
-    async with await Connection.open(address) as connection:
+    async with connect(address) as connection:
         assert (await connection.request("status"))["ok"] is True
 
 
@@ -62,7 +62,7 @@ async def test_bad_requests_get_typed_errors(tmp_path: Path) -> None:
     with trio.fail_after(LIMIT_S):
         async with serving(tmp_path, frame_bytes_max=4096) as (nodes, clients):
             await leader_of(nodes)
-            async with await Connection.open(clients[0]) as c:
+            async with connect(clients[0]) as c:
                 assert (await c.request("fly"))["error"] == ErrorCode.UNKNOWN_OPERATION
                 assert (await c.request("create", topic="t"))["ok"] is True
 
@@ -119,7 +119,7 @@ async def test_an_unknown_outcome_is_not_reported_as_retryable(tmp_path: Path) -
         async with serving(tmp_path, size=3) as (nodes, clients):
             leader = await leader_of(nodes)
             leader.peers.send_frame = lambda peer, frame: False  # its network loses everything
-            async with await Connection.open(clients[leader.id]) as c:
+            async with connect(clients[leader.id]) as c:
                 reply = await c.request("create", topic="maybe")
             assert reply["error"] == ErrorCode.UNKNOWN_OUTCOME
             assert "leader" not in reply
@@ -133,7 +133,7 @@ async def test_the_queue_operations_over_real_sockets(tmp_path: Path) -> None:
     with trio.fail_after(LIMIT_S):
         async with serving(tmp_path, size=3, clock_ms=lambda: wall[0]) as (nodes, clients):
             leader = await leader_of(nodes)
-            async with await Connection.open(clients[leader.id]) as c:
+            async with connect(clients[leader.id]) as c:
 
                 async def ok(op: str, **fields) -> object:
                     reply = await c.request(op, **fields)
@@ -180,7 +180,7 @@ async def test_the_queue_operations_over_real_sockets(tmp_path: Path) -> None:
                 await ok("delete", topic="news")
             # A follower refuses commands with the leader's address, and answers queries.
             follower = next(i for i in nodes if i != leader.id)
-            async with await Connection.open(clients[follower]) as c:
+            async with connect(clients[follower]) as c:
                 reply = await c.request("publish", topic="jobs", messages=[{"body": b"x"}])
                 assert reply["error"] == ErrorCode.NOT_LEADER and reply["leader"]
                 while True:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from paxq.client.basic import Connection
-from paxq.client.wire import ErrorCode
-from paxq.ops.admin import gather_status, request_leader
+from paxq.client import Client, ConnectionLost, Unavailable, UnknownOutcome
+from paxq.client.connection import connect
+from paxq.ops.admin import gather_status
 
 pytestmark = pytest.mark.slow
 PHASE_S = 60
@@ -89,16 +89,18 @@ class Cluster:
         acknowledgement)."""
         first = self.client_addresses[self.leader_hint]
         addresses = [first, *[a for a in self.client_addresses if a != first]]
-        if not self.created:
-            reply = await request_leader(addresses, "create", {"topic": "log"})
-            self.created = reply.get("ok") or reply.get("error") == ErrorCode.TOPIC_EXISTS
-        fields = {"topic": "log", "messages": [{"body": data}]}
-        reply = await request_leader(addresses, "publish", fields)
-        return reply["result"]["offset"] if reply.get("ok") else None
+        try:
+            async with Client(addresses, request_timeout_s=3.0) as client:
+                if not self.created:
+                    await client.create_topic("log", exist_ok=True)
+                    self.created = True
+                return await client.publish("log", data)
+        except (UnknownOutcome, Unavailable):
+            return None
 
     async def log_of(self, node: int) -> list[bytes]:
         entries: list[bytes] = []
-        async with await Connection.open(self.client_addresses[node]) as connection:
+        async with connect(self.client_addresses[node]) as connection:
             while True:
                 reply = await connection.request(
                     "read", topic="log", limit=1000, **{"from": len(entries)}
@@ -154,7 +156,7 @@ async def all_hold(cluster: Cluster, acked: dict[int, bytes], nodes=(0, 1, 2)) -
     while True:
         try:
             logs = {n: await cluster.log_of(n) for n in nodes}
-        except (OSError, ConnectionError):  # a node still starting
+        except (OSError, TimeoutError, ConnectionLost):  # a node still starting
             logs = {}
         if logs and all(len(log) > max(acked) for log in logs.values()):
             break

@@ -594,3 +594,54 @@ def test_a_read_stops_at_its_byte_bound_but_always_gets_one() -> None:
     d.ok("create", topic="t")
     d.publish("t", b"big")
     assert len(d.machine.read("t", 0, 10)["messages"]) == 1
+
+
+def test_acks_nacks_and_extends_with_a_producer_sequence_are_answered_once(d: Driver) -> None:
+    d.ok("create", topic="q", kind="queue")
+    d.publish("q", b"a", b"b", b"c")
+    a, b, c = d.claim("q", max=3)
+    once = {"producer": "w1"}
+    acked = d.ok("ack", topic="q", leases=[[0, a["token"]]], seq=0, **once)
+    assert acked == {"acked": 1}
+    # The resend of a lost reply: answered with the first result, not refused LEASE_LOST.
+    assert d.ok("ack", topic="q", leases=[[0, a["token"]]], seq=0, **once) == {
+        **acked,
+        "duplicate": True,
+    }
+    assert d.machine.describe("q")["subscriptions"][""]["acked"] == 1
+    extended = d.ok("extend", topic="q", leases=[[1, b["token"]]], lease_ms=5000, seq=1, **once)
+    d.at(1_500)
+    again = d.ok("extend", topic="q", leases=[[1, b["token"]]], lease_ms=5000, seq=1, **once)
+    assert again["deadline_ms"] == extended["deadline_ms"] and again["duplicate"]
+    nacked = d.ok("nack", topic="q", leases=[[2, c["token"]]], delay_ms=0, seq=2, **once)
+    assert d.ok("nack", topic="q", leases=[[2, c["token"]]], delay_ms=0, seq=2, **once) == {
+        **nacked,
+        "duplicate": True,
+    }
+    [back] = d.claim("q")
+    assert (back["offset"], back["deliveries"]) == (2, 2)  # given back once, not twice
+    # A refusal is not remembered: the same sequence may try again.
+    d.refused(ErrorCode.LEASE_LOST, "ack", topic="q", leases=[[2, c["token"]]], seq=3, **once)
+    assert d.ok("ack", topic="q", leases=[[2, back["token"]]], seq=3, **once) == {"acked": 1}
+    d.refused(ErrorCode.BAD_REQUEST, "ack", topic="q", leases=[[1, b["token"]]], seq=4)
+
+
+def test_the_machine_names_the_topics_a_waiting_reader_should_look_at_again(d: Driver) -> None:
+    d.ok("create", topic="q", kind="queue")
+    d.ok("create", topic="quiet", kind="queue")
+    d.machine.take_changed()
+    d.publish("q", b"a")
+    assert d.machine.take_changed() == {"q"}
+    [a] = d.claim("q", lease_ms=1000)
+    assert d.machine.take_changed() == set()  # a claim hands out, it frees nothing
+    d.at(5_000)  # the lease expires: the message can be claimed again
+    assert d.machine.take_changed() == {"q"}
+    [a] = d.claim("q")
+    d.ok("nack", topic="q", leases=[[0, a["token"]]], delay_ms=3_000)
+    assert d.machine.take_changed() == {"q"}
+    # Nothing to claim before the delay: the empty answer says when to look again.
+    result = d.ok("claim", topic="q")
+    assert result["messages"] == [] and result["next_due_ms"] == 5_000 + 3_000
+    assert "next_due_ms" not in d.ok("claim", topic="quiet")
+    d.ok("delete", topic="q")
+    assert d.machine.take_changed() == {"q"}

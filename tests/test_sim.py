@@ -8,6 +8,7 @@ import pytest
 from planted import (
     AcceptsStaleTokens,
     ForgetsPromise,
+    ForgetsSettles,
     IgnoresPhaseOneValues,
     QuorumTooSmall,
     expiring_on_local_clock,
@@ -107,6 +108,10 @@ def accepting_stale_tokens(keys, clock) -> AcceptsStaleTokens:
     return AcceptsStaleTokens(keys)
 
 
+def forgetting_settles(keys, clock) -> ForgetsSettles:
+    return ForgetsSettles(keys)
+
+
 @pytest.mark.parametrize(
     ("factory", "invariants"),
     [
@@ -115,6 +120,7 @@ def accepting_stale_tokens(keys, clock) -> AcceptsStaleTokens:
         # that is not the stamped time plus the lease).
         (accepting_stale_tokens, {"fencing"}),
         (expiring_on_local_clock, {"determinism", "time"}),
+        (forgetting_settles, {"idempotence"}),
     ],
 )
 def test_planted_machine_bugs_are_caught(factory, invariants: set[str]) -> None:

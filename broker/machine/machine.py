@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import cbor2
 
 from paxq.client.wire import ErrorCode
+from paxq.client.wire.protocol import LEASES_MAX, PRODUCER_WINDOW, PUBLISH_MESSAGES_MAX
 from paxq.storage import KeySpace, SnapshotView
 
 from . import args as check
@@ -68,12 +69,12 @@ class Limits:
     message_bytes_max: int = 1 << 20  # body + key + headers, encoded
     key_bytes_max: int = 1024
     headers_max: int = 64
-    publish_messages_max: int = 1000
+    publish_messages_max: int = PUBLISH_MESSAGES_MAX
     claim_max: int = 1000
     #: a claim stops adding messages past this many payload bytes (it always gets one): the
     #: reply must fit a client frame, or the leases would be taken with nobody to hold them
     claim_bytes_max: int = 1 << 20
-    leases_max: int = 1000  # per ack, nack or extend
+    leases_max: int = LEASES_MAX  # per ack, nack or extend
     lease_ms_max: int = 12 * 3600 * 1000
     lease_ms_default: int = 30_000
     delay_ms_max: int = 30 * 24 * 3600 * 1000
@@ -85,7 +86,7 @@ class Limits:
     retention_messages_default: int = 10_000_000
     retention_bytes_default: int = 10 << 30
     retention_age_ms_default: int = 7 * 24 * 3600 * 1000  # topics only; queues keep until acked
-    producer_window: int = 32
+    producer_window: int = PRODUCER_WINDOW
     producers_max: int = 10_000
     #: a claim looks at most this many new offsets (delayed or key-blocked ones are set aside)
     scan_max: int = 4096
@@ -121,6 +122,9 @@ _SUBSCRIBE = frozenset(
     }
 )
 _MESSAGE = frozenset({"body", "key", "headers", "delay_ms"})
+#: commands that may carry a producer id and sequence, which makes their retries harmless
+_ONCE = frozenset({"producer", "seq"})
+_PUBLISH = frozenset({"topic", "messages"}) | _ONCE
 
 
 class QueueMachine:
@@ -142,6 +146,9 @@ class QueueMachine:
         self.producers = Producers(self.limits.producer_window, self.limits.producers_max)
         self._garbage: list[tuple[bytes, bytes]] = []  # payload ranges to delete after a snapshot
         self._releasable: list[tuple[bytes, bytes]] = []
+        #: names of topics where something became readable or claimable since the node last
+        #: asked (`take_changed`): it wakes the requests that wait for that. Not replicated.
+        self.changed: set[str] = set()
         self._ops: dict[str, Callable[[dict], object]] = {
             "create": self._create,
             "delete": self._delete,
@@ -206,6 +213,7 @@ class QueueMachine:
             offset = entry[3]
             if not sub.give_back(offset, now):
                 self._dead_letter(topic, sub, offset, "expired")
+            self.changed.add(topic.name)
         for topic in self.topics.values():
             if topic.max_age_ms and topic.next > topic.first:
                 keep = topic.first_over_age(now)
@@ -337,6 +345,7 @@ class QueueMachine:
         del self.topics[topic.name]
         del self.by_id[topic.id]
         self._garbage.append(topic_range(topic.id))
+        self.changed.add(topic.name)  # its waiting readers learn it is gone
         return {"topic": topic.name, "deleted": self._held(topic)[0]}
 
     @staticmethod
@@ -365,6 +374,7 @@ class QueueMachine:
             put(payload_key(topic.id, offset), payload)
         if topic.kind == TOPIC and topic.over_limit():
             self._drop(topic, self._first_within_limits(topic), expired=True)
+        self.changed.add(topic.name)
         return first
 
     def _free(self, start: bytes, end: bytes) -> None:
@@ -391,36 +401,41 @@ class QueueMachine:
 
     def _publish(self, arguments: dict) -> object:
         limits = self.limits
-        check.known_fields(
-            arguments, frozenset({"topic", "messages", "producer", "seq"}), "publish"
-        )
+        check.known_fields(arguments, _PUBLISH, "publish")
         topic = self._topic(arguments)
-        producer = arguments.get("producer")
-        seq = None
-        if producer is not None:
-            producer = check.name(arguments, "producer")
-            seq = check.integer(arguments, "seq", -1, 0)
-            earlier = self.producers.lookup(topic.id, producer, seq)
-            if earlier is not None:
-                return {**earlier, "duplicate": True}
-        elif "seq" in arguments:
-            raise bad("seq needs a producer")
-        messages = arguments.get("messages")
-        if type(messages) is not list or not 0 < len(messages) <= limits.publish_messages_max:
-            raise bad(f"messages must be a list of 1 to {limits.publish_messages_max}")
-        ready = [self._message(message) for message in messages]  # all checked before any change
-        total = sum(len(payload) for payload, _, _ in ready)
-        if not self._fits(topic, len(ready), total):
-            held, held_bytes = self._held(topic)
-            raise MachineError(
-                ErrorCode.FULL,
-                f"queue {topic.name!r} holds {held} messages, {held_bytes} bytes: "
-                f"its limit is {topic.max_messages} messages, {topic.max_bytes} bytes",
-            )
-        first = self._append(topic, ready)
-        result = {"offset": first, "count": len(ready)}
-        if producer is not None:
-            self.producers.record(topic.id, producer, seq, result)
+
+        def append() -> dict:
+            messages = arguments.get("messages")
+            if type(messages) is not list or not 0 < len(messages) <= limits.publish_messages_max:
+                raise bad(f"messages must be a list of 1 to {limits.publish_messages_max}")
+            ready = [self._message(message) for message in messages]  # all checked first
+            total = sum(len(payload) for payload, _, _ in ready)
+            if not self._fits(topic, len(ready), total):
+                held, held_bytes = self._held(topic)
+                raise MachineError(
+                    ErrorCode.FULL,
+                    f"queue {topic.name!r} holds {held} messages, {held_bytes} bytes: "
+                    f"its limit is {topic.max_messages} messages, {topic.max_bytes} bytes",
+                )
+            return {"offset": self._append(topic, ready), "count": len(ready)}
+
+        return self._once(topic, arguments, append)
+
+    def _once(self, topic: Topic, arguments: dict, act: Callable[[], dict]) -> object:
+        """Run `act` once per (producer, seq) on the topic: a retried command that carries
+        the same producer and sequence gets the first one's result, marked `duplicate`.
+        Refusals are not remembered (they changed nothing: a retry is a fresh attempt)."""
+        if arguments.get("producer") is None:
+            if "seq" in arguments:
+                raise bad("seq needs a producer")
+            return act()
+        producer = check.name(arguments, "producer")
+        seq = check.integer(arguments, "seq", -1, 0)
+        earlier = self.producers.lookup(topic.id, producer, seq)
+        if earlier is not None:
+            return {**earlier, "duplicate": True}
+        result = act()
+        self.producers.record(topic.id, producer, seq, result)
         return result
 
     @staticmethod
@@ -573,10 +588,17 @@ class QueueMachine:
                     "published_ms": topic.time_of(offset),
                 }
             )
-        return {"messages": out, "now_ms": now}
+        result: dict = {"messages": out, "now_ms": now}
+        if not out and sub.waiting:
+            # when a delayed or backed-off message may become claimable (a hint for a
+            # claim that waits: it may be stale, never late)
+            result["next_due_ms"] = sub.waiting[0][0]
+        return result
 
     def _leases(self, arguments: dict, op: str, extra: frozenset[str]) -> tuple:
-        check.known_fields(arguments, frozenset({"topic", "subscription", "leases"}) | extra, op)
+        check.known_fields(
+            arguments, frozenset({"topic", "subscription", "leases"}) | extra | _ONCE, op
+        )
         topic, sub = self._subscription(arguments)
         leases = check.leases(arguments, self.limits.leases_max)
         return topic, sub, leases
@@ -592,26 +614,37 @@ class QueueMachine:
 
     def _ack(self, arguments: dict) -> object:
         topic, sub, leases = self._leases(arguments, "ack", frozenset())
-        self._refuse_lost(sub, leases)
-        now = self.now_ms
-        for offset, _ in leases:
-            sub.finish(offset, now)
-            sub.acked += 1
-        self._work_done(topic, sub, [offset for offset, _ in leases])
-        return {"acked": len(leases)}
+
+        def ack() -> dict:
+            self._refuse_lost(sub, leases)
+            now = self.now_ms
+            for offset, _ in leases:
+                sub.finish(offset, now)
+                sub.acked += 1
+            self._work_done(topic, sub, [offset for offset, _ in leases])
+            if sub.key_ordered:
+                self.changed.add(topic.name)  # the next message of a key may be out now
+            return {"acked": len(leases)}
+
+        return self._once(topic, arguments, ack)
 
     def _nack(self, arguments: dict) -> object:
         topic, sub, leases = self._leases(arguments, "nack", frozenset({"delay_ms"}))
         delay_ms = check.optional_integer(arguments, "delay_ms", 0, self.limits.delay_ms_max)
-        self._refuse_lost(sub, leases)
-        now = self.now_ms
-        dead = 0
-        for offset, _ in leases:
-            wait = sub.backoff_ms(offset) if delay_ms is None else delay_ms
-            if not sub.give_back(offset, now + wait):
-                self._dead_letter(topic, sub, offset, "nacked")
-                dead += 1
-        return {"nacked": len(leases), "dead_lettered": dead}
+
+        def nack() -> dict:
+            self._refuse_lost(sub, leases)
+            now = self.now_ms
+            dead = 0
+            for offset, _ in leases:
+                wait = sub.backoff_ms(offset) if delay_ms is None else delay_ms
+                if not sub.give_back(offset, now + wait):
+                    self._dead_letter(topic, sub, offset, "nacked")
+                    dead += 1
+            self.changed.add(topic.name)
+            return {"nacked": len(leases), "dead_lettered": dead}
+
+        return self._once(topic, arguments, nack)
 
     def _extend(self, arguments: dict) -> object:
         limits = self.limits
@@ -619,14 +652,18 @@ class QueueMachine:
         lease_ms = check.integer(
             arguments, "lease_ms", limits.lease_ms_default, 1, limits.lease_ms_max
         )
-        self._refuse_lost(sub, leases)
-        deadline = self.now_ms + lease_ms
-        for offset, token in leases:
-            held = sub.leases[offset]
-            if held[1] != deadline:  # the same deadline has its heap entry already
-                held[1] = deadline
-                self._expire_at((deadline, topic.id, sub.name, offset, token))
-        return {"deadline_ms": deadline}
+
+        def extend() -> dict:
+            self._refuse_lost(sub, leases)
+            deadline = self.now_ms + lease_ms
+            for offset, token in leases:
+                held = sub.leases[offset]
+                if held[1] != deadline:  # the same deadline has its heap entry already
+                    held[1] = deadline
+                    self._expire_at((deadline, topic.id, sub.name, offset, token))
+            return {"deadline_ms": deadline}
+
+        return self._once(topic, arguments, extend)
 
     def _dead_letter(self, topic: Topic, sub: Subscription, offset: int, reason: str) -> None:
         """The message used up its deliveries: a copy goes to the dead-letter target (a queue
@@ -690,6 +727,10 @@ class QueueMachine:
                 self._free(payload_key(topic.id, offset), payload_key(topic.id, offset + 1))
 
     # --------------------------------------------------------------------------- queries
+
+    def take_changed(self) -> set[str]:
+        changed, self.changed = self.changed, set()
+        return changed
 
     def list_topics(self) -> list[dict]:
         return [

@@ -1,4 +1,4 @@
-"""The client port of a node (a first protocol; the client issue extends it).
+"""The client port of a node: sessions of the client protocol (`docs/protocol.md`).
 
     hello    -> {"paxq": "client", "v": 1}
              <- {"ok": true, "node": N}
@@ -9,16 +9,19 @@
     error    <- {"id": I, "ok": false, "error": code, "message": text,
                  "leader": "host:port" (NOT_LEADER), "detail": ... (e.g. LEASE_LOST offsets)}
 
-Commands (`COMMANDS`: create, delete, publish, subscribe, unsubscribe, claim, ack, nack,
-extend, purge) go through the log to the machine (`paxq.broker.machine`, whose module
-docstring lists their arguments); queries read this node's applied state.
+Commands (`COMMANDS`) go through the log to the machine (`paxq.broker.machine`, whose module
+docstring lists their arguments); queries read this node's applied state. A `claim` or `read`
+may carry `wait_ms`: with nothing to hand out, the node holds the request until a message
+arrives (the machine names the topics that changed after each applied round) or the wait
+ends, and only then answers; no client polls.
 
 A follower answers a command with NOT_LEADER and the leader's client address rather than
 forwarding it: one hop instead of two, no second timeout to reconcile, and a client that learns
 the leader once talks to it directly from then on.
 
-Bounds: connections per node, requests in flight per connection (past it the connection is not
-read: backpressure), the frame size, and the command size (the batch byte bound).
+Bounds: connections per node, requests in flight per connection, waiting ones included (past
+it the connection is not read: backpressure), the frame size, the command size (the batch
+byte bound) and the wait.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from collections.abc import Callable
 import trio
 
 from paxq.client.wire import ErrorCode, FrameDecoder, FrameTooLarge, WireError, encode_frame
+from paxq.client.wire.protocol import COMMANDS, PROTOCOL_VERSION, WAIT_MS_MAX
 
 from ..machine import MachineError
 from ..machine import command as command_bytes
@@ -39,22 +43,6 @@ from .runtime import Node
 
 log = logging.getLogger("paxq.node.clients")
 
-CLIENT_PROTOCOL_VERSION = 1
-#: operations that go through the log; every other one is a query of local state
-COMMANDS = frozenset(
-    {
-        "create",
-        "delete",
-        "publish",
-        "subscribe",
-        "unsubscribe",
-        "claim",
-        "ack",
-        "nack",
-        "extend",
-        "purge",
-    }
-)
 _FAILURES = {
     "not leader": ErrorCode.NOT_LEADER,
     "overloaded": ErrorCode.OVERLOADED,
@@ -84,6 +72,32 @@ class ClientPort:
         self.hello_timeout_s = hello_timeout_s
         self.extra_status = extra_status
         self.connections = 0
+        self.waiting = 0  # claims and reads held for a message
+        # topic name -> the event its waiting requests sleep on; set (and replaced) when the
+        # machine reports the topic changed
+        self._changes: dict[str, trio.Event] = {}
+        node.on_applied = self._on_applied
+
+    def _on_applied(self, changed: set[str] | None) -> None:
+        events = self._changes
+        if not events:
+            return
+        if changed is None:
+            names = list(events)
+        elif len(changed) < len(events):
+            names = [name for name in changed if name in events]
+        else:
+            names = [name for name in events if name in changed]
+        for name in names:
+            events.pop(name).set()
+
+    def _change_of(self, topic: object) -> trio.Event:
+        if type(topic) is not str:
+            return trio.Event()  # the request is refused anyway: nothing will wake it
+        event = self._changes.get(topic)
+        if event is None:
+            event = self._changes[topic] = trio.Event()
+        return event
 
     async def serve(
         self,
@@ -128,13 +142,13 @@ class ClientPort:
                 encode_frame(_error(None, ErrorCode.BAD_REQUEST, "expected a client hello"))
             )
             return
-        if hello.get("v") != CLIENT_PROTOCOL_VERSION:
+        if hello.get("v") != PROTOCOL_VERSION:
             await stream.send_all(
                 encode_frame(
                     _error(
                         None,
                         ErrorCode.UNSUPPORTED_VERSION,
-                        f"this node speaks v{CLIENT_PROTOCOL_VERSION}",
+                        f"this node speaks v{PROTOCOL_VERSION}",
                     )
                 )
             )
@@ -142,6 +156,7 @@ class ClientPort:
         await stream.send_all(encode_frame({"ok": True, "node": self.node.id}))
         session = _Session(os.urandom(8), self.frame_bytes_max)
         async with trio.open_nursery() as nursery:
+            session.nursery = nursery
             nursery.start_soon(self._write, stream, session)
             async for request in frames:
                 if session.in_flight >= self.in_flight_max:
@@ -167,49 +182,154 @@ class ClientPort:
 
     async def _dispatch(self, session: _Session, request: object) -> None:
         """Answer a query at once, or hand a command to the node with a callback that
-        answers it once applied."""
+        answers it once applied; a claim or read that may wait gets a task of its own."""
         if not isinstance(request, dict) or type(request.get("id")) is not int:
             session.answer(_error(None, ErrorCode.BAD_REQUEST, "a request is a map with an int id"))
             return
         rid = request["id"]
         op = request.get("op")
+        wait_ms = request.pop("wait_ms", 0) if op in ("claim", "read") else 0
+        if wait_ms:
+            if type(wait_ms) is not int or not 0 < wait_ms <= WAIT_MS_MAX:
+                session.answer(
+                    _error(rid, ErrorCode.BAD_REQUEST, f"wait_ms is from 0 to {WAIT_MS_MAX}")
+                )
+                return
+            session.in_flight += 1
+            wait = self._claim_waiting if op == "claim" else self._read_waiting
+            session.nursery.start_soon(wait, session, rid, request, wait_ms)
+            return
+        if op == "cancel":
+            self._cancel(session, rid, request)
+            return
         if op not in COMMANDS:
             session.answer(self._handle(rid, request))
             return
+        command = self._command(session, rid, request)
+        if command is None:
+            return
+        session.in_flight += 1
+        callback = self._answer(session, rid)
+        if not self.node.propose_nowait(command, callback):
+            await self.node.propose(command, callback)  # the node's inbox is full: wait for room
+
+    def _command(self, session: _Session, rid: int, request: dict) -> bytes | None:
+        """The request as a unique command for the log, or None (refused, answered)."""
         arguments = {k: v for k, v in request.items() if k != "id" and k != "op"}
         session.sequence += 1
         try:
-            command = command_bytes(session.id, session.sequence, op, arguments)
+            command = command_bytes(session.id, session.sequence, request["op"], arguments)
         except Exception:
             session.answer(_error(rid, ErrorCode.BAD_REQUEST, "arguments cannot be encoded"))
-            return
+            return None
         if len(command) > self.node.settings.paxos.batch_bytes_max:
             session.answer(_error(rid, ErrorCode.TOO_LARGE, "the command exceeds the batch bound"))
-            return
-        addresses = self.client_addresses
+            return None
+        return command
+
+    def _reply(self, rid: int, kind: str, value: object) -> bytes:
+        """The frame answering a command that ended as `kind` with `value`."""
+        if kind == "ok":
+            if isinstance(value, MachineError):
+                reply = _error(rid, value.code, value.message)
+                if value.detail is not None:
+                    reply["detail"] = value.detail
+                return _encode(reply, self.frame_bytes_max)
+            return _encode({"id": rid, "ok": True, "result": value}, self.frame_bytes_max)
+        reply = _error(rid, _FAILURES[kind], kind)
+        leader = self.node.replica.leader_hint
+        if kind == "not leader" and leader in self.client_addresses:
+            host, port = self.client_addresses[leader]
+            reply["leader"] = f"{host}:{port}"
+        return encode_frame(reply)
+
+    def _answer(self, session: _Session, rid: int) -> Callable[[str, object], None]:
+        def done(kind: str, value: object) -> None:
+            session.finish(self._reply(rid, kind, value))
+
+        return done
+
+    async def _claim_waiting(
+        self, session: _Session, rid: int, request: dict, wait_ms: int
+    ) -> None:
+        """A claim that found nothing is proposed again when its topic changes, when a
+        delayed message it set aside falls due, or once more at the end of the wait."""
+        deadline = trio.current_time() + wait_ms / 1000
+        outcome: list[tuple[str, object]] = []
+        applied = trio.Event()
 
         def done(kind: str, value: object) -> None:
-            if kind == "ok":
-                if isinstance(value, MachineError):
-                    reply = _error(rid, value.code, value.message)
-                    if value.detail is not None:
-                        reply["detail"] = value.detail
-                    session.finish(_encode(reply, self.frame_bytes_max))
-                else:
-                    session.finish(
-                        _encode({"id": rid, "ok": True, "result": value}, self.frame_bytes_max)
-                    )
-                return
-            reply = _error(rid, _FAILURES[kind], kind)
-            leader = self.node.replica.leader_hint
-            if kind == "not leader" and leader in addresses:
-                host, port = addresses[leader]
-                reply["leader"] = f"{host}:{port}"
-            session.finish(encode_frame(reply))
+            outcome.append((kind, value))
+            applied.set()
 
-        session.in_flight += 1
-        if not self.node.propose_nowait(command, done):
-            await self.node.propose(command, done)  # the node's inbox is full: wait for room
+        with self._waiter(session, rid) as waiter:
+            while True:
+                # Taken before proposing, so a change applied meanwhile is not missed.
+                changed = self._change_of(request.get("topic"))
+                command = self._command(session, rid, request)
+                if command is None:
+                    session.finish(b"", answered=True)
+                    return
+                outcome.clear()
+                applied = trio.Event()
+                await self.node.propose(command, done)
+                await applied.wait()
+                kind, value = outcome[0]
+                now = trio.current_time()
+                empty = kind == "ok" and isinstance(value, dict) and not value["messages"]
+                if empty and waiter.cancelled:
+                    session.finish(b"", answered=True)  # nobody waits for it any more
+                    return
+                if not empty or now >= deadline:
+                    session.finish(self._reply(rid, kind, value))
+                    return
+                wake = deadline
+                due_ms = value.get("next_due_ms")
+                if due_ms is not None:
+                    wake = min(wake, now + max(0, due_ms - self.node.clock_ms()) / 1000)
+                if not await waiter.wait(changed, wake):
+                    session.finish(b"", answered=True)
+                    return
+
+    async def _read_waiting(self, session: _Session, rid: int, request: dict, wait_ms: int) -> None:
+        """A read at the end of its topic is answered once a message arrives or the wait
+        ends (a live tail's long poll)."""
+        deadline = trio.current_time() + wait_ms / 1000
+        with self._waiter(session, rid) as waiter:
+            while True:
+                changed = self._change_of(request.get("topic"))
+                reply = self._handle(rid, request)
+                result = reply.get("result")
+                if (
+                    not reply["ok"]
+                    or result["messages"]
+                    or result["next"] < result["end"]
+                    or trio.current_time() >= deadline
+                ):
+                    session.finish(_encode(reply, self.frame_bytes_max))
+                    return
+                if not await waiter.wait(changed, deadline):
+                    session.finish(b"", answered=True)
+                    return
+
+    @contextlib.contextmanager
+    def _waiter(self, session: _Session, rid: int):
+        waiter = session.waiters[rid] = _Waiter()
+        self.waiting += 1
+        try:
+            yield waiter
+        finally:
+            self.waiting -= 1
+            session.waiters.pop(rid, None)
+
+    def _cancel(self, session: _Session, rid: int, request: dict) -> None:
+        """`cancel` ends a waiting claim or read of this session: the client gave up on it.
+        A claim being proposed right then still answers if it got messages."""
+        target = request.get("request")
+        waiter = session.waiters.get(target) if type(target) is int else None
+        if waiter is not None:
+            waiter.cancel()
+        session.answer({"id": rid, "ok": True, "result": {"cancelled": waiter is not None}})
 
     def _handle(self, rid: int, request: dict) -> dict:
         """Queries, answered from this node's applied state (a follower's may lag)."""
@@ -265,14 +385,18 @@ class _Session:
         self.wake = trio.Event()  # replies are waiting for the writer
         self._room: trio.Event | None = None  # the reader waits for an append to finish
         self.sent = trio.Event()
+        self.nursery: trio.Nursery | None = None  # where waiting claims and reads run
+        self.waiters: dict[int, _Waiter] = {}  # request id -> a claim or read that waits
 
     def answer(self, reply: dict) -> None:
         self.out.append(_encode(reply, self.frame_bytes_max))
         self.wake.set()
 
-    def finish(self, frame: bytes) -> None:
-        self.out.append(frame)
-        self.wake.set()
+    def finish(self, frame: bytes, answered: bool = False) -> None:
+        """A request counted in flight is over: `frame` answers it (unless `answered`)."""
+        if not answered:
+            self.out.append(frame)
+            self.wake.set()
         self.in_flight -= 1
         if self._room is not None:
             self._room.set()
@@ -287,6 +411,29 @@ class _Session:
         while self.out or self.writing:
             self.sent = trio.Event()
             await self.sent.wait()
+
+
+class _Waiter:
+    """A claim or read held for a message; the client may cancel it."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._scope: trio.CancelScope | None = None
+
+    async def wait(self, event: trio.Event, until: float) -> bool:
+        """Wait for the event or the time; False if cancelled (now or before)."""
+        if self.cancelled:
+            return False
+        with trio.CancelScope(deadline=until) as scope:
+            self._scope = scope
+            await event.wait()
+        self._scope = None
+        return not self.cancelled
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._scope is not None:
+            self._scope.cancel()
 
 
 async def _frames(stream: trio.SocketStream, decoder: FrameDecoder):

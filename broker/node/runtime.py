@@ -153,6 +153,9 @@ class Node:
         self._now_ms = 0
         self._stamped_ms = 0
         self._stamp_seq = random.getrandbits(32)  # time entries are unique across restarts
+        #: called after each round of applied slots with the names of the topics where
+        #: something became readable or claimable (None: anything may have changed)
+        self.on_applied: Callable[[set[str] | None], None] | None = None
         self.turns = 0
         self.syncs = 0
         self.ticks_skipped = 0
@@ -341,6 +344,9 @@ class Node:
                     if on_done is not None:
                         on_done("ok", result)
         machine.flush()
+        if ready.committed and self.on_applied is not None:
+            take = getattr(machine, "take_changed", None)
+            self.on_applied(take() if take is not None else None)
         for command in ready.dropped:
             on_done = self._waiting.pop(command, None)
             if on_done is not None:
@@ -437,9 +443,15 @@ class Node:
         self._snapshot_at = slot
         self.replica.install_snapshot(slot)
         self.snapshots_installed += 1
+        if self.on_applied is not None:
+            self.on_applied(None)
         log.info("installed the snapshot up to slot %d from node %d", slot, received.src)
 
     # ------------------------------------------------------------------------------- views
+
+    def clock_ms(self) -> int:
+        """This node's wall clock, the one it stamps the log with as leader."""
+        return self._clock_ms()
 
     def status(self) -> dict:
         r = self.replica

@@ -8,7 +8,8 @@ its promises.
 - **fencing**: ack, nack and extend succeed only with the current, unexpired token, and are
   refused (LEASE_LOST) only when the token really is stale;
 - **no redelivery after an ack**, deliveries counted one by one, never above `max_deliveries`;
-- **idempotent producers**: a retried (producer, seq) gets the original result;
+- **idempotent producers**: a retried (producer, seq) gets the original result (publishes,
+  and the acks, nacks and extends that carry one), never a second effect nor a refusal;
 - at the end (`check_drained`): every message published to a queue or subscription was
   acknowledged or dead-lettered, and each dead letter after exactly `max_deliveries`.
 """
@@ -79,6 +80,13 @@ class QueueOracle:
             self.now = max(self.now, args["ms"])
             return
         if isinstance(result, MachineError):
+            producer = args.get("producer")
+            if producer is not None and (args["topic"], producer, args["seq"]) in self.producers:
+                raise Violation(
+                    "idempotence",
+                    f"slot {slot}: a resend of {op} {(args['topic'], producer, args['seq'])}, "
+                    f"applied before, was refused ({result!r}) instead of answered",
+                )
             if result.code == ErrorCode.LEASE_LOST:
                 self._check_refusal(slot, args, result)
             return
@@ -89,24 +97,32 @@ class QueueOracle:
     def _sub(self, args: dict) -> str:
         return args.get("subscription") or ""
 
-    def _publish(self, slot: int, args: dict, result: dict) -> None:
+    def _once(self, slot: int, args: dict, result: dict) -> bool:
+        """Checks a sequenced command's result: True for a resend answered with the first
+        one's result (it changed nothing)."""
         producer = args.get("producer")
-        if producer is not None:
-            key = (args["topic"], producer, args["seq"])
-            plain = {k: v for k, v in result.items() if k != "duplicate"}
-            earlier = self.producers.get(key)
-            if result.get("duplicate"):
-                if earlier != plain:
-                    raise Violation(
-                        "idempotence",
-                        f"slot {slot}: retry of {key} answered {plain}, the original was {earlier}",
-                    )
-                return
-            if earlier is not None:
+        if producer is None:
+            return False
+        key = (args["topic"], producer, args["seq"])
+        plain = {k: v for k, v in result.items() if k != "duplicate"}
+        earlier = self.producers.get(key)
+        if result.get("duplicate"):
+            if earlier != plain:
                 raise Violation(
-                    "idempotence", f"slot {slot}: {key} appended twice ({earlier}, then {plain})"
+                    "idempotence",
+                    f"slot {slot}: retry of {key} answered {plain}, the original was {earlier}",
                 )
-            self.producers[key] = plain
+            return True
+        if earlier is not None:
+            raise Violation(
+                "idempotence", f"slot {slot}: {key} applied twice ({earlier}, then {plain})"
+            )
+        self.producers[key] = plain
+        return False
+
+    def _publish(self, slot: int, args: dict, result: dict) -> None:
+        if self._once(slot, args, result):
+            return
         topic = args["topic"]
         first, count = result["offset"], result["count"]
         expected = self.next_offset.get(topic, 0)
@@ -198,15 +214,21 @@ class QueueOracle:
         return keys
 
     def _ack(self, slot: int, args: dict, result: dict) -> None:
+        if self._once(slot, args, result):
+            return
         for key in self._held(slot, "ack", args):
             del self.leases[key]
             self.acked.add(key)
 
     def _nack(self, slot: int, args: dict, result: dict) -> None:
+        if self._once(slot, args, result):
+            return
         for key in self._held(slot, "nack", args):
             del self.leases[key]
 
     def _extend(self, slot: int, args: dict, result: dict) -> None:
+        if self._once(slot, args, result):
+            return
         for key in self._held(slot, "extend", args):
             self.leases[key] = (self.leases[key][0], result["deadline_ms"])
 

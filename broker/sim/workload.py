@@ -4,7 +4,8 @@ queue ("q"), one topic ("t") with two subscriptions, and their dead-letter queue
 Consumers ack, nack (with and without a delay), extend, sit on a lease past its deadline and
 then ack anyway (a slow worker: the machine must refuse it), or forget what they hold (a
 worker that dies). Producers are idempotent: a publish whose outcome is unknown is sent again
-as a new command with the same producer sequence.
+as a new command with the same producer sequence; so is an ack, nack or extend that carries
+one (half of them do, as the client library's do).
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ class Consumer:
     produced: int = 0
     #: leases it holds: (topic, subscription or None, offset, token, deadline)
     held: list[tuple[str, str | None, int, int, int]] = field(default_factory=list)
-    retry: list[dict] = field(default_factory=list)  # publishes whose outcome is unknown
+    #: sequenced commands whose outcome is unknown, to send again
+    retry: list[tuple[str, dict]] = field(default_factory=list)
+    settles: int = 0  # the sequence of its sequenced acks, nacks and extends
 
     def next(self, rng: Random, workload: Workload, draining: bool) -> tuple[str, dict]:
         if self.setup:
@@ -82,7 +85,7 @@ class Consumer:
         if draining:
             return self._drain(rng)
         if self.retry:
-            return "publish", self.retry.pop(0)
+            return self.retry.pop(0)
         r = rng.random()
         if r < 0.25:
             return "publish", self._message(rng, QUEUE)
@@ -142,6 +145,14 @@ class Consumer:
         return args
 
     def _settle(self, rng: Random, workload: Workload) -> tuple[str, dict]:
+        op, args = self._settle_op(rng, workload)
+        if rng.random() < 0.5:
+            self.settles += 1
+            args["producer"] = f"w{self.client}"
+            args["seq"] = self.settles
+        return op, args
+
+    def _settle_op(self, rng: Random, workload: Workload) -> tuple[str, dict]:
         index = rng.randrange(len(self.held))
         topic, sub, offset, token, _deadline = self.held[index]
         leases = [[offset, token]]
@@ -167,8 +178,8 @@ class Consumer:
                 self.held.append((args["topic"], sub, m["offset"], m["token"], m["deadline_ms"]))
 
     def on_unknown(self, op: str, args: dict) -> None:
-        if op == "publish":
-            self.retry.append(args)
+        if "seq" in args:
+            self.retry.append((op, args))
         elif op in ("create", "subscribe"):
             self.setup.append((op, args))
 

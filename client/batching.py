@@ -1,0 +1,137 @@
+"""Sharing requests: a batcher gathers what concurrent callers submit into one request, and a
+sequencer hands out a producer's sequence numbers without outrunning the machine's window."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+Item = TypeVar("Item")
+
+
+class Job(Generic[Item]):
+    """One submitted item and, once its batch is answered, its result or error."""
+
+    __slots__ = ("done", "error", "item", "result", "size")
+
+    def __init__(self, item: Item, size: int) -> None:
+        self.item = item
+        self.size = size
+        self.done = anyio.Event()
+        self.result: object = None
+        self.error: BaseException | None = None
+
+    def finish(self, result: object = None, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+class Batcher(Generic[Item]):
+    """Items submitted while `in_flight_max` batches are out (or during `linger_s`) go
+    together in the next one, up to `items_max` and `bytes_max` (a batch always takes one).
+    `send(jobs)` must finish every job it is given. At most `queued_max` items wait: past
+    that, submitters wait for room (backpressure)."""
+
+    def __init__(
+        self,
+        task_group: TaskGroup,
+        send: Callable[[list[Job[Item]]], Awaitable[None]],
+        *,
+        items_max: int,
+        bytes_max: int,
+        linger_s: float = 0.0,
+        in_flight_max: int = 4,
+        queued_max: int = 10_000,
+    ) -> None:
+        if items_max < 1 or bytes_max < 1 or in_flight_max < 1 or queued_max < 1:
+            raise ValueError("batch bounds must be positive")
+        self._group = task_group
+        self._send = send
+        self.items_max = items_max
+        self.bytes_max = bytes_max
+        self.linger_s = linger_s
+        self._slots = anyio.Semaphore(in_flight_max)
+        self._room = anyio.Semaphore(queued_max)
+        self._queue: deque[Job[Item]] = deque()
+        self._queued_bytes = 0
+        self._wake = anyio.Event()
+        self._running = False
+
+    async def submit(self, item: Item, size: int) -> object:
+        await self._room.acquire()
+        job = Job(item, size)
+        self._queue.append(job)
+        self._queued_bytes += size
+        self._wake.set()
+        if not self._running:
+            self._running = True
+            self._group.start_soon(self._run)
+        await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    async def _run(self) -> None:
+        queue = self._queue
+        while True:
+            while not queue:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+            if self.linger_s:
+                with anyio.move_on_after(self.linger_s):
+                    while len(queue) < self.items_max and self._queued_bytes < self.bytes_max:
+                        self._wake = anyio.Event()
+                        await self._wake.wait()
+            await self._slots.acquire()  # while every slot is out, more items gather
+            batch: list[Job[Item]] = []
+            size = 0
+            while queue and len(batch) < self.items_max:
+                if batch and size + queue[0].size > self.bytes_max:
+                    break
+                job = queue.popleft()
+                size += job.size
+                batch.append(job)
+                self._room.release()
+            self._queued_bytes -= size
+            self._group.start_soon(self._deliver, batch)
+
+    async def _deliver(self, batch: list[Job[Item]]) -> None:
+        try:
+            await self._send(batch)
+        except Exception as error:
+            for job in batch:
+                job.finish(error=error)
+        finally:
+            self._slots.release()
+            for job in batch:  # a send that forgot a job must not leave its caller hanging
+                job.finish(error=RuntimeError("the batch ended without an answer"))
+
+
+class Sequencer:
+    """A producer's sequence numbers on one topic. A number is taken only while fewer than
+    `window` below it are still unanswered: the machine remembers the last `window` results,
+    so every retry of an unanswered one still finds its answer (or that it never ran)."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.next = 0
+        self._out: set[int] = set()
+        self._changed = anyio.Event()
+
+    async def take(self) -> int:
+        while self._out and self.next - min(self._out) >= self.window:
+            await self._changed.wait()
+        seq = self.next
+        self.next += 1
+        self._out.add(seq)
+        return seq
+
+    def release(self, seq: int) -> None:
+        self._out.discard(seq)
+        self._changed.set()
+        self._changed = anyio.Event()

@@ -1,0 +1,717 @@
+"""The async client: one object per application that talks to a whole cluster.
+
+    async with Client(["127.0.0.1:7411", "127.0.0.1:7412", "127.0.0.1:7413"]) as client:
+        await client.create_queue("jobs")
+        await client.publish("jobs", b"hello")
+        async with client.consume("jobs") as deliveries:
+            async for delivery in deliveries:
+                ...
+                await delivery.ack()
+
+It finds the leader (a follower's NOT_LEADER names it), keeps a connection per node it uses,
+and retries with exponential backoff and jitter across leader changes until the request's
+deadline. Retries never duplicate: publishes, acks, nacks and extends carry this client's
+producer id and a per-topic sequence, and the machine answers a resend with the first
+result. Concurrent publishes to a topic share requests (the batching publisher), as do acks
+to a subscription.
+
+Runs on anyio: trio programs use it natively, asyncio programs just the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import random
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .batching import Batcher, Job, Sequencer
+from .connection import Address, Connection, ConnectionLost, format_address, parse_address
+from .errors import (
+    BadRequest,
+    LeaseLost,
+    NotLeader,
+    Overloaded,
+    PaxqError,
+    SubscriptionExists,
+    TooLarge,
+    TopicExists,
+    Unavailable,
+    UnknownOutcome,
+    UnknownSubscription,
+    UnknownTopic,
+    error_from_reply,
+)
+from .messages import Delivery, Headers, Message
+from .wire import FRAME_BYTES_MAX
+from .wire.protocol import COMMANDS, LEASES_MAX, PRODUCER_WINDOW, PUBLISH_MESSAGES_MAX
+
+if TYPE_CHECKING:
+    from .consumer import Consumer
+    from .tail import Tail
+
+#: addresses learned from leader hints are added to the seeds, up to this many in all
+_ADDRESSES_MAX = 64
+
+
+class Retry(enum.Enum):
+    """What a resend of a command whose first attempt may have been applied means."""
+
+    ANSWERED = "answered"  # the machine answers a resend with the first result (sequenced)
+    HARMLESS = "harmless"  # applying it twice does no harm (a claim: unacked leases expire)
+    EXISTS = "exists"  # create, subscribe: "exists" after a resend means the first one did it
+    GONE = "gone"  # delete, unsubscribe: "unknown" after a resend means the first one did it
+    NEVER = "never"  # purge: an unknown outcome is reported, not resent
+
+
+class Client:
+    """A connection to a paxq cluster. Use it as an async context manager.
+
+    `seeds`: client addresses of some or all nodes ("host:port" or (host, port)).
+    `request_timeout_s`: how long one call keeps trying (leader changes included) before
+    raising Unavailable (or UnknownOutcome for a command that may have been applied).
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[str | Address] | str,
+        *,
+        request_timeout_s: float = 30.0,
+        connect_timeout_s: float = 3.0,
+        backoff_initial_s: float = 0.02,
+        backoff_max_s: float = 1.0,
+        publish_linger_s: float = 0.0,
+        publish_batch_messages: int = 500,
+        publish_batch_bytes: int = 192 << 10,
+        publish_in_flight: int = 8,
+        frame_bytes_max: int = FRAME_BYTES_MAX,
+        producer_id: str | None = None,
+    ) -> None:
+        if isinstance(seeds, str):
+            seeds = [part for part in seeds.split(",") if part.strip()]
+        self._addresses: list[Address] = [
+            parse_address(seed) if isinstance(seed, str) else (seed[0], int(seed[1]))
+            for seed in seeds
+        ]
+        if not self._addresses:
+            raise ValueError("give at least one node address")
+        if not 0 < publish_batch_messages <= PUBLISH_MESSAGES_MAX:
+            raise ValueError(f"publish_batch_messages is 1 to {PUBLISH_MESSAGES_MAX}")
+        self.request_timeout_s = request_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.publish_linger_s = publish_linger_s
+        self.publish_batch_messages = publish_batch_messages
+        self.publish_batch_bytes = publish_batch_bytes
+        self.publish_in_flight = min(publish_in_flight, PRODUCER_WINDOW)
+        self.frame_bytes_max = frame_bytes_max
+        #: names this client's sends: a retried send with the same id and sequence is
+        #: answered, not applied again. Random per client, so a restart cannot collide.
+        self.producer_id = producer_id or os.urandom(12).hex()
+        self._connections: dict[Address, Connection] = {}
+        self._connecting: dict[Address, anyio.Lock] = {}
+        self._leader: Address | None = None
+        self._turn = 0  # round robin over addresses while no leader is known
+        self._sequencers: dict[str, Sequencer] = {}
+        self._publishers: dict[str, Batcher] = {}
+        self._ackers: dict[tuple[str, str | None], Batcher] = {}
+        self._group: TaskGroup | None = None
+        self._stack: AsyncExitStack | None = None
+        self.retries = 0  # requests sent again (a leader change, a lost connection, ...)
+
+    # ---------------------------------------------------------------------------- lifetime
+
+    async def __aenter__(self) -> Client:
+        stack = AsyncExitStack()
+        self._group = await stack.enter_async_context(anyio.create_task_group())
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        await self.aclose()
+        return None
+
+    async def aclose(self) -> None:
+        """Close every connection; calls still waiting fail."""
+        if self._stack is None:
+            return
+        stack, self._stack = self._stack, None
+        for connection in list(self._connections.values()):
+            await connection.aclose()
+        self._connections.clear()
+        if self._group is not None:
+            self._group.cancel_scope.cancel()
+        await stack.aclose()
+
+    @property
+    def task_group(self) -> TaskGroup:
+        if self._group is None:
+            raise RuntimeError("use the client inside `async with`")
+        return self._group
+
+    @property
+    def leader(self) -> str | None:
+        """The client address of the node this client takes for the leader, if any."""
+        return None if self._leader is None else format_address(self._leader)
+
+    # ------------------------------------------------------------------------- connections
+
+    async def _connect(self, address: Address, timeout_s: float) -> Connection:
+        connection = self._connections.get(address)
+        if connection is not None and not connection.closed:
+            return connection
+        lock = self._connecting.setdefault(address, anyio.Lock())
+        async with lock:  # one attempt per address at a time; the others share its result
+            connection = self._connections.get(address)
+            if connection is None or connection.closed:
+                connection = await Connection.open(
+                    address,
+                    self.task_group,
+                    timeout_s=timeout_s,
+                    frame_bytes_max=self.frame_bytes_max,
+                )
+                connection.on_orphan = self._orphan
+                self._connections[address] = connection
+            return connection
+
+    def _orphan(self, op: str, fields: dict, reply: dict) -> None:
+        """A claim answered after its caller gave up: give its messages back at once
+        rather than leave them leased to nobody until the lease ends."""
+        result = reply.get("result")
+        if op != "claim" or reply.get("ok") is not True or not isinstance(result, dict):
+            return
+        leases = [[m["offset"], m["token"]] for m in result.get("messages", ())]
+        if not leases or self._group is None:
+            return
+        back = {"leases": leases, "delay_ms": 0}
+        if "subscription" in fields:
+            back["subscription"] = fields["subscription"]
+
+        async def give_back() -> None:
+            with contextlib.suppress(PaxqError):
+                await self._sequenced("nack", fields["topic"], back)
+
+        self._group.start_soon(give_back)
+
+    async def _connection(self, command: bool, timeout_s: float) -> Connection:
+        """The leader's connection if it is known; else, for a query, any open one; else the
+        next address in turn (a follower's answer to a command names the leader)."""
+        if self._leader is not None:
+            return await self._connect(self._leader, timeout_s)
+        if not command:
+            for connection in self._connections.values():
+                if not connection.closed:
+                    return connection
+        address = self._addresses[self._turn % len(self._addresses)]
+        self._turn += 1
+        return await self._connect(address, timeout_s)
+
+    def _lost(self, address: Address) -> None:
+        if self._leader == address:
+            self._leader = None
+        self._turn += 1  # the next attempt without a leader goes elsewhere
+
+    def _follow(self, connection: Connection, hint: object) -> bool:
+        """A NOT_LEADER answer: take its hint. True if it names a node to try right away."""
+        leader = None
+        if type(hint) is str:
+            try:
+                leader = parse_address(hint)
+            except ValueError:
+                leader = None
+        if leader is None or leader == connection.address:
+            self._lost(connection.address)
+            return False
+        if leader not in self._addresses and len(self._addresses) < _ADDRESSES_MAX:
+            self._addresses.append(leader)
+        self._leader = leader
+        return True
+
+    # ----------------------------------------------------------------------------- requests
+
+    async def request(
+        self,
+        op: str,
+        fields: dict,
+        *,
+        retry: Retry = Retry.HARMLESS,
+        wait_s: float = 0.0,
+        timeout_s: float | None = None,
+    ) -> object:
+        """Send one operation to the cluster and return its result, retrying across leader
+        changes, lost connections and overload until the deadline. `wait_s` (claim and read)
+        lets the node hold the request until a message arrives; the deadline counts it."""
+        start = anyio.current_time()
+        wait_until = start + wait_s
+        deadline = wait_until + (self.request_timeout_s if timeout_s is None else timeout_s)
+        command = op in COMMANDS
+        sent = False  # a command that may have been applied: its resend may meet itself
+        last: object = None
+        delay = self.backoff_initial_s
+        redirects = 0
+        while True:
+            now = anyio.current_time()
+            if now >= deadline:
+                break
+            if wait_s:
+                fields["wait_ms"] = max(0, int((wait_until - now) * 1000))
+            pause = True
+            try:
+                connection = await self._connection(
+                    command, min(self.connect_timeout_s, deadline - now)
+                )
+            except (OSError, TimeoutError, PaxqError) as error:
+                last = error
+                if self._leader is not None:
+                    self._lost(self._leader)
+            else:
+                try:
+                    with anyio.fail_after(max(0.001, deadline - anyio.current_time())):
+                        reply = await connection.request(op, fields)
+                except (ConnectionLost, TimeoutError) as error:
+                    last = error
+                    self._lost(connection.address)
+                    if command:
+                        if retry is Retry.NEVER:
+                            raise UnknownOutcome(
+                                f"{op}: lost {format_address(connection.address)} after "
+                                f"sending ({error}); it may or may not have been applied"
+                            ) from error
+                        sent = True
+                else:
+                    if reply.get("ok") is True:
+                        return reply.get("result", reply.get("status"))
+                    error = error_from_reply(reply)
+                    last = error
+                    if isinstance(error, NotLeader):
+                        if self._follow(connection, reply.get("leader")) and redirects < 3:
+                            redirects += 1
+                            pause = False  # straight to the leader it named
+                    elif isinstance(error, UnknownOutcome):
+                        if retry is Retry.NEVER:
+                            raise error
+                        sent = True
+                    elif not isinstance(error, Overloaded):
+                        if (
+                            sent
+                            and retry is Retry.EXISTS
+                            and isinstance(error, (TopicExists, SubscriptionExists))
+                        ):
+                            return {"existed": True}
+                        if (
+                            sent
+                            and retry is Retry.GONE
+                            and isinstance(error, (UnknownTopic, UnknownSubscription))
+                        ):
+                            return {"gone": True}
+                        raise error
+            self.retries += 1
+            if pause:
+                redirects = 0
+                remaining = deadline - anyio.current_time()
+                await anyio.sleep(max(0.0, min(remaining, delay * random.uniform(0.5, 1.0))))
+                delay = min(self.backoff_max_s, delay * 2)
+        what = f"{op}: no answer from the cluster within {deadline - start:.1f}s (last: {last})"
+        if command and sent and retry is not Retry.HARMLESS:
+            raise UnknownOutcome(what + "; it may or may not have been applied")
+        raise Unavailable(what)
+
+    async def _sequenced(self, op: str, topic: str, fields: dict) -> object:
+        """A command that carries this client's producer id and its next sequence on the
+        topic, so that resending it is harmless."""
+        sequencer = self._sequencers.get(topic)
+        if sequencer is None:
+            sequencer = self._sequencers[topic] = Sequencer(PRODUCER_WINDOW)
+        seq = await sequencer.take()
+        try:
+            fields = {**fields, "topic": topic, "producer": self.producer_id, "seq": seq}
+            return await self.request(op, fields, retry=Retry.ANSWERED)
+        finally:
+            sequencer.release(seq)
+
+    # -------------------------------------------------------------------------------- admin
+
+    async def create_topic(self, topic: str, *, exist_ok: bool = False, **retention: int) -> bool:
+        """A topic (a retained, totally ordered log). Retention: max_messages, max_bytes,
+        max_age_ms. True if it was created, False if it existed (with exist_ok)."""
+        return await self._create(topic, "topic", exist_ok, retention)
+
+    async def create_queue(self, queue: str, *, exist_ok: bool = False, **options: object) -> bool:
+        """A work queue. Options: max_messages, max_bytes (it refuses publishes past them:
+        QueueFull), max_deliveries, dead_letter, key_ordered, backoff_base_ms,
+        backoff_max_ms."""
+        return await self._create(queue, "queue", exist_ok, options)
+
+    async def _create(self, topic: str, kind: str, exist_ok: bool, options: dict) -> bool:
+        try:
+            result = await self.request(
+                "create", {"topic": topic, "kind": kind, **options}, retry=Retry.EXISTS
+            )
+        except TopicExists:
+            if exist_ok:
+                return False
+            raise
+        return not (isinstance(result, dict) and result.get("existed"))
+
+    async def delete(self, topic: str) -> None:
+        """Delete a topic or queue with everything it holds."""
+        await self.request("delete", {"topic": topic}, retry=Retry.GONE)
+
+    async def subscribe(
+        self,
+        topic: str,
+        subscription: str,
+        *,
+        start: str | int = "latest",
+        exist_ok: bool = False,
+        **options: object,
+    ) -> bool:
+        """A durable subscription on a topic, from "earliest", "latest" or an offset. Its
+        consumers share its messages (claim). Options as for create_queue."""
+        try:
+            result = await self.request(
+                "subscribe",
+                {"topic": topic, "subscription": subscription, "start": start, **options},
+                retry=Retry.EXISTS,
+            )
+        except SubscriptionExists:
+            if exist_ok:
+                return False
+            raise
+        return not (isinstance(result, dict) and result.get("existed"))
+
+    async def unsubscribe(self, topic: str, subscription: str) -> None:
+        await self.request(
+            "unsubscribe", {"topic": topic, "subscription": subscription}, retry=Retry.GONE
+        )
+
+    async def purge(self, topic: str, subscription: str | None = None) -> int:
+        """Drop every message of a topic or queue (or mark all done for one subscription);
+        returns how many. Not retried once sent: it reports UnknownOutcome instead."""
+        fields: dict = {"topic": topic}
+        if subscription is not None:
+            fields["subscription"] = subscription
+        result = await self.request("purge", fields, retry=Retry.NEVER)
+        return result["purged"]  # type: ignore[index]
+
+    async def topics(self) -> list[dict]:
+        """Every topic and queue: name, kind, first and next offset."""
+        return await self.request("list", {})  # type: ignore[return-value]
+
+    async def describe(self, topic: str) -> dict:
+        """A topic's offsets, retention and, per subscription: depth, in flight, delayed,
+        dead-lettered, oldest unacked age."""
+        return await self.request("describe", {"topic": topic})  # type: ignore[return-value]
+
+    async def status(self) -> dict:
+        """The status of the node this client talks to (the leader if known)."""
+        return await self.request("status", {})  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------------------ publish
+
+    async def publish(
+        self,
+        topic: str,
+        body: bytes | str,
+        *,
+        key: bytes | str | None = None,
+        headers: Headers | None = None,
+        delay_s: float | None = None,
+    ) -> int:
+        """Append one message; returns its offset once it is committed. Concurrent calls
+        share requests. A delayed message is not delivered to claims before `delay_s`."""
+        message = _message(body, key, headers, delay_s)
+        batcher = self._publishers.get(topic)
+        if batcher is None:
+            batcher = self._publishers[topic] = Batcher(
+                self.task_group,
+                lambda jobs: self._publish_jobs(topic, jobs),
+                items_max=self.publish_batch_messages,
+                bytes_max=self.publish_batch_bytes,
+                linger_s=self.publish_linger_s,
+                in_flight_max=self.publish_in_flight,
+            )
+        return await batcher.submit(message, _size(message))  # type: ignore[return-value]
+
+    async def publish_many(self, topic: str, messages: Iterable[bytes | str | dict]) -> list[int]:
+        """Append messages in order (bodies, or maps with body, key, headers, delay_s);
+        returns their offsets. Sent in requests of at most publish_batch_messages and
+        publish_batch_bytes, in order, each one atomic."""
+        ready = [
+            _message(m.get("body", b""), m.get("key"), m.get("headers"), m.get("delay_s"))
+            if isinstance(m, dict)
+            else _message(m, None, None, None)
+            for m in messages
+        ]
+        offsets: list[int] = []
+        chunk: list[dict] = []
+        size = 0
+        for message in ready:
+            message_size = _size(message)
+            if chunk and (
+                len(chunk) >= self.publish_batch_messages
+                or size + message_size > self.publish_batch_bytes
+            ):
+                offsets.extend(await self._publish_chunk(topic, chunk))
+                chunk, size = [], 0
+            chunk.append(message)
+            size += message_size
+        if chunk:
+            offsets.extend(await self._publish_chunk(topic, chunk))
+        return offsets
+
+    async def _publish_chunk(self, topic: str, messages: list[dict]) -> list[int]:
+        result = await self._sequenced("publish", topic, {"messages": messages})
+        first = result["offset"]  # type: ignore[index]
+        return list(range(first, first + len(messages)))
+
+    async def _publish_jobs(self, topic: str, jobs: list[Job]) -> None:
+        try:
+            offsets = await self._publish_chunk(topic, [job.item for job in jobs])
+        except (BadRequest, TooLarge):
+            if len(jobs) == 1:
+                raise
+            # One caller's bad message must not fail the others sharing its request.
+            for job in jobs:
+                try:
+                    job.finish((await self._publish_chunk(topic, [job.item]))[0])
+                except PaxqError as error:
+                    job.finish(error=error)
+            return
+        for job, offset in zip(jobs, offsets, strict=True):
+            job.finish(offset)
+
+    # ------------------------------------------------------------------------------- claims
+
+    async def claim(
+        self,
+        topic: str,
+        subscription: str | None = None,
+        *,
+        max: int = 1,
+        lease_s: float = 30.0,
+        wait_s: float = 0.0,
+        max_bytes: int | None = None,
+        consumer: str = "",
+    ) -> list[Delivery]:
+        """Lease up to `max` messages of a queue (or of a subscription of a topic) for
+        `lease_s`. With `wait_s`, the node holds the request until a message is there or
+        the time is up (then: an empty list)."""
+        fields: dict = {"topic": topic, "max": max, "lease_ms": _ms(lease_s)}
+        if subscription is not None:
+            fields["subscription"] = subscription
+        if max_bytes is not None:
+            fields["max_bytes"] = max_bytes
+        if consumer:
+            fields["consumer"] = consumer
+        result = await self.request("claim", fields, retry=Retry.HARMLESS, wait_s=wait_s)
+        return [
+            Delivery(
+                topic=topic,
+                subscription=subscription,
+                offset=m["offset"],
+                body=m["body"],
+                key=m["key"],
+                headers=m["headers"],
+                deliveries=m["deliveries"],
+                token=m["token"],
+                deadline_ms=m["deadline_ms"],
+                published_ms=m["published_ms"],
+                _client=self,
+            )
+            for m in result["messages"]  # type: ignore[index]
+        ]
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Done with these (of one topic and subscription); concurrent acks share requests.
+        Raises LeaseLost (with the offsets) if any lease is gone: the others are acked."""
+        if not deliveries:
+            return
+        first = deliveries[0]
+        key = (first.topic, first.subscription)
+        batcher = self._ackers.get(key)
+        if batcher is None:
+            batcher = self._ackers[key] = Batcher(
+                self.task_group,
+                lambda jobs: self._ack_jobs(key, jobs),
+                items_max=LEASES_MAX,
+                bytes_max=LEASES_MAX,
+                in_flight_max=4,
+            )
+        try:
+            outcomes = await _gather([lambda d=d: batcher.submit(d, 1) for d in deliveries])
+        finally:
+            for delivery in deliveries:
+                delivery.settle()
+        for error in outcomes:
+            if error is not None and not isinstance(error, LeaseLost):
+                raise error
+        lost = [d.offset for d, error in zip(deliveries, outcomes, strict=True) if error]
+        if lost:
+            raise LeaseLost(f"{len(lost)} of {len(deliveries)} leases are no longer held", lost)
+
+    async def _ack_jobs(self, key: tuple[str, str | None], jobs: list[Job]) -> None:
+        topic, subscription = key
+        while jobs:
+            fields: dict = {"leases": [job.item.lease for job in jobs]}
+            if subscription is not None:
+                fields["subscription"] = subscription
+            try:
+                await self._sequenced("ack", topic, fields)
+            except LeaseLost as error:
+                lost = set(error.offsets)
+                for job in jobs:
+                    if job.item.offset in lost:
+                        job.finish(error=LeaseLost(error.message, [job.item.offset]))
+                remaining = [job for job in jobs if job.item.offset not in lost]
+                if len(remaining) == len(jobs):
+                    raise
+                jobs = remaining  # nothing was acked: the rest go again
+                continue
+            for job in jobs:
+                job.finish(True)
+            return
+
+    async def nack(self, deliveries: Sequence[Delivery], *, delay_s: float | None = None) -> int:
+        """Give these back for redelivery after `delay_s` (or the backoff by delivery
+        count). Returns how many went to the dead letters instead."""
+        if not deliveries:
+            return 0
+        fields = _lease_fields(deliveries)
+        if delay_s is not None:
+            fields["delay_ms"] = _ms(delay_s)
+        try:
+            result = await self._sequenced("nack", deliveries[0].topic, fields)
+        finally:
+            for delivery in deliveries:
+                delivery.settle()
+        return result["dead_lettered"]  # type: ignore[index]
+
+    async def extend(self, deliveries: Sequence[Delivery], *, lease_s: float) -> int:
+        """Hold these `lease_s` longer from now; returns the new deadline (stamped ms)."""
+        if not deliveries:
+            return 0
+        fields = {**_lease_fields(deliveries), "lease_ms": _ms(lease_s)}
+        result = await self._sequenced("extend", deliveries[0].topic, fields)
+        deadline = result["deadline_ms"]  # type: ignore[index]
+        for delivery in deliveries:
+            delivery.deadline_ms = deadline
+        return deadline
+
+    # ------------------------------------------------------------------------------ readers
+
+    def consume(
+        self,
+        topic: str,
+        subscription: str | None = None,
+        *,
+        prefetch: int = 16,
+        lease_s: float = 30.0,
+        wait_s: float = 10.0,
+        consumer: str = "",
+    ) -> Consumer:
+        """Deliveries of a queue or shared subscription, with leases kept extended while the
+        handler works. `async with client.consume(...) as deliveries: async for d in ...`."""
+        from .consumer import Consumer
+
+        return Consumer(
+            self,
+            topic,
+            subscription,
+            prefetch=prefetch,
+            lease_s=lease_s,
+            wait_s=wait_s,
+            consumer=consumer,
+        )
+
+    def tail(
+        self, topic: str, start: str | int = "latest", *, wait_s: float = 10.0, batch: int = 500
+    ) -> Tail:
+        """A live tail: every message of the topic from `start` ("earliest", "latest" or an
+        offset) on, in order, as they come; no state on the server. After a reconnect it
+        resumes at the next offset: no gap, no duplicate (`position` says where it is)."""
+        from .tail import Tail
+
+        return Tail(self, topic, start, wait_s=wait_s, batch=batch)
+
+    async def read(
+        self, topic: str, start: int = 0, *, limit: int = 100, wait_s: float = 0.0
+    ) -> tuple[list[Message], int]:
+        """Retained messages from offset `start`, and the offset to read from next."""
+        result = await self.request(
+            "read", {"topic": topic, "from": start, "limit": limit}, wait_s=wait_s
+        )
+        messages = [
+            Message(topic, m["offset"], m["body"], m["key"], m["headers"])
+            for m in result["messages"]  # type: ignore[index]
+        ]
+        return messages, result["next"]  # type: ignore[index]
+
+
+def _message(
+    body: bytes | str,
+    key: bytes | str | None,
+    headers: Headers | None,
+    delay_s: float | None,
+) -> dict:
+    message: dict = {"body": body.encode() if isinstance(body, str) else body}
+    if not isinstance(message["body"], bytes):
+        raise TypeError("a message body is bytes or str")
+    if key is not None:
+        message["key"] = key.encode() if isinstance(key, str) else key
+    if headers:
+        message["headers"] = headers
+    if delay_s:
+        message["delay_ms"] = _ms(delay_s)
+    return message
+
+
+def _size(message: dict) -> int:
+    headers = message.get("headers") or ()
+    return len(message["body"]) + len(message.get("key") or b"") + 32 * len(headers)
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
+
+
+def _lease_fields(deliveries: Sequence[Delivery]) -> dict:
+    first = deliveries[0]
+    if any((d.topic, d.subscription) != (first.topic, first.subscription) for d in deliveries):
+        raise ValueError("deliveries of one topic and subscription at a time")
+    fields: dict = {"leases": [d.lease for d in deliveries]}
+    if first.subscription is not None:
+        fields["subscription"] = first.subscription
+    return fields
+
+
+async def _gather(calls: list[Callable]) -> list[BaseException | None]:
+    """Run the calls concurrently; each one's PaxqError (or None)."""
+    errors: list[BaseException | None] = [None] * len(calls)
+
+    async def one(i: int) -> None:
+        try:
+            await calls[i]()
+        except PaxqError as error:
+            errors[i] = error
+
+    if len(calls) == 1:
+        await one(0)
+        return errors
+    async with anyio.create_task_group() as group:
+        for i in range(len(calls)):
+            group.start_soon(one, i)
+    return errors

@@ -1,0 +1,249 @@
+"""One connection to one node: the hello, then any number of requests in flight, matched to
+their replies by id (replies come back in the order they complete, not the order sent).
+
+Written on anyio, so it runs under trio and under asyncio alike.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+from anyio.abc import ByteStream, TaskGroup
+
+from .errors import PaxqError, UnsupportedVersion, error_from_reply
+from .wire import FRAME_BYTES_MAX, FrameDecoder, WireError, encode_frame
+from .wire.protocol import HELLO
+
+Address = tuple[str, int]
+
+
+def parse_address(text: str) -> Address:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"expected host:port, got {text!r}")
+    return host, int(port)
+
+
+def format_address(address: Address) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+class ConnectionLost(Exception):
+    """The connection broke (or was closed) before the reply came: a command sent on it may
+    or may not have been applied."""
+
+
+class _Pending:
+    __slots__ = ("done", "reply")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.reply: dict | None = None
+
+
+#: claims given up on, remembered per connection until their replies come
+_ABANDONED_MAX = 1024
+#: the most bytes read from the socket at once
+_READ_BYTES = 1 << 16
+#: errors that mean the connection is gone
+_BROKEN = (
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    OSError,
+    WireError,
+)
+
+
+class Connection:
+    """Requests in flight on one node. `request` returns the reply map; it raises
+    ConnectionLost if the connection ends first. A reader task (in the task group given to
+    `open`) hands replies to their requests."""
+
+    def __init__(self, stream: ByteStream, address: Address, frame_bytes_max: int) -> None:
+        self.address = address
+        self.node: int | None = None
+        self.frame_bytes_max = frame_bytes_max
+        self._stream = stream
+        self._decoder = FrameDecoder(frame_bytes_max)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._send_lock = anyio.Lock()
+        self._closed = False
+        self.error: str | None = None  # why the node ended the connection, if it said
+        #: claims given up after they were sent: their late replies go to `on_orphan`
+        #: (which gives back any messages they got rather than leave them leased)
+        self._abandoned: OrderedDict[int, tuple[str, dict]] = OrderedDict()
+        self.on_orphan: Callable[[str, dict, dict], None] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        address: Address,
+        task_group: TaskGroup,
+        *,
+        timeout_s: float = 5.0,
+        frame_bytes_max: int = FRAME_BYTES_MAX,
+    ) -> Connection:
+        """Connect and say hello within `timeout_s`; raises OSError, TimeoutError or a
+        PaxqError (e.g. UnsupportedVersion, Overloaded) if the node refuses."""
+        with anyio.fail_after(timeout_s):
+            stream = await anyio.connect_tcp(*address)
+            connection = cls(stream, address, frame_bytes_max)
+            try:
+                await stream.send(encode_frame(HELLO))
+                answer = await connection._first_frame()
+            except BaseException:
+                await anyio.aclose_forcefully(stream)
+                raise
+        if not isinstance(answer, dict) or answer.get("ok") is not True:
+            await anyio.aclose_forcefully(stream)
+            if isinstance(answer, dict) and "error" in answer:
+                raise error_from_reply(answer)
+            raise UnsupportedVersion(f"{format_address(address)} answered the hello {answer!r}")
+        connection.node = answer.get("node")
+        task_group.start_soon(connection._read)
+        return connection
+
+    async def _first_frame(self) -> object:
+        while True:
+            data = await self._stream.receive(_READ_BYTES)
+            for frame in self._decoder.feed(data):
+                # The hello is answered before anything else is sent: one frame, no more.
+                return frame
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def request(self, op: str, fields: dict | None = None, /, **more: object) -> dict:
+        """Send one request (`fields` and `more` are its arguments); wait for and return
+        its reply, ok or error."""
+        fields = {**(fields or {}), **more}
+        if self._closed:
+            raise ConnectionLost(self.error or "the connection is closed")
+        rid = next(self._ids)
+        frame = encode_frame({**fields, "id": rid, "op": op}, self.frame_bytes_max)
+        pending = self._pending[rid] = _Pending()
+        sent = False
+        try:
+            try:
+                async with self._send_lock:
+                    await self._stream.send(frame)
+                    sent = True
+            except _BROKEN as error:
+                self._fail(f"sending failed: {error!r}")
+            await pending.done.wait()
+        except BaseException:
+            if sent and pending.reply is None and not self._closed:
+                await self._abandon(rid, op, fields)
+            raise
+        finally:
+            self._pending.pop(rid, None)
+        if pending.reply is None:
+            raise ConnectionLost(self.error or "the connection closed")
+        return pending.reply
+
+    async def _abandon(self, rid: int, op: str, fields: dict) -> None:
+        """The caller gave up on a sent request (cancelled, timed out): a waiting one is
+        cancelled on the node; a claim's late reply is handed to `on_orphan`."""
+        if op == "claim":
+            self._abandoned[rid] = (op, fields)
+            while len(self._abandoned) > _ABANDONED_MAX:
+                self._abandoned.popitem(last=False)
+        if "wait_ms" not in fields:
+            return
+        cancel = encode_frame({"id": next(self._ids), "op": "cancel", "request": rid})
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+            try:
+                async with self._send_lock:
+                    await self._stream.send(cancel)
+            except _BROKEN as error:
+                self._fail(f"sending failed: {error!r}")
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                data = await self._stream.receive(_READ_BYTES)
+                for reply in self._decoder.feed(data):
+                    if not isinstance(reply, dict):
+                        raise ConnectionLost(f"unexpected frame {reply!r}")
+                    rid = reply.get("id")
+                    pending = self._pending.get(rid)  # type: ignore[arg-type]
+                    if pending is not None:
+                        pending.reply = reply
+                        pending.done.set()
+                    elif rid in self._abandoned:
+                        op, fields = self._abandoned.pop(rid)
+                        if self.on_orphan is not None:
+                            self.on_orphan(op, fields, reply)
+                    elif reply.get("id") is None and reply.get("ok") is False:
+                        # The node ends the session over something it says here.
+                        self.error = str(error_from_reply(reply))
+        except (*_BROKEN, ConnectionLost) as error:
+            self._fail(self.error or f"the connection ended: {error!r}")
+        except anyio.get_cancelled_exc_class():
+            self._fail("the client closed")
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(self._stream)
+
+    def _fail(self, why: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.error = self.error or why
+        for pending in self._pending.values():
+            pending.done.set()  # with no reply: ConnectionLost
+
+    async def aclose(self) -> None:
+        self._fail("closed")
+        await anyio.aclose_forcefully(self._stream)
+
+
+@asynccontextmanager
+async def connect(
+    address: Address | str, *, timeout_s: float = 5.0, frame_bytes_max: int = FRAME_BYTES_MAX
+) -> AsyncIterator[Connection]:
+    """One connection to one node, for tools and tests; most code wants `paxq.client.Client`,
+    which finds the leader and retries."""
+    if isinstance(address, str):
+        address = parse_address(address)
+    async with anyio.create_task_group() as group:
+        connection = await Connection.open(
+            address, group, timeout_s=timeout_s, frame_bytes_max=frame_bytes_max
+        )
+        try:
+            yield connection
+        finally:
+            await connection.aclose()
+            group.cancel_scope.cancel()
+
+
+async def call(connection: Connection, op: str, **fields: object) -> object:
+    """The result of one request on one connection; raises the typed error it got."""
+    reply = await connection.request(op, fields)
+    if reply.get("ok") is not True:
+        raise error_from_reply(reply)
+    return reply.get("result", reply.get("status"))
+
+
+__all__ = [
+    "Address",
+    "Connection",
+    "ConnectionLost",
+    "PaxqError",
+    "call",
+    "connect",
+    "format_address",
+    "parse_address",
+]

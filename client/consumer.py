@@ -1,0 +1,161 @@
+"""A consumer: deliveries of a queue or shared subscription, claimed ahead (prefetch) with a
+long poll, their leases extended while they are held, handed back when it stops."""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .errors import LeaseLost, PaxqError, Unavailable
+from .messages import Delivery
+from .wire.protocol import LEASES_MAX
+
+if TYPE_CHECKING:
+    from .client import Client
+
+log = logging.getLogger("paxq.client.consumer")
+
+#: how long the consumer spends handing back what it holds when it stops
+HAND_BACK_S = 5.0
+
+
+class Consumer:
+    """`async with client.consume("jobs") as deliveries: async for d in deliveries: ...`
+
+    At most `prefetch` deliveries are held at once (claimed and not yet acked or nacked);
+    each is extended by `lease_s` every `lease_s / 3` until it is finished, so a slow handler
+    keeps its message and a dead one gives it back after at most `lease_s`. On leaving the
+    block, what is still held is nacked without delay: another consumer gets it at once.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        topic: str,
+        subscription: str | None,
+        *,
+        prefetch: int,
+        lease_s: float,
+        wait_s: float,
+        consumer: str,
+    ) -> None:
+        if prefetch < 1 or lease_s <= 0 or wait_s < 0:
+            raise ValueError("prefetch and lease_s must be positive, wait_s not negative")
+        self.client = client
+        self.topic = topic
+        self.subscription = subscription
+        self.prefetch = prefetch
+        self.lease_s = lease_s
+        self.wait_s = wait_s
+        self.consumer = consumer
+        self.held: dict[int, Delivery] = {}  # offset -> delivery, until finished
+        self.lost = 0  # leases found gone while extending
+        self._room = anyio.Event()
+        self._send, self._receive = anyio.create_memory_object_stream[Delivery](prefetch)
+        self._group: TaskGroup | None = None
+        self._error: BaseException | None = None
+
+    async def __aenter__(self) -> Consumer:
+        self._group = anyio.create_task_group()
+        await self._group.__aenter__()
+        self._group.start_soon(self._fetch)
+        self._group.start_soon(self._keep)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._group is not None
+        self._group.cancel_scope.cancel()
+        try:
+            await self._group.__aexit__(None, None, None)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(HAND_BACK_S):
+                await self.hand_back()
+        return None
+
+    def __aiter__(self) -> Consumer:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            if self._error is not None:
+                raise self._error from None
+            raise StopAsyncIteration from None
+
+    async def hand_back(self) -> None:
+        """Nack, without delay, everything held and not finished."""
+        held = [d for d in self.held.values() if not d.finished]
+        for start in range(0, len(held), LEASES_MAX):
+            try:
+                await self.client.nack(held[start : start + LEASES_MAX], delay_s=0)
+            except PaxqError as error:  # e.g. a lease already gone: it comes back anyway
+                log.info("handing back %d deliveries: %s", len(held), error)
+
+    def _settled(self, delivery: Delivery) -> None:
+        self.held.pop(delivery.offset, None)
+        self._room.set()
+
+    async def _fetch(self) -> None:
+        try:
+            while True:
+                # Claim again once half the prefetch is used: fewer, larger claims.
+                while len(self.held) > self.prefetch // 2:
+                    self._room = anyio.Event()
+                    await self._room.wait()
+                try:
+                    deliveries = await self.client.claim(
+                        self.topic,
+                        self.subscription,
+                        max=self.prefetch - len(self.held),
+                        lease_s=self.lease_s,
+                        wait_s=self.wait_s,
+                        consumer=self.consumer,
+                    )
+                except Unavailable as error:  # a long outage: keep trying, as it said
+                    log.warning("claiming from %s: %s", self.topic, error)
+                    continue
+                for delivery in deliveries:
+                    delivery.on_finish = self._settled
+                    self.held[delivery.offset] = delivery
+                for delivery in deliveries:
+                    await self._send.send(delivery)
+        except PaxqError as error:  # the topic went away, a bad argument: the end
+            self._error = error
+        finally:
+            self._send.close()
+
+    async def _keep(self) -> None:
+        period = self.lease_s / 3
+        while True:
+            await anyio.sleep(period)
+            held = [d for d in self.held.values() if not d.finished]
+            for start in range(0, len(held), LEASES_MAX):
+                await self._extend(held[start : start + LEASES_MAX])
+
+    async def _extend(self, deliveries: list[Delivery]) -> None:
+        while deliveries:
+            try:
+                await self.client.extend(deliveries, lease_s=self.lease_s)
+                return
+            except LeaseLost as error:
+                gone = set(error.offsets)
+                for delivery in deliveries:
+                    if delivery.offset in gone:
+                        self.lost += 1
+                        delivery.settle()
+                deliveries = [d for d in deliveries if d.offset not in gone]
+                if not gone:
+                    return
+            except PaxqError as error:
+                log.warning("extending %d leases on %s: %s", len(deliveries), self.topic, error)
+                return

@@ -1,0 +1,74 @@
+"""What readers get: a Message (from a live tail) and a Delivery (a leased message of a
+queue or shared subscription, which its holder acks, nacks or extends)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .client import Client
+
+Headers = dict[str, str | bytes | int]
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    offset: int
+    body: bytes
+    key: bytes | None = None
+    headers: Headers | None = None
+
+    def text(self) -> str:
+        return self.body.decode()
+
+
+@dataclass(eq=False)
+class Delivery:
+    """One lease on one message. `token` names this attempt: once the lease is gone (expired,
+    or the message handed to another consumer), ack, nack and extend raise LeaseLost."""
+
+    topic: str
+    subscription: str | None
+    offset: int
+    body: bytes
+    key: bytes | None
+    headers: Headers | None
+    deliveries: int  # 1 on the first delivery
+    token: int
+    deadline_ms: int  # the cluster's stamped time the lease ends at
+    published_ms: int
+    _client: Client = field(repr=False)
+    #: set once acked, nacked or found lost: the consumer stops extending it
+    finished: bool = False
+    #: called once when it is finished (the consumer that holds it counts it off)
+    on_finish: Callable[[Delivery], None] | None = field(default=None, repr=False)
+
+    def text(self) -> str:
+        return self.body.decode()
+
+    @property
+    def lease(self) -> list[int]:
+        return [self.offset, self.token]
+
+    def settle(self) -> None:
+        """Mark it finished (acked, nacked or lost): nobody extends it any more."""
+        if not self.finished:
+            self.finished = True
+            if self.on_finish is not None:
+                self.on_finish(self)
+
+    async def ack(self) -> None:
+        """Done with it: it is never delivered again. Raises LeaseLost if the lease is gone."""
+        await self._client.ack([self])
+
+    async def nack(self, delay_s: float | None = None) -> None:
+        """Give it back for another delivery: after `delay_s`, or by the subscription's
+        exponential backoff when None. Past `max_deliveries` it goes to the dead letters."""
+        await self._client.nack([self], delay_s=delay_s)
+
+    async def extend(self, lease_s: float) -> None:
+        """Hold it for `lease_s` more, counted from now."""
+        await self._client.extend([self], lease_s=lease_s)

@@ -1,0 +1,116 @@
+"""A task API in the style of Celery or Dramatiq, on paxq queues:
+
+    tasks = Tasks()
+
+    @tasks.task(queue="emails")
+    async def send_email(to: str, subject: str) -> None: ...
+
+    await send_email.enqueue(client, "ada@example.com", subject="hi")   # a producer
+    await tasks.work(client, concurrency=8)                              # a worker process
+
+A task message is JSON: {"task": name, "args": [...], "kwargs": {...}}. A worker runs the
+registered function (a plain function runs in a thread); returning acks, raising nacks with
+backoff, and after the queue's `max_deliveries` the message is in its dead-letter queue.
+`paxq worker module:tasks` runs one from the command line.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+
+from .client import Client
+from .messages import Delivery
+from .worker import WorkerPool
+
+
+class UnknownTask(Exception):
+    """A task message names a function this worker has not registered."""
+
+
+@dataclass
+class Task:
+    name: str
+    queue: str
+    function: Callable[..., object]
+    options: dict = field(default_factory=dict)  # publish options: key, delay_s
+
+    def message(self, *args: object, **kwargs: object) -> bytes:
+        """The message that runs this task with these arguments (JSON-serializable)."""
+        return json.dumps({"task": self.name, "args": list(args), "kwargs": kwargs}).encode()
+
+    async def enqueue(self, client: Client, *args: object, **kwargs: object) -> int:
+        """Queue one run; returns the message's offset."""
+        return await client.publish(self.queue, self.message(*args, **kwargs), **self.options)
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        return self.function(*args, **kwargs)  # calling it directly runs it here
+
+
+class Tasks:
+    """A registry of tasks and the worker that runs them."""
+
+    def __init__(self, default_queue: str = "tasks") -> None:
+        self.default_queue = default_queue
+        self.tasks: dict[str, Task] = {}
+
+    def task(
+        self,
+        function: Callable[..., object] | None = None,
+        *,
+        queue: str | None = None,
+        name: str | None = None,
+        **options: object,
+    ):
+        """Register a function as a task (as `@tasks.task` or `@tasks.task(queue=...)`)."""
+
+        def register(f: Callable[..., object]) -> Task:
+            task = Task(name or f"{f.__module__}.{f.__qualname__}", queue or self.default_queue, f)
+            task.options = dict(options)
+            if task.name in self.tasks:
+                raise ValueError(f"a task named {task.name!r} is registered already")
+            self.tasks[task.name] = task
+            return task
+
+        return register(function) if function is not None else register
+
+    @property
+    def queues(self) -> list[str]:
+        return sorted({task.queue for task in self.tasks.values()})
+
+    async def run(self, delivery: Delivery) -> object:
+        """Run the task a delivery names (raises UnknownTask, or what the task raises)."""
+        try:
+            call = json.loads(delivery.body)
+            task = self.tasks[call["task"]]
+            args, kwargs = call.get("args", []), call.get("kwargs", {})
+        except (ValueError, KeyError, TypeError) as error:
+            raise UnknownTask(f"{delivery.topic}@{delivery.offset}: {error!r}") from error
+        if inspect.iscoroutinefunction(task.function):
+            return await task.function(*args, **kwargs)
+        return await anyio.to_thread.run_sync(lambda: task.function(*args, **kwargs))
+
+    def pools(self, client: Client, queues: list[str] | None = None, **options) -> list[WorkerPool]:
+        return [WorkerPool(client, queue, self.run, **options) for queue in (queues or self.queues)]
+
+    async def work(
+        self,
+        client: Client,
+        queues: list[str] | None = None,
+        *,
+        create: bool = True,
+        **options: object,
+    ) -> None:
+        """Run workers on these queues (default: every queue a task uses) until cancelled;
+        `options` go to each WorkerPool (concurrency, lease_s, grace_s, ...)."""
+        pools = self.pools(client, queues, **options)
+        if create:
+            for pool in pools:
+                await client.create_queue(pool.topic, exist_ok=True)
+        async with anyio.create_task_group() as group:
+            for pool in pools:
+                group.start_soon(pool.run)

@@ -1,0 +1,38 @@
+"""The client protocol's vocabulary: the hello, the operations, and the bounds both sides
+share. `docs/protocol.md` describes the whole exchange; this is its executable part."""
+
+from __future__ import annotations
+
+#: the version in the hello; a node that speaks another answers UNSUPPORTED_VERSION
+PROTOCOL_VERSION = 1
+HELLO = {"paxq": "client", "v": PROTOCOL_VERSION}
+
+#: operations that go through the log (the leader's; a follower answers NOT_LEADER)
+COMMANDS = frozenset(
+    {
+        "create",
+        "delete",
+        "publish",
+        "subscribe",
+        "unsubscribe",
+        "claim",
+        "ack",
+        "nack",
+        "extend",
+        "purge",
+    }
+)
+#: operations any node answers from its applied state (a follower's may lag the leader's)
+QUERIES = frozenset({"status", "list", "describe", "read"})
+#: `cancel` ({"request": id}) ends a claim or read of the same connection that is waiting
+CONTROL = frozenset({"cancel"})
+#: commands that may carry `producer` and `seq`, so that a retry is answered, not re-applied
+IDEMPOTENT = frozenset({"publish", "ack", "nack", "extend"})
+#: the longest a claim or read may wait for a message (`wait_ms`)
+WAIT_MS_MAX = 60_000
+#: a producer's sequences on one topic that the machine remembers: a client keeps at most
+#: this many of one (producer, topic) unanswered, so every retry finds its result
+PRODUCER_WINDOW = 32
+#: the most messages in one publish, and leases in one ack, nack or extend
+PUBLISH_MESSAGES_MAX = 1000
+LEASES_MAX = 1000

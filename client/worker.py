@@ -1,0 +1,145 @@
+"""A worker pool: N concurrent handlers on a queue or shared subscription.
+
+A handler that returns acks its delivery (unless it acked or nacked it itself); one that
+raises nacks it, so it comes back after the subscription's backoff and goes to the dead
+letters once it has used up `max_deliveries`. Leases are kept extended while handlers run.
+`stop()` is graceful: nothing new is taken, running handlers get `grace_s` to finish, then
+they are cancelled and their messages handed back, as is what was prefetched.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from .client import Client
+from .consumer import Consumer
+from .errors import LeaseLost, PaxqError
+from .messages import Delivery
+
+log = logging.getLogger("paxq.client.worker")
+
+Handler = Callable[[Delivery], Awaitable[object] | object]
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        client: Client,
+        topic: str,
+        handler: Handler,
+        *,
+        subscription: str | None = None,
+        concurrency: int = 8,
+        prefetch: int | None = None,
+        lease_s: float = 30.0,
+        wait_s: float = 10.0,
+        grace_s: float = 30.0,
+        name: str = "",
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be positive")
+        self.client = client
+        self.topic = topic
+        self.subscription = subscription
+        self.handler = handler
+        self._is_async = inspect.iscoroutinefunction(handler)
+        self.concurrency = concurrency
+        self.prefetch = prefetch or concurrency
+        self.lease_s = lease_s
+        self.wait_s = wait_s
+        self.grace_s = grace_s
+        self.name = name
+        self.done = 0  # handled and acked
+        self.failed = 0  # raised: nacked
+        self.lost = 0  # handled, but the lease was gone by the ack: another worker has it
+        self.active = 0
+        self._stopping = anyio.Event()
+        self._taking: set[anyio.CancelScope] = set()
+        self._handling: anyio.CancelScope | None = None
+
+    def stop(self) -> None:
+        """Stop taking work; `run` returns once what runs is finished or handed back."""
+        self._stopping.set()
+        for scope in self._taking:
+            scope.cancel()
+
+    async def run(self) -> None:
+        """Work until `stop()` (or cancellation, which hands back at once)."""
+        consumer = self.client.consume(
+            self.topic,
+            self.subscription,
+            prefetch=max(self.prefetch, self.concurrency),
+            lease_s=self.lease_s,
+            wait_s=self.wait_s,
+            consumer=self.name,
+        )
+        async with consumer, anyio.create_task_group() as workers:
+            with anyio.CancelScope() as handling:
+                self._handling = handling
+                async with anyio.create_task_group() as handlers:
+                    for _ in range(self.concurrency):
+                        handlers.start_soon(self._work, consumer)
+                    workers.start_soon(self._deadline, handling)
+            workers.cancel_scope.cancel()
+
+    async def _deadline(self, handling: anyio.CancelScope) -> None:
+        await self._stopping.wait()
+        await anyio.sleep(self.grace_s)
+        handling.cancel()  # the handlers still running are out of time
+
+    async def _work(self, consumer: Consumer) -> None:
+        while not self._stopping.is_set():
+            with anyio.CancelScope() as taking:
+                self._taking.add(taking)
+                try:
+                    delivery = await consumer.__anext__()
+                except StopAsyncIteration:
+                    self.stop()
+                    return
+                finally:
+                    self._taking.discard(taking)
+            if taking.cancel_called:
+                return
+            await self._handle(delivery)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        self.active += 1
+        try:
+            if self._is_async:
+                await self.handler(delivery)  # type: ignore[misc]
+            else:
+                await anyio.to_thread.run_sync(self.handler, delivery)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await _quietly(delivery.nack(delay_s=0))
+            raise
+        except Exception:
+            self.failed += 1
+            log.exception("handler failed on %s@%d", self.topic, delivery.offset)
+            if not delivery.finished:
+                await _quietly(delivery.nack())
+        else:
+            if not delivery.finished:
+                try:
+                    await delivery.ack()
+                    self.done += 1
+                except LeaseLost:
+                    self.lost += 1
+                    log.warning("%s@%d: lease lost before the ack", self.topic, delivery.offset)
+                except PaxqError as error:
+                    log.warning("%s@%d: ack failed: %s", self.topic, delivery.offset, error)
+            else:
+                self.done += 1
+        finally:
+            self.active -= 1
+
+
+async def _quietly(call: Awaitable[object]) -> None:
+    try:
+        await call
+    except PaxqError as error:
+        log.info("giving a message back: %s", error)

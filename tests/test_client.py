@@ -1,0 +1,426 @@
+"""The client library against a real 3-node cluster in this process (RocksDB, loopback TCP):
+leader discovery, retries that never duplicate, batching, long polls, consumers that keep
+their leases, live tails, worker pools, tasks, the blocking facade and asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import trio
+from test_client_port import serving
+from test_node import leader_of
+
+from paxq.client import (
+    BlockingClient,
+    Client,
+    LeaseLost,
+    QueueFull,
+    Tasks,
+    TopicExists,
+    UnknownOutcome,
+    UnknownTopic,
+    WorkerPool,
+)
+from paxq.client.batching import Sequencer
+from paxq.client.errors import _BY_CODE, PaxqError, error_from_reply
+from paxq.client.wire import ErrorCode
+
+LIMIT_S = 60
+
+
+def seeds_of(clients: dict) -> list[str]:
+    return [f"{host}:{port}" for host, port in clients.values()]
+
+
+async def follower_first(nodes: dict, clients: dict) -> list[str]:
+    leader = await leader_of(nodes)
+    order = sorted(clients, key=lambda i: i == leader.id)  # the leader last
+    return [f"{clients[i][0]}:{clients[i][1]}" for i in order]
+
+
+def test_every_error_code_has_its_exception() -> None:
+    assert set(_BY_CODE) == set(ErrorCode)
+    for code, cls in _BY_CODE.items():
+        error = error_from_reply({"ok": False, "error": int(code), "message": "m"})
+        assert type(error) is cls and error.code == code and error.message == "m"
+    newer = error_from_reply({"ok": False, "error": 999, "message": "from the future"})
+    assert type(newer) is PaxqError and newer.code == 999
+
+
+async def test_a_sequencer_never_outruns_the_window() -> None:
+    sequencer = Sequencer(window=4)
+    taken = [await sequencer.take() for _ in range(4)]
+    assert taken == [0, 1, 2, 3]
+    with trio.move_on_after(0.05) as blocked:
+        await sequencer.take()  # 4 would push 0 out of the window while 0 is unanswered
+    assert blocked.cancelled_caught
+    sequencer.release(2)
+    with trio.move_on_after(0.05) as still:
+        await sequencer.take()  # the oldest unanswered one (0) still holds it back
+    assert still.cancelled_caught
+    sequencer.release(0)
+    assert await sequencer.take() == 4
+
+
+async def test_publish_claim_ack_through_a_follower_first(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 3) as (nodes, clients):
+            seeds = await follower_first(nodes, clients)
+            async with Client(seeds) as client:
+                assert await client.create_queue("jobs", max_deliveries=3) is True
+                assert client.leader == seeds[-1]  # found through the follower's answer
+                with pytest.raises(TopicExists):
+                    await client.create_queue("jobs")
+                assert await client.create_queue("jobs", exist_ok=True) is False
+                offsets = []
+
+                async def publish(i: int) -> None:
+                    offsets.append(await client.publish("jobs", f"job {i}", key=f"k{i % 3}"))
+
+                async with trio.open_nursery() as nursery:
+                    for i in range(300):
+                        nursery.start_soon(publish, i)
+                assert sorted(offsets) == list(range(300))
+                deliveries = await client.claim("jobs", max=300, lease_s=30)
+                assert [d.offset for d in deliveries] == list(range(300))
+                assert {d.text() for d in deliveries} == {f"job {i}" for i in range(300)}
+                await client.ack(deliveries[:299])
+                with pytest.raises(LeaseLost) as lost:
+                    await client.ack(deliveries[298:])  # 298 is acked: 299 still goes through
+                assert lost.value.offsets == [298]
+                described = await client.describe("jobs")
+                assert described["subscriptions"][""]["acked"] == 300
+                assert described["subscriptions"][""]["depth"] == 0
+                with pytest.raises(UnknownTopic):
+                    await client.publish("nope", b"x")
+                await client.delete("jobs")
+                assert [t["topic"] for t in await client.topics()] == []
+
+
+async def test_concurrent_publishes_share_requests(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 3) as (nodes, clients):
+            await leader_of(nodes)
+            async with Client(seeds_of(clients), publish_in_flight=1) as client:
+                await client.create_topic("t")
+                before = nodes[0].machine.slots
+                async with trio.open_nursery() as nursery:
+                    for i in range(1000):
+                        nursery.start_soon(client.publish, "t", b"%d" % i)
+                producers = list(
+                    client_results
+                    for (topic_id, producer), client_results in nodes[
+                        0
+                    ].machine.producers.known.items()
+                    if producer == client.producer_id
+                )
+                # One request out at a time, the rest gathering meanwhile: far fewer
+                # sequences (requests) than messages.
+                assert producers and max(producers[0]) + 1 < 100
+                assert (await client.describe("t"))["next"] == 1000
+                assert nodes[0].machine.slots - before < 200
+
+
+class Cut:
+    """A TCP proxy to one node that forwards requests but, for the first `publish` or `ack`
+    it sees, drops the connection instead of forwarding the reply: the client cannot know
+    whether it was applied."""
+
+    def __init__(self, target: tuple[str, int], ops: set[str]) -> None:
+        self.target = target
+        self.ops = ops
+        self.cut: list[str] = []
+        self.address: tuple[str, int] | None = None
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.address = ("127.0.0.1", listeners[0].socket.getsockname()[1])
+        task_status.started()
+        await trio.serve_listeners(self._session, listeners)
+
+    async def _session(self, down: trio.SocketStream) -> None:
+        from paxq.client.wire import FrameDecoder
+
+        up = await trio.open_tcp_stream(*self.target)
+        decoder = FrameDecoder()
+        cutting = trio.Event()
+        async with down, up, trio.open_nursery() as nursery:
+
+            async def upward() -> None:
+                while data := await down.receive_some(1 << 16):
+                    for frame in decoder.feed(data):
+                        if isinstance(frame, dict) and frame.get("op") in self.ops:
+                            self.ops.discard(frame["op"])
+                            self.cut.append(frame["op"])
+                            cutting.set()
+                    await up.send_all(data)
+
+            async def downward() -> None:
+                while data := await up.receive_some(1 << 16):
+                    if cutting.is_set():
+                        await trio.sleep(0.2)  # let the node apply it, then vanish
+                        nursery.cancel_scope.cancel()
+                        return
+                    await down.send_all(data)
+
+            nursery.start_soon(upward)
+            nursery.start_soon(downward)
+
+
+async def test_a_lost_reply_is_retried_without_a_duplicate(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 1) as (nodes, clients), trio.open_nursery() as nursery:
+            await leader_of(nodes)
+            cut = Cut(clients[0], {"publish", "ack"})
+            await nursery.start(cut.serve)
+            async with Client([cut.address]) as client:
+                await client.create_queue("q")
+                assert await client.publish("q", b"once") == 0
+                assert await client.publish("q", b"twice") == 1
+                [first, second] = await client.claim("q", max=2)
+                await client.ack([first])  # its reply is cut: the resend is answered
+                await client.ack([second])
+                assert cut.cut == ["publish", "ack"]
+                assert client.retries >= 2
+                described = await client.describe("q")
+                assert described["next"] == 2, "the cut publish was not appended twice"
+                assert described["subscriptions"][""]["acked"] == 2
+                # Without a producer sequence, a cut purge is reported, not resent.
+                cut.ops.add("purge")
+                with pytest.raises(UnknownOutcome):
+                    await client.purge("q")
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_long_poll_claim_is_woken_by_a_publish(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 3) as (nodes, clients):
+            await leader_of(nodes)
+            async with Client(seeds_of(clients)) as client:
+                await client.create_queue("q")
+                got: list = []
+
+                async def claimer() -> None:
+                    got.extend(await client.claim("q", wait_s=50))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(claimer)
+                    while not sum(port.waiting for port in _ports(nodes)):
+                        await trio.sleep(0.01)  # the claim is held on the leader
+                    await client.publish("q", b"wake up")
+                # Well inside the 50 s wait (the test's own limit is 60 s).
+                assert [d.body for d in got] == [b"wake up"]
+                # A waiting claim that is cancelled leaves nothing leased behind it.
+                with trio.move_on_after(0.3):
+                    await client.claim("q", wait_s=50)
+                await client.publish("q", b"for the next one")
+                [delivery] = await client.claim("q", wait_s=10)
+                assert delivery.body == b"for the next one" and delivery.deliveries == 1
+
+
+def _ports(nodes: dict) -> list:
+    ports = []
+    for node in nodes.values():
+        callback = node.on_applied
+        if callback is not None:
+            ports.append(callback.__self__)
+    return ports
+
+
+async def test_a_delayed_message_wakes_its_waiting_claim(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 1) as (nodes, clients):
+            await leader_of(nodes)
+            async with Client(seeds_of(clients)) as client:
+                await client.create_queue("later")
+                await client.publish("later", b"soon", delay_s=0.5)
+                start = trio.current_time()
+                [delivery] = await client.claim("later", wait_s=30)
+                assert delivery.body == b"soon"
+                assert trio.current_time() - start < 20  # woken at its due time, not at 30 s
+
+
+async def test_a_consumer_keeps_its_leases_and_hands_back_on_exit(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 3) as (nodes, clients):
+            await leader_of(nodes)
+            async with Client(seeds_of(clients)) as client:
+                await client.create_queue("slow")
+                await client.publish_many("slow", [b"a", b"b", b"c", b"d"])
+                async with client.consume("slow", prefetch=4, lease_s=0.6) as deliveries:
+                    first = await anext(deliveries)
+                    # Held for more than three lease lengths: the consumer extends it.
+                    await trio.sleep(2.0)
+                    await first.ack()
+                    assert first.deliveries == 1
+                # The three still held went back at once, not after their leases.
+                stats = (await client.describe("slow"))["subscriptions"][""]
+                assert (stats["in_flight"], stats["depth"], stats["acked"]) == (0, 3, 1)
+                again = await client.claim("slow", max=3)
+                assert sorted(d.body for d in again) == [b"b", b"c", b"d"]
+
+
+async def test_a_live_tail_follows_in_order_and_resumes_by_offset(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 3) as (nodes, clients):
+            await leader_of(nodes)
+            async with Client(seeds_of(clients)) as client:
+                await client.create_topic("prices")
+                await client.publish_many("prices", [b"1", b"2"])
+                seen: list[bytes] = []
+                tail = client.tail("prices", "earliest")
+
+                async def follow(count: int) -> None:
+                    async for message in tail:
+                        seen.append(message.body)
+                        if len(seen) == count:
+                            return
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(follow, 5)
+                    for body in (b"3", b"4", b"5"):
+                        await client.publish("prices", body)
+                assert seen == [b"1", b"2", b"3", b"4", b"5"]
+                assert tail.position == 5
+                await client.publish("prices", b"6")
+                resumed = client.tail("prices", tail.position)
+                assert (await anext(resumed)).body == b"6"
+                latest = client.tail("prices")  # from the end: only what comes next
+                async with trio.open_nursery() as nursery:
+                    got = []
+
+                    async def one() -> None:
+                        got.append(await anext(latest))
+
+                    nursery.start_soon(one)
+                    while latest.position is None:
+                        await trio.sleep(0.01)
+                    await client.publish("prices", b"7")
+                assert [m.body for m in got] == [b"7"]
+
+
+async def test_a_worker_pool_acks_retries_and_dead_letters(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 3) as (nodes, clients):
+            await leader_of(nodes)
+            async with Client(seeds_of(clients)) as client:
+                await client.create_queue("work", max_deliveries=3, backoff_base_ms=20)
+                await client.publish_many("work", [b"ok-%d" % i for i in range(40)] + [b"poison"])
+                handled: list[bytes] = []
+
+                async def handler(delivery) -> None:
+                    if delivery.body == b"poison":
+                        raise ValueError("cannot handle this")
+                    await trio.sleep(0.01)
+                    handled.append(delivery.body)
+
+                pool = WorkerPool(client, "work", handler, concurrency=4, grace_s=5)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(pool.run)
+                    while True:
+                        stats = (await client.describe("work"))["subscriptions"][""]
+                        if stats["acked"] == 40 and stats["dead_lettered"] == 1:
+                            break
+                        await trio.sleep(0.05)
+                    pool.stop()
+                assert sorted(handled) == sorted(b"ok-%d" % i for i in range(40))
+                assert (pool.done, pool.failed) == (40, 3)
+                [dead] = await client.claim("work.dlq")
+                assert dead.body == b"poison" and dead.headers["x-death-deliveries"] == 3
+
+
+async def test_stopping_a_pool_hands_back_what_runs_past_the_grace(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 1) as (nodes, clients):
+            await leader_of(nodes)
+            async with Client(seeds_of(clients)) as client:
+                await client.create_queue("long")
+                await client.publish_many("long", [b"forever", b"quick"])
+                started = trio.Event()
+
+                async def handler(delivery) -> None:
+                    if delivery.body == b"forever":
+                        started.set()
+                        await trio.sleep_forever()
+
+                pool = WorkerPool(client, "long", handler, concurrency=1, grace_s=0.2)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(pool.run)
+                    await started.wait()
+                    pool.stop()
+                stats = (await client.describe("long"))["subscriptions"][""]
+                assert (stats["in_flight"], stats["depth"]) == (0, 2)  # both back, none lost
+
+
+tasks = Tasks(default_queue="tasks")
+results: list[int] = []
+
+
+@tasks.task
+async def add(a: int, b: int) -> None:
+    results.append(a + b)
+
+
+@tasks.task(queue="sync-tasks")
+def multiply(a: int, b: int) -> None:  # a plain function: run in a thread
+    results.append(a * b)
+
+
+async def test_tasks_run_like_celery_or_dramatiq(tmp_path: Path) -> None:
+    results.clear()
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 1) as (nodes, clients):
+            await leader_of(nodes)
+            async with Client(seeds_of(clients)) as client:
+                for queue in tasks.queues:
+                    await client.create_queue(queue)
+                await add.enqueue(client, 2, b=3)
+                await multiply.enqueue(client, 4, 5)
+                assert json.loads(add.message(1, 2)) == {
+                    "task": "test_client.add",
+                    "args": [1, 2],
+                    "kwargs": {},
+                }
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(tasks.work, client)
+                    while len(results) < 2:
+                        await trio.sleep(0.02)
+                    nursery.cancel_scope.cancel()
+                assert sorted(results) == [5, 20]
+
+
+async def test_a_blocking_script_and_an_asyncio_program(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 3) as (nodes, clients):
+            await leader_of(nodes)
+            seeds = ",".join(seeds_of(clients))
+
+            def script() -> list[bytes]:
+                with BlockingClient(seeds) as client:
+                    client.create_queue("mixed")
+                    client.publish("mixed", "from a thread")
+                    with client.consume("mixed", max_messages=1) as deliveries:
+                        bodies = []
+                        for delivery in deliveries:
+                            bodies.append(delivery.body)
+                            delivery.ack()
+                    with pytest.raises(QueueFull):
+                        client.create_queue("tiny", max_messages=1)
+                        client.publish("tiny", "1")
+                        client.publish("tiny", "2")
+                    return bodies
+
+            assert await trio.to_thread.run_sync(script) == [b"from a thread"]
+
+            async def asyncio_program() -> list[bytes]:
+                async with Client(seeds) as client:
+                    await client.publish("mixed", b"from asyncio")
+                    [delivery] = await client.claim("mixed", wait_s=5)
+                    await delivery.ack()
+                    return [delivery.body]
+
+            got = await trio.to_thread.run_sync(lambda: asyncio.run(asyncio_program()))
+            assert got == [b"from asyncio"]
