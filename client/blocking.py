@@ -51,7 +51,9 @@ class BlockingDelivery:
 class BlockingClient:
     """`Client`, with every call blocking. Close it (or use `with`) to stop its thread."""
 
-    def __init__(self, seeds: Sequence[str | tuple[str, int]] | str, **options: object) -> None:
+    def __init__(
+        self, seeds: Sequence[str | tuple[str, int]] | str | None = None, **options: object
+    ) -> None:
         self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal("trio")
         self._portal = self._portal_cm.__enter__()
         try:

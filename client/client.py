@@ -33,7 +33,14 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .batching import Batcher, Job, Sequencer
-from .connection import Address, Connection, ConnectionLost, format_address, parse_address
+from .connection import (
+    Address,
+    Connection,
+    ConnectionLost,
+    default_seeds,
+    format_address,
+    parse_address,
+)
 from .errors import (
     BadRequest,
     LeaseLost,
@@ -74,14 +81,15 @@ class Retry(enum.Enum):
 class Client:
     """A connection to a paxq cluster. Use it as an async context manager.
 
-    `seeds`: client addresses of some or all nodes ("host:port" or (host, port)).
+    `seeds`: client addresses of some or all nodes ("host:port" or (host, port), or one
+    comma-separated string); by default PAXQ_NODES, else the `paxq dev` cluster.
     `request_timeout_s`: how long one call keeps trying (leader changes included) before
     raising Unavailable (or UnknownOutcome for a command that may have been applied).
     """
 
     def __init__(
         self,
-        seeds: Sequence[str | Address] | str,
+        seeds: Sequence[str | Address] | str | None = None,
         *,
         request_timeout_s: float = 30.0,
         connect_timeout_s: float = 3.0,
@@ -94,7 +102,9 @@ class Client:
         frame_bytes_max: int = FRAME_BYTES_MAX,
         producer_id: str | None = None,
     ) -> None:
-        if isinstance(seeds, str):
+        if seeds is None:
+            seeds = default_seeds()
+        elif isinstance(seeds, str):
             seeds = [part for part in seeds.split(",") if part.strip()]
         self._addresses: list[Address] = [
             parse_address(seed) if isinstance(seed, str) else (seed[0], int(seed[1]))
@@ -149,12 +159,14 @@ class Client:
         if self._stack is None:
             return
         stack, self._stack = self._stack, None
-        for connection in list(self._connections.values()):
-            await connection.aclose()
-        self._connections.clear()
         if self._group is not None:
             self._group.cancel_scope.cancel()
-        await stack.aclose()
+        try:
+            for connection in list(self._connections.values()):
+                await connection.aclose()  # shielded: the task group must be left below
+            self._connections.clear()
+        finally:
+            await stack.aclose()
 
     @property
     def task_group(self) -> TaskGroup:
@@ -185,6 +197,9 @@ class Client:
                 )
                 connection.on_orphan = self._orphan
                 self._connections[address] = connection
+                if self._leader is None and connection.leader is not None:
+                    with contextlib.suppress(ValueError):
+                        self._leader = parse_address(connection.leader)
             return connection
 
     def _orphan(self, op: str, fields: dict, reply: dict) -> None:

@@ -7,6 +7,7 @@ Written on anyio, so it runs under trio and under asyncio alike.
 from __future__ import annotations
 
 import itertools
+import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +20,16 @@ from .wire import FRAME_BYTES_MAX, FrameDecoder, WireError, encode_frame
 from .wire.protocol import HELLO
 
 Address = tuple[str, int]
+
+
+#: the client addresses of `paxq dev`, the seeds when none are given nor set in PAXQ_NODES
+DEV_SEEDS = ("127.0.0.1:7411", "127.0.0.1:7412", "127.0.0.1:7413")
+
+
+def default_seeds() -> list[str]:
+    """PAXQ_NODES ("host:port,host:port,...") if set, else the `paxq dev` cluster."""
+    text = os.environ.get("PAXQ_NODES", "")
+    return [part.strip() for part in text.split(",") if part.strip()] or list(DEV_SEEDS)
 
 
 def parse_address(text: str) -> Address:
@@ -67,6 +78,7 @@ class Connection:
     def __init__(self, stream: ByteStream, address: Address, frame_bytes_max: int) -> None:
         self.address = address
         self.node: int | None = None
+        self.leader: str | None = None  # the node's leader when it said hello, if known
         self.frame_bytes_max = frame_bytes_max
         self._stream = stream
         self._decoder = FrameDecoder(frame_bytes_max)
@@ -84,13 +96,14 @@ class Connection:
     async def open(
         cls,
         address: Address,
-        task_group: TaskGroup,
+        task_group: TaskGroup | None,
         *,
         timeout_s: float = 5.0,
         frame_bytes_max: int = FRAME_BYTES_MAX,
     ) -> Connection:
         """Connect and say hello within `timeout_s`; raises OSError, TimeoutError or a
-        PaxqError (e.g. UnsupportedVersion, Overloaded) if the node refuses."""
+        PaxqError (e.g. UnsupportedVersion, Overloaded) if the node refuses. The reader
+        starts in `task_group` (without one: call `start` before the first request)."""
         with anyio.fail_after(timeout_s):
             stream = await anyio.connect_tcp(*address)
             connection = cls(stream, address, frame_bytes_max)
@@ -106,8 +119,14 @@ class Connection:
                 raise error_from_reply(answer)
             raise UnsupportedVersion(f"{format_address(address)} answered the hello {answer!r}")
         connection.node = answer.get("node")
-        task_group.start_soon(connection._read)
+        leader = answer.get("leader")
+        connection.leader = leader if type(leader) is str else None
+        if task_group is not None:
+            connection.start(task_group)
         return connection
+
+    def start(self, task_group: TaskGroup) -> None:
+        task_group.start_soon(self._read)
 
     async def _first_frame(self) -> object:
         while True:
@@ -207,7 +226,8 @@ class Connection:
 
     async def aclose(self) -> None:
         self._fail("closed")
-        await anyio.aclose_forcefully(self._stream)
+        with anyio.CancelScope(shield=True):
+            await anyio.aclose_forcefully(self._stream)
 
 
 @asynccontextmanager
@@ -218,15 +238,22 @@ async def connect(
     which finds the leader and retries."""
     if isinstance(address, str):
         address = parse_address(address)
-    async with anyio.create_task_group() as group:
-        connection = await Connection.open(
-            address, group, timeout_s=timeout_s, frame_bytes_max=frame_bytes_max
-        )
-        try:
-            yield connection
-        finally:
-            await connection.aclose()
-            group.cancel_scope.cancel()
+    connection = await Connection.open(
+        address, None, timeout_s=timeout_s, frame_bytes_max=frame_bytes_max
+    )
+    try:
+        async with anyio.create_task_group() as group:
+            connection.start(group)
+            try:
+                yield connection
+            finally:
+                await connection.aclose()
+                group.cancel_scope.cancel()
+    except BaseExceptionGroup as errors:
+        # The caller's own exception, not wrapped by this helper's task group.
+        if len(errors.exceptions) == 1:
+            raise errors.exceptions[0] from None
+        raise
 
 
 async def call(connection: Connection, op: str, **fields: object) -> object:
@@ -238,12 +265,14 @@ async def call(connection: Connection, op: str, **fields: object) -> object:
 
 
 __all__ = [
+    "DEV_SEEDS",
     "Address",
     "Connection",
     "ConnectionLost",
     "PaxqError",
     "call",
     "connect",
+    "default_seeds",
     "format_address",
     "parse_address",
 ]

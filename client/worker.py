@@ -39,6 +39,7 @@ class WorkerPool:
         wait_s: float = 10.0,
         grace_s: float = 30.0,
         name: str = "",
+        on_acked: Callable[[Delivery], object] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be positive")
@@ -53,6 +54,8 @@ class WorkerPool:
         self.wait_s = wait_s
         self.grace_s = grace_s
         self.name = name
+        #: called after each ack the cluster confirmed (e.g. to record or count it)
+        self.on_acked = on_acked
         self.done = 0  # handled and acked
         self.failed = 0  # raised: nacked
         self.lost = 0  # handled, but the lease was gone by the ack: another worker has it
@@ -127,6 +130,8 @@ class WorkerPool:
                 try:
                     await delivery.ack()
                     self.done += 1
+                    if self.on_acked is not None:
+                        self.on_acked(delivery)
                 except LeaseLost:
                     self.lost += 1
                     log.warning("%s@%d: lease lost before the ack", self.topic, delivery.offset)

@@ -70,10 +70,9 @@ def _dev(args: argparse.Namespace) -> int:
 def _addresses(args: argparse.Namespace) -> list[tuple[str, int]]:
     from paxq.client.connection import parse_address
 
-    from .dev import dev_client_addresses
+    from .client_commands import seeds
 
-    text = args.nodes or os.environ.get("PAXQ_NODES") or ",".join(dev_client_addresses())
-    return [parse_address(part.strip()) for part in text.split(",") if part.strip()]
+    return [parse_address(seed) for seed in seeds(args)]
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -17,15 +17,15 @@ import anyio
 import trio
 
 from paxq.client import Client, Delivery, Message, PaxqError, Tasks, WorkerPool
-
-from .dev import dev_client_addresses
+from paxq.client.connection import default_seeds
 
 NODES_HELP = "client addresses host:port,... (default: PAXQ_NODES, else the paxq dev nodes)"
 
 
 def seeds(args: argparse.Namespace) -> list[str]:
-    text = args.nodes or os.environ.get("PAXQ_NODES") or ",".join(dev_client_addresses())
-    return [part.strip() for part in text.split(",") if part.strip()]
+    if args.nodes:
+        return [part.strip() for part in args.nodes.split(",") if part.strip()]
+    return default_seeds()
 
 
 def run(args: argparse.Namespace, body: Callable[[Client], Awaitable[int | None]]) -> int:

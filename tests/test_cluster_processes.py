@@ -6,126 +6,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import trio
+from processes import Cluster
 
-from paxq.client import Client, ConnectionLost, Unavailable, UnknownOutcome
-from paxq.client.connection import connect
-from paxq.ops.admin import gather_status
+from paxq.client import ConnectionLost
 
 pytestmark = pytest.mark.slow
 PHASE_S = 60
-
-
-class Cluster:
-    def __init__(self, data: Path, ports: list[int]) -> None:
-        self.data = data
-        self.peers = ",".join(f"{i}=127.0.0.1:{ports[i]}" for i in range(3))
-        self.clients = ",".join(f"{i}=127.0.0.1:{ports[3 + i]}" for i in range(3))
-        self.client_addresses = [("127.0.0.1", ports[3 + i]) for i in range(3)]
-        self.procs: dict[int, subprocess.Popen] = {}
-        self.leader_hint = 0  # asked first, as a client that remembers the leader would
-        self.created = False
-        self.extra: list[str] = []  # more flags for every node
-
-    def start(self, node: int) -> None:
-        log = open(self.data / f"node{node}.log", "ab")  # noqa: SIM115 (the child writes it)
-        self.procs[node] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "paxq.ops.cli",
-                "node",
-                "--cluster",
-                "it",
-                "--id",
-                str(node),
-                "--data",
-                str(self.data / f"node{node}"),
-                "--peers",
-                self.peers,
-                "--clients",
-                self.clients,
-                *self.extra,
-            ],
-            stdout=log,
-            stderr=log,
-        )
-
-    def kill(self, node: int, sig: int = signal.SIGKILL) -> None:
-        self.procs[node].send_signal(sig)
-        if sig == signal.SIGKILL:
-            self.procs[node].wait(10)
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.kill()
-                proc.wait(10)
-
-    async def statuses(self) -> list[dict]:
-        return await gather_status(self.client_addresses)
-
-    async def leader(self, exclude: tuple[int, ...] = ()) -> int:
-        """Wait until exactly one reachable node (not excluded) leads; return its id."""
-        while True:
-            found = [
-                s["node"]
-                for s in await self.statuses()
-                if s.get("role") == "leader" and s["node"] not in exclude
-            ]
-            if len(found) == 1:
-                self.leader_hint = found[0]
-                return found[0]
-            await trio.sleep(0.05)
-
-    async def append(self, data: bytes) -> int | None:
-        """Publish to the topic "log": the offset, or None when the outcome is unknown (no
-        acknowledgement)."""
-        first = self.client_addresses[self.leader_hint]
-        addresses = [first, *[a for a in self.client_addresses if a != first]]
-        try:
-            async with Client(addresses, request_timeout_s=3.0) as client:
-                if not self.created:
-                    await client.create_topic("log", exist_ok=True)
-                    self.created = True
-                return await client.publish("log", data)
-        except (UnknownOutcome, Unavailable):
-            return None
-
-    async def log_of(self, node: int) -> list[bytes]:
-        entries: list[bytes] = []
-        async with connect(self.client_addresses[node]) as connection:
-            while True:
-                reply = await connection.request(
-                    "read", topic="log", limit=1000, **{"from": len(entries)}
-                )
-                result = reply["result"]
-                assert result["from"] == len(entries)
-                entries += [message["body"] for message in result["messages"]]
-                if len(entries) >= result["end"]:
-                    return entries
-
-
-@pytest.fixture
-def cluster(tmp_path: Path):
-    ports = []
-    import socket
-
-    for _ in range(6):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    c = Cluster(tmp_path, ports)
-    try:
-        yield c
-    finally:
-        c.stop_all()
 
 
 async def write_under_load(

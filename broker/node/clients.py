@@ -1,7 +1,7 @@
 """The client port of a node: sessions of the client protocol (`docs/protocol.md`).
 
     hello    -> {"paxq": "client", "v": 1}
-             <- {"ok": true, "node": N}
+             <- {"ok": true, "node": N, "leader": "host:port" (when known)}
     command  -> {"id": I, "op": "publish", "topic": "orders", "messages": [{"body": b"..."}]}
              <- {"id": I, "ok": true, "result": {"offset": n, "count": 1}}
     query    -> {"id": I, "op": "read" | "describe" | "list" | "status", ...}
@@ -153,7 +153,12 @@ class ClientPort:
                 )
             )
             return
-        await stream.send_all(encode_frame({"ok": True, "node": self.node.id}))
+        welcome: dict = {"ok": True, "node": self.node.id}
+        leader = self.node.replica.leader_hint
+        if leader in self.client_addresses:  # so a client finds the leader with no detour
+            host, port = self.client_addresses[leader]
+            welcome["leader"] = f"{host}:{port}"
+        await stream.send_all(encode_frame(welcome))
         session = _Session(os.urandom(8), self.frame_bytes_max)
         async with trio.open_nursery() as nursery:
             session.nursery = nursery

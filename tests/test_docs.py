@@ -1,0 +1,150 @@
+"""Every example in the README and the docs runs as written against a real `paxq dev`
+cluster (three node processes on free loopback ports, found through PAXQ_NODES).
+
+Fenced `sh` blocks run line by line (`make` lines excepted: the cluster is already up, and
+the tests are what runs this); `python` blocks run as scripts. Blocks fenced `py` or `text`
+are shown, not run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from paxq.ops.admin import gather_status
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ["README.md", "docs/quickstart.md", "docs/client.md"]
+BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
+BLOCK_S = 120
+pytestmark = pytest.mark.slow
+
+
+def blocks() -> list[tuple[str, int, str, str]]:
+    out = []
+    for name in DOCS:
+        for i, match in enumerate(BLOCK.finditer((ROOT / name).read_text())):
+            if match.group(1) in ("sh", "python"):
+                out.append((name, i, match.group(1), match.group(2)))
+    return out
+
+
+def free_base(count: int) -> int:
+    """A port p with p .. p+count-1 all free on 127.0.0.1 (paxq dev numbers its nodes so)."""
+    for base in range(23_000, 60_000, 97):
+        try:
+            sockets = []
+            for port in range(base, base + count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no free ports")
+
+
+@pytest.fixture(scope="module")
+def dev_cluster(tmp_path_factory: pytest.TempPathFactory):
+    data = tmp_path_factory.mktemp("dev")
+    peer = free_base(6)  # three peer ports, then three client ports
+    client = peer + 3
+    nodes = ",".join(f"127.0.0.1:{client + i}" for i in range(3))
+    log = open(data / "dev.log", "ab")  # noqa: SIM115 (the child writes it)
+    dev = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "paxq.ops.cli",
+            "dev",
+            "--data",
+            str(data / "cluster"),
+            "--peer-port",
+            str(peer),
+            "--client-port",
+            str(client),
+        ],
+        stdout=log,
+        stderr=log,
+        start_new_session=True,  # its nodes share its process group: stopped together
+    )
+    try:
+        addresses = [("127.0.0.1", client + i) for i in range(3)]
+
+        async def leader() -> None:
+            with trio.fail_after(60):
+                while not any(s.get("role") == "leader" for s in await gather_status(addresses)):
+                    await trio.sleep(0.1)
+
+        trio.run(leader)
+        yield {**os.environ, "PAXQ_NODES": nodes}
+    finally:
+        dev.send_signal(signal.SIGTERM)  # paxq dev stops its nodes cleanly
+        try:
+            dev.wait(30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(dev.pid, signal.SIGKILL)  # anything left of the group, by pid
+            log.close()
+
+
+def _paxq_line(line: str) -> str:
+    """A README line as written; `.venv/bin/` points at this interpreter's scripts when the
+    suite runs outside the quick start's venv."""
+    if not (ROOT / ".venv/bin/paxq").exists():
+        line = line.replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+    return line
+
+
+@pytest.mark.parametrize(
+    ("name", "index", "kind", "code"),
+    blocks(),
+    ids=[f"{name}#{index}" for name, index, _, _ in blocks()],
+)
+def test_the_example_runs_as_written(
+    dev_cluster: dict, tmp_path: Path, name: str, index: int, kind: str, code: str
+) -> None:
+    if kind == "sh":
+        lines = [
+            line
+            for line in code.splitlines()
+            if line.strip() and not line.lstrip().startswith(("#", "make "))
+        ]
+        for line in lines:
+            done = subprocess.run(
+                ["bash", "-c", _paxq_line(line)],
+                cwd=ROOT,
+                env=dev_cluster,
+                capture_output=True,
+                text=True,
+                timeout=BLOCK_S,
+            )
+            assert done.returncode == 0, f"{name}: {line}\n{done.stdout}\n{done.stderr}"
+        return
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=dev_cluster,
+        capture_output=True,
+        text=True,
+        timeout=BLOCK_S,
+    )
+    assert done.returncode == 0, f"{name} block {index}:\n{done.stdout}\n{done.stderr}"
+
+
+def test_the_docs_have_examples_to_run() -> None:
+    kinds = {(name, kind) for name, _, kind, _ in blocks()}
+    assert {("README.md", "sh"), ("README.md", "python"), ("docs/client.md", "python")} <= kinds
