@@ -10,6 +10,8 @@ from typing import Generic, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
+from .errors import Unavailable
+
 Item = TypeVar("Item")
 
 
@@ -61,8 +63,11 @@ class Batcher(Generic[Item]):
         self._queued_bytes = 0
         self._wake = anyio.Event()
         self._running = False
+        self._closed: BaseException | None = None
 
     async def submit(self, item: Item, size: int) -> object:
+        if self._closed is not None:
+            raise self._closed
         await self._room.acquire()
         job = Job(item, size)
         self._queue.append(job)
@@ -77,6 +82,15 @@ class Batcher(Generic[Item]):
         return job.result
 
     async def _run(self) -> None:
+        try:
+            await self._gather()
+        finally:
+            # The client is closing (its task group is cancelled): nobody may wait forever.
+            self._closed = Unavailable("the client is closed")
+            while self._queue:
+                self._queue.popleft().finish(error=self._closed)
+
+    async def _gather(self) -> None:
         queue = self._queue
         while True:
             while not queue:

@@ -58,7 +58,13 @@ from .errors import (
 )
 from .messages import Delivery, Headers, Message
 from .wire import FRAME_BYTES_MAX
-from .wire.protocol import COMMANDS, LEASES_MAX, PRODUCER_WINDOW, PUBLISH_MESSAGES_MAX
+from .wire.protocol import (
+    COMMANDS,
+    LEASES_MAX,
+    PRODUCER_WINDOW,
+    PUBLISH_MESSAGES_MAX,
+    WAIT_MS_MAX,
+)
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -123,9 +129,12 @@ class Client:
         self.publish_batch_bytes = publish_batch_bytes
         self.publish_in_flight = min(publish_in_flight, PRODUCER_WINDOW)
         self.frame_bytes_max = frame_bytes_max
-        #: names this client's sends: a retried send with the same id and sequence is
-        #: answered, not applied again. Random per client, so a restart cannot collide.
-        self.producer_id = producer_id or os.urandom(12).hex()
+        #: names this client's sequenced commands: a resend with the same id and sequence
+        #: is answered, not applied again. A given id is a prefix: each client adds its own
+        #: random incarnation, since sequences start from 0 again (a restart, another
+        #: process) and must never meet an earlier run's.
+        incarnation = os.urandom(8).hex()
+        self.producer_id = f"{producer_id}.{incarnation}" if producer_id else incarnation
         self._connections: dict[Address, Connection] = {}
         self._connecting: dict[Address, anyio.Lock] = {}
         self._leader: Address | None = None
@@ -161,6 +170,7 @@ class Client:
         stack, self._stack = self._stack, None
         if self._group is not None:
             self._group.cancel_scope.cancel()
+            self._group = None  # later calls fail at once (task_group), not hang
         try:
             for connection in list(self._connections.values()):
                 await connection.aclose()  # shielded: the task group must be left below
@@ -217,7 +227,7 @@ class Client:
 
         async def give_back() -> None:
             with contextlib.suppress(PaxqError):
-                await self._sequenced("nack", fields["topic"], back)
+                await self.sequenced("nack", fields["topic"], back)
 
         self._group.start_soon(give_back)
 
@@ -282,7 +292,7 @@ class Client:
             if now >= deadline:
                 break
             if wait_s:
-                fields["wait_ms"] = max(0, int((wait_until - now) * 1000))
+                fields["wait_ms"] = max(0, min(WAIT_MS_MAX, int((wait_until - now) * 1000)))
             pause = True
             try:
                 connection = await self._connection(
@@ -344,9 +354,9 @@ class Client:
             raise UnknownOutcome(what + "; it may or may not have been applied")
         raise Unavailable(what)
 
-    async def _sequenced(self, op: str, topic: str, fields: dict) -> object:
-        """A command that carries this client's producer id and its next sequence on the
-        topic, so that resending it is harmless."""
+    async def sequenced(self, op: str, topic: str, fields: dict) -> object:
+        """Send a publish, ack, nack or extend with this client's producer id and its next
+        sequence on the topic, so that resending it is harmless."""
         sequencer = self._sequencers.get(topic)
         if sequencer is None:
             sequencer = self._sequencers[topic] = Sequencer(PRODUCER_WINDOW)
@@ -489,7 +499,7 @@ class Client:
         return offsets
 
     async def _publish_chunk(self, topic: str, messages: list[dict]) -> list[int]:
-        result = await self._sequenced("publish", topic, {"messages": messages})
+        result = await self.sequenced("publish", topic, {"messages": messages})
         first = result["offset"]  # type: ignore[index]
         return list(range(first, first + len(messages)))
 
@@ -532,7 +542,13 @@ class Client:
             fields["max_bytes"] = max_bytes
         if consumer:
             fields["consumer"] = consumer
-        result = await self.request("claim", fields, retry=Retry.HARMLESS, wait_s=wait_s)
+        until = anyio.current_time() + wait_s
+        while True:  # a node holds one request at most WAIT_MS_MAX: ask again until done
+            left = until - anyio.current_time()  # (`max` is an argument here)
+            left = left if left > 0 else 0.0
+            result = await self.request("claim", fields, retry=Retry.HARMLESS, wait_s=left)
+            if result["messages"] or left * 1000 <= WAIT_MS_MAX:  # type: ignore[index]
+                break
         return [
             Delivery(
                 topic=topic,
@@ -555,6 +571,7 @@ class Client:
         Raises LeaseLost (with the offsets) if any lease is gone: the others are acked."""
         if not deliveries:
             return
+        _lease_fields(deliveries)  # one topic and subscription
         first = deliveries[0]
         key = (first.topic, first.subscription)
         batcher = self._ackers.get(key)
@@ -579,13 +596,26 @@ class Client:
             raise LeaseLost(f"{len(lost)} of {len(deliveries)} leases are no longer held", lost)
 
     async def _ack_jobs(self, key: tuple[str, str | None], jobs: list[Job]) -> None:
+        # An offset twice in one request is refused whole (an old and a new lease of one
+        # message, or one delivery acked twice): such repeats go in a request of their own.
+        seen: set[int] = set()
+        first: list[Job] = []
+        again: list[Job] = []
+        for job in jobs:
+            (again if job.item.offset in seen else first).append(job)
+            seen.add(job.item.offset)
+        await self._ack_distinct(key, first)
+        if again:
+            await self._ack_jobs(key, again)
+
+    async def _ack_distinct(self, key: tuple[str, str | None], jobs: list[Job]) -> None:
         topic, subscription = key
         while jobs:
             fields: dict = {"leases": [job.item.lease for job in jobs]}
             if subscription is not None:
                 fields["subscription"] = subscription
             try:
-                await self._sequenced("ack", topic, fields)
+                await self.sequenced("ack", topic, fields)
             except LeaseLost as error:
                 lost = set(error.offsets)
                 for job in jobs:
@@ -609,7 +639,7 @@ class Client:
         if delay_s is not None:
             fields["delay_ms"] = _ms(delay_s)
         try:
-            result = await self._sequenced("nack", deliveries[0].topic, fields)
+            result = await self.sequenced("nack", deliveries[0].topic, fields)
         finally:
             for delivery in deliveries:
                 delivery.settle()
@@ -620,7 +650,7 @@ class Client:
         if not deliveries:
             return 0
         fields = {**_lease_fields(deliveries), "lease_ms": _ms(lease_s)}
-        result = await self._sequenced("extend", deliveries[0].topic, fields)
+        result = await self.sequenced("extend", deliveries[0].topic, fields)
         deadline = result["deadline_ms"]  # type: ignore[index]
         for delivery in deliveries:
             delivery.deadline_ms = deadline

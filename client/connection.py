@@ -152,24 +152,36 @@ class Connection:
         rid = next(self._ids)
         frame = encode_frame({**fields, "id": rid, "op": op}, self.frame_bytes_max)
         pending = self._pending[rid] = _Pending()
-        sent = False
+        sending = False
         try:
-            try:
-                async with self._send_lock:
+            async with self._send_lock:
+                sending = True
+                try:
                     await self._stream.send(frame)
-                    sent = True
-            except _BROKEN as error:
-                self._fail(f"sending failed: {error!r}")
+                except _BROKEN as error:
+                    self._fail(f"sending failed: {error!r}")
+                except BaseException:
+                    # Cancelled mid-send: part of the frame may be out, and the stream can
+                    # no longer be framed. Close it; its other requests are retried.
+                    self._fail("a send was cancelled")
+                    raise
             await pending.done.wait()
         except BaseException:
-            if sent and pending.reply is None and not self._closed:
-                await self._abandon(rid, op, fields)
-            raise
-        finally:
             self._pending.pop(rid, None)
+            if sending and not self._closed:
+                if pending.reply is not None:
+                    self._orphaned(rid, op, fields, pending.reply)
+                else:
+                    await self._abandon(rid, op, fields)
+            raise
+        self._pending.pop(rid, None)
         if pending.reply is None:
             raise ConnectionLost(self.error or "the connection closed")
         return pending.reply
+
+    def _orphaned(self, rid: int, op: str, fields: dict, reply: dict) -> None:
+        if op == "claim" and self.on_orphan is not None:
+            self.on_orphan(op, fields, reply)
 
     async def _abandon(self, rid: int, op: str, fields: dict) -> None:
         """The caller gave up on a sent request (cancelled, timed out): a waiting one is
@@ -181,12 +193,14 @@ class Connection:
         if "wait_ms" not in fields:
             return
         cancel = encode_frame({"id": next(self._ids), "op": "cancel", "request": rid})
-        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0) as late:
             try:
                 async with self._send_lock:
                     await self._stream.send(cancel)
             except _BROKEN as error:
                 self._fail(f"sending failed: {error!r}")
+        if late.cancelled_caught:
+            self._fail("the node does not read")  # and a frame may be cut short
 
     async def _read(self) -> None:
         try:
@@ -202,8 +216,7 @@ class Connection:
                         pending.done.set()
                     elif rid in self._abandoned:
                         op, fields = self._abandoned.pop(rid)
-                        if self.on_orphan is not None:
-                            self.on_orphan(op, fields, reply)
+                        self._orphaned(rid, op, fields, reply)
                     elif reply.get("id") is None and reply.get("ok") is False:
                         # The node ends the session over something it says here.
                         self.error = str(error_from_reply(reply))

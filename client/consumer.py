@@ -102,7 +102,9 @@ class Consumer:
                 log.info("handing back %d deliveries: %s", len(held), error)
 
     def _settled(self, delivery: Delivery) -> None:
-        self.held.pop(delivery.offset, None)
+        # Only this delivery: the offset may be held again since, under a newer lease.
+        if self.held.get(delivery.offset) is delivery:
+            del self.held[delivery.offset]
         self._room.set()
 
     async def _fetch(self) -> None:

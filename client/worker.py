@@ -4,7 +4,8 @@ A handler that returns acks its delivery (unless it acked or nacked it itself); 
 raises nacks it, so it comes back after the subscription's backoff and goes to the dead
 letters once it has used up `max_deliveries`. Leases are kept extended while handlers run.
 `stop()` is graceful: nothing new is taken, running handlers get `grace_s` to finish, then
-they are cancelled and their messages handed back, as is what was prefetched.
+they are cancelled and their messages handed back, as is what was prefetched. A plain (not
+async) handler runs in a thread, which cannot be cancelled: it finishes, and is acked.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from .messages import Delivery
 log = logging.getLogger("paxq.client.worker")
 
 Handler = Callable[[Delivery], Awaitable[object] | object]
+#: the longest an ack or nack after a handler may take once the pool is stopping
+_SETTLE_S = 10.0
 
 
 class WorkerPool:
@@ -124,23 +127,31 @@ class WorkerPool:
             self.failed += 1
             log.exception("handler failed on %s@%d", self.topic, delivery.offset)
             if not delivery.finished:
-                await _quietly(delivery.nack())
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_SETTLE_S):
+                    await _quietly(delivery.nack())
         else:
-            if not delivery.finished:
-                try:
-                    await delivery.ack()
-                    self.done += 1
-                    if self.on_acked is not None:
-                        self.on_acked(delivery)
-                except LeaseLost:
-                    self.lost += 1
-                    log.warning("%s@%d: lease lost before the ack", self.topic, delivery.offset)
-                except PaxqError as error:
-                    log.warning("%s@%d: ack failed: %s", self.topic, delivery.offset, error)
-            else:
-                self.done += 1
+            # The work is done: its ack must not be lost to a cancellation arriving now (a
+            # thread handler outlives the grace period, and returns into a cancelled scope).
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_SETTLE_S):
+                await self._ack(delivery)
         finally:
             self.active -= 1
+
+    async def _ack(self, delivery: Delivery) -> None:
+        if delivery.finished:  # the handler acked or nacked it itself
+            self.done += 1
+            return
+        try:
+            await delivery.ack()
+        except LeaseLost:
+            self.lost += 1
+            log.warning("%s@%d: lease lost before the ack", self.topic, delivery.offset)
+        except PaxqError as error:
+            log.warning("%s@%d: ack failed: %s", self.topic, delivery.offset, error)
+        else:
+            self.done += 1
+            if self.on_acked is not None:
+                self.on_acked(delivery)
 
 
 async def _quietly(call: Awaitable[object]) -> None:

@@ -37,11 +37,26 @@ def run(args: argparse.Namespace, body: Callable[[Client], Awaitable[int | None]
 
     try:
         return trio.run(main)
-    except PaxqError as error:
-        print(f"paxq {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
+    except (PaxqError, BaseExceptionGroup) as error:
+        found = _paxq_error(error)
+        if found is None:
+            raise
+        print(f"paxq {args.command}: {type(found).__name__}: {found}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _paxq_error(error: BaseException) -> PaxqError | None:
+    """The PaxqError itself, or the first one inside task groups' exception groups."""
+    if isinstance(error, PaxqError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _paxq_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def emit(value: object) -> None:
@@ -174,7 +189,9 @@ def _publish(args: argparse.Namespace) -> int:
         # One message per line of stdin, sent concurrently (batched), bounded in flight.
         limit = anyio.Semaphore(256)
         async with anyio.create_task_group() as group:
-            for line in sys.stdin:
+            # Lines are read in a thread: a pipe that pauses (tail -f) must not hold back
+            # the publishes already read.
+            while line := await anyio.to_thread.run_sync(sys.stdin.readline):
                 await limit.acquire()
 
                 async def send(text: str = line.rstrip("\n")) -> None:
@@ -211,7 +228,8 @@ def _settle(op: str) -> Callable[[argparse.Namespace], int]:
                 fields["subscription"] = args.subscription
             if op == "nack" and args.delay_s is not None:
                 fields["delay_ms"] = round(args.delay_s * 1000)
-            emit(await client.request(op, fields))
+            fields.pop("topic")
+            emit(await client.sequenced(op, args.topic, fields))
 
         return run(args, body)
 

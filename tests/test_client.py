@@ -142,7 +142,7 @@ class Cut:
         await trio.serve_listeners(self._session, listeners)
 
     async def _session(self, down: trio.SocketStream) -> None:
-        from paxq.client.wire import FrameDecoder
+        from paxq.client.wire import FrameDecoder, encode_frame
 
         up = await trio.open_tcp_stream(*self.target)
         decoder = FrameDecoder()
@@ -159,12 +159,15 @@ class Cut:
                     await up.send_all(data)
 
             async def downward() -> None:
+                replies = FrameDecoder()
                 while data := await up.receive_some(1 << 16):
                     if cutting.is_set():
                         await trio.sleep(0.2)  # let the node apply it, then vanish
                         nursery.cancel_scope.cancel()
                         return
-                    await down.send_all(data)
+                    for frame in replies.feed(data):
+                        frame.pop("leader", None)  # the client must stay behind the proxy
+                        await down.send_all(encode_frame(frame))
 
             nursery.start_soon(upward)
             nursery.start_soon(downward)
@@ -424,3 +427,59 @@ async def test_a_blocking_script_and_an_asyncio_program(tmp_path: Path) -> None:
 
             got = await trio.to_thread.run_sync(lambda: asyncio.run(asyncio_program()))
             assert got == [b"from asyncio"]
+
+
+async def test_a_closed_client_fails_fast_and_producer_ids_never_repeat(tmp_path: Path) -> None:
+    first, second = Client("127.0.0.1:1", producer_id="billing"), Client("127.0.0.1:1")
+    again = Client("127.0.0.1:1", producer_id="billing")
+    assert first.producer_id.startswith("billing.") and first.producer_id != again.producer_id
+    assert second.producer_id != first.producer_id
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 1) as (nodes, clients):
+            await leader_of(nodes)
+            async with Client(seeds_of(clients)) as client:
+                await client.create_topic("t")
+                await client.publish("t", b"before")
+            with pytest.raises((PaxqError, RuntimeError)):
+                await client.publish("t", b"after")  # raises: it does not hang
+
+
+async def test_one_delivery_acked_twice_at_once_fails_only_itself(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 1) as (nodes, clients):
+            await leader_of(nodes)
+            async with Client(seeds_of(clients)) as client:
+                await client.create_queue("q")
+                await client.publish_many("q", [b"a", b"b"])
+                a, b = await client.claim("q", max=2)
+                outcomes: list[object] = []
+
+                async def ack(delivery) -> None:
+                    try:
+                        await client.ack([delivery])
+                        outcomes.append("acked")
+                    except PaxqError as error:
+                        outcomes.append(type(error))
+
+                async with trio.open_nursery() as nursery:
+                    for delivery in (a, a, b):  # the same offset twice, in one batch
+                        nursery.start_soon(ack, delivery)
+                assert sorted(map(str, outcomes)) == sorted(map(str, ["acked", "acked", LeaseLost]))
+
+
+async def test_a_held_claim_ends_with_its_connection(tmp_path: Path) -> None:
+    from paxq.client.connection import connect
+
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 1) as (nodes, clients):
+            await leader_of(nodes)
+            async with Client(seeds_of(clients)) as client:
+                await client.create_queue("q")
+                with trio.move_on_after(0.5):
+                    async with connect(clients[0]) as raw:  # a worker that dies waiting
+                        await raw.request("claim", topic="q", wait_ms=50_000)
+                while sum(port.waiting for port in _ports(nodes)):
+                    await trio.sleep(0.01)  # the node let go of it
+                await client.publish("q", b"for a live worker")
+                [delivery] = await client.claim("q", wait_s=10)
+                assert delivery.deliveries == 1

@@ -533,6 +533,7 @@ class QueueMachine:
         if topic.kind == QUEUE:
             raise bad("a queue's subscription goes with the queue: delete the queue")
         del topic.subs[sub.name]
+        self.changed.add(topic.name)  # its waiting claims learn it is gone
         return {"topic": topic.name, "subscription": sub.name}
 
     def _purge(self, arguments: dict) -> object:
@@ -589,10 +590,14 @@ class QueueMachine:
                 }
             )
         result: dict = {"messages": out, "now_ms": now}
-        if not out and sub.waiting:
-            # when a delayed or backed-off message may become claimable (a hint for a
-            # claim that waits: it may be stale, never late)
-            result["next_due_ms"] = sub.waiting[0][0]
+        if not out:
+            # When to look again, for a claim that waits (a hint: it may be early, never
+            # late): at once if the scan stopped at its bound short of the end, else when a
+            # delayed or backed-off message falls due.
+            if sub.cursor < topic.next:
+                result["next_due_ms"] = now
+            elif sub.waiting:
+                result["next_due_ms"] = sub.waiting[0][0]
         return result
 
     def _leases(self, arguments: dict, op: str, extra: frozenset[str]) -> tuple:

@@ -76,6 +76,7 @@ class ClientPort:
         # topic name -> the event its waiting requests sleep on; set (and replaced) when the
         # machine reports the topic changed
         self._changes: dict[str, trio.Event] = {}
+        self._watchers: dict[str, int] = {}  # topic name -> requests waiting on it
         node.on_applied = self._on_applied
 
     def _on_applied(self, changed: set[str] | None) -> None:
@@ -92,12 +93,25 @@ class ClientPort:
             events.pop(name).set()
 
     def _change_of(self, topic: object) -> trio.Event:
+        """The event set at the next change of `topic` (watched by a waiting request)."""
         if type(topic) is not str:
             return trio.Event()  # the request is refused anyway: nothing will wake it
         event = self._changes.get(topic)
         if event is None:
             event = self._changes[topic] = trio.Event()
         return event
+
+    def _unwatch(self, topic: object) -> None:
+        """A waiting request on `topic` ended: its event goes with the last one, so names
+        that never change (unknown topics) do not pile up."""
+        if type(topic) is not str:
+            return
+        count = self._watchers.get(topic, 0) - 1
+        if count > 0:
+            self._watchers[topic] = count
+            return
+        self._watchers.pop(topic, None)
+        self._changes.pop(topic, None)
 
     async def serve(
         self,
@@ -167,7 +181,10 @@ class ClientPort:
                 if session.in_flight >= self.in_flight_max:
                     await session.wait_for_room()  # past the bound: stop reading (backpressure)
                 await self._dispatch(session, request)
-            # The client closed its side: answer what is still in flight, then end.
+            # The client closed its side: nobody waits for a held claim or read any more (a
+            # claim that fired now would lease messages to nobody); answer the rest, then end.
+            for waiter in list(session.waiters.values()):
+                waiter.cancel()
             while session.in_flight:
                 await session.wait_for_room()
             await session.flushed()
@@ -267,7 +284,7 @@ class ClientPort:
             outcome.append((kind, value))
             applied.set()
 
-        with self._waiter(session, rid) as waiter:
+        with self._waiter(session, rid, request.get("topic")) as waiter:
             while True:
                 # Taken before proposing, so a change applied meanwhile is not missed.
                 changed = self._change_of(request.get("topic"))
@@ -300,7 +317,7 @@ class ClientPort:
         """A read at the end of its topic is answered once a message arrives or the wait
         ends (a live tail's long poll)."""
         deadline = trio.current_time() + wait_ms / 1000
-        with self._waiter(session, rid) as waiter:
+        with self._waiter(session, rid, request.get("topic")) as waiter:
             while True:
                 changed = self._change_of(request.get("topic"))
                 reply = self._handle(rid, request)
@@ -318,14 +335,17 @@ class ClientPort:
                     return
 
     @contextlib.contextmanager
-    def _waiter(self, session: _Session, rid: int):
+    def _waiter(self, session: _Session, rid: int, topic: object):
         waiter = session.waiters[rid] = _Waiter()
         self.waiting += 1
+        if type(topic) is str:
+            self._watchers[topic] = self._watchers.get(topic, 0) + 1
         try:
             yield waiter
         finally:
             self.waiting -= 1
             session.waiters.pop(rid, None)
+            self._unwatch(topic)
 
     def _cancel(self, session: _Session, rid: int, request: dict) -> None:
         """`cancel` ends a waiting claim or read of this session: the client gave up on it.
