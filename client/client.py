@@ -242,7 +242,12 @@ class Client:
                     return connection
         address = self._addresses[self._turn % len(self._addresses)]
         self._turn += 1
-        return await self._connect(address, timeout_s)
+        connection = await self._connect(address, timeout_s)
+        if self._leader is not None and self._leader != address:
+            # Its hello named the leader: go there (a follower's state may lag behind a
+            # write this client just made, e.g. a topic it just created).
+            return await self._connect(self._leader, timeout_s)
+        return connection
 
     def _lost(self, address: Address) -> None:
         if self._leader == address:

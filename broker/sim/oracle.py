@@ -81,7 +81,10 @@ class QueueOracle:
             return
         if isinstance(result, MachineError):
             producer = args.get("producer")
-            if producer is not None and (args["topic"], producer, args["seq"]) in self.producers:
+            key = (args.get("topic"), producer, args.get("seq"))
+            resent = producer is not None and key in self.producers
+            # SEQUENCE_TOO_OLD is the window's answer to a resend that came too late.
+            if resent and result.code != ErrorCode.SEQUENCE_TOO_OLD:
                 raise Violation(
                     "idempotence",
                     f"slot {slot}: a resend of {op} {(args['topic'], producer, args['seq'])}, "
