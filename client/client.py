@@ -212,24 +212,20 @@ class Client:
                         self._leader = parse_address(connection.leader)
             return connection
 
-    def _orphan(self, op: str, fields: dict, reply: dict) -> None:
+    async def _orphan(self, op: str, fields: dict, reply: dict) -> None:
         """A claim answered after its caller gave up: give its messages back at once
         rather than leave them leased to nobody until the lease ends."""
         result = reply.get("result")
         if op != "claim" or reply.get("ok") is not True or not isinstance(result, dict):
             return
         leases = [[m["offset"], m["token"]] for m in result.get("messages", ())]
-        if not leases or self._group is None:
+        if not leases:
             return
         back = {"leases": leases, "delay_ms": 0}
         if "subscription" in fields:
             back["subscription"] = fields["subscription"]
-
-        async def give_back() -> None:
-            with contextlib.suppress(PaxqError):
-                await self.sequenced("nack", fields["topic"], back)
-
-        self._group.start_soon(give_back)
+        with contextlib.suppress(PaxqError, RuntimeError):  # RuntimeError: closed meanwhile
+            await self.sequenced("nack", fields["topic"], back)
 
     async def _connection(self, command: bool, timeout_s: float) -> Connection:
         """The leader's connection if it is known; else, for a query, any open one; else the

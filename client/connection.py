@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -58,6 +58,8 @@ class _Pending:
 
 #: claims given up on, remembered per connection until their replies come
 _ABANDONED_MAX = 1024
+#: the most a cancelled request spends ending itself cleanly on the node
+_SETTLE_S = 10.0
 #: the most bytes read from the socket at once
 _READ_BYTES = 1 << 16
 #: errors that mean the connection is gone
@@ -90,7 +92,8 @@ class Connection:
         #: claims given up after they were sent: their late replies go to `on_orphan`
         #: (which gives back any messages they got rather than leave them leased)
         self._abandoned: OrderedDict[int, tuple[str, dict]] = OrderedDict()
-        self.on_orphan: Callable[[str, dict, dict], None] | None = None
+        self.on_orphan: Callable[[str, dict, dict], Awaitable[None]] | None = None
+        self._group: TaskGroup | None = None
 
     @classmethod
     async def open(
@@ -126,6 +129,7 @@ class Connection:
         return connection
 
     def start(self, task_group: TaskGroup) -> None:
+        self._group = task_group
         task_group.start_soon(self._read)
 
     async def _first_frame(self) -> object:
@@ -167,40 +171,37 @@ class Connection:
                     raise
             await pending.done.wait()
         except BaseException:
-            self._pending.pop(rid, None)
             if sending and not self._closed:
-                if pending.reply is not None:
-                    self._orphaned(rid, op, fields, pending.reply)
-                else:
-                    await self._abandon(rid, op, fields)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_SETTLE_S):
+                    await self._abandon(rid, op, fields, pending)
+            self._pending.pop(rid, None)
             raise
         self._pending.pop(rid, None)
         if pending.reply is None:
             raise ConnectionLost(self.error or "the connection closed")
         return pending.reply
 
-    def _orphaned(self, rid: int, op: str, fields: dict, reply: dict) -> None:
-        if op == "claim" and self.on_orphan is not None:
-            self.on_orphan(op, fields, reply)
-
-    async def _abandon(self, rid: int, op: str, fields: dict) -> None:
-        """The caller gave up on a sent request (cancelled, timed out): a waiting one is
-        cancelled on the node; a claim's late reply is handed to `on_orphan`."""
-        if op == "claim":
-            self._abandoned[rid] = (op, fields)
-            while len(self._abandoned) > _ABANDONED_MAX:
-                self._abandoned.popitem(last=False)
-        if "wait_ms" not in fields:
-            return
-        cancel = encode_frame({"id": next(self._ids), "op": "cancel", "request": rid})
-        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0) as late:
+    async def _abandon(self, rid: int, op: str, fields: dict, pending: _Pending) -> None:
+        """The caller gave up on a sent request (cancelled, timed out). A waiting one is
+        cancelled on the node, which answers at once; a claim's answer with messages goes
+        to `on_orphan` (they are given back) before the cancellation goes on. A claim that
+        was not waiting may answer later: its reply is handed over when it comes."""
+        if "wait_ms" in fields and pending.reply is None:
+            cancel = encode_frame({"id": next(self._ids), "op": "cancel", "request": rid})
             try:
                 async with self._send_lock:
                     await self._stream.send(cancel)
             except _BROKEN as error:
                 self._fail(f"sending failed: {error!r}")
-        if late.cancelled_caught:
-            self._fail("the node does not read")  # and a frame may be cut short
+            with anyio.move_on_after(_SETTLE_S / 2):
+                await pending.done.wait()
+        if pending.reply is not None:
+            if op == "claim" and self.on_orphan is not None:
+                await self.on_orphan(op, fields, pending.reply)
+        elif op == "claim":
+            self._abandoned[rid] = (op, fields)
+            while len(self._abandoned) > _ABANDONED_MAX:
+                self._abandoned.popitem(last=False)
 
     async def _read(self) -> None:
         try:
@@ -216,7 +217,8 @@ class Connection:
                         pending.done.set()
                     elif rid in self._abandoned:
                         op, fields = self._abandoned.pop(rid)
-                        self._orphaned(rid, op, fields, reply)
+                        if self.on_orphan is not None and self._group is not None:
+                            self._group.start_soon(self.on_orphan, op, fields, reply)
                     elif reply.get("id") is None and reply.get("ok") is False:
                         # The node ends the session over something it says here.
                         self.error = str(error_from_reply(reply))

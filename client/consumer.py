@@ -58,8 +58,13 @@ class Consumer:
         self._send, self._receive = anyio.create_memory_object_stream[Delivery](prefetch)
         self._group: TaskGroup | None = None
         self._error: BaseException | None = None
+        self._fetching: anyio.CancelScope | None = None  # made in the loop, at entry
+        self._stop_asked = False
 
     async def __aenter__(self) -> Consumer:
+        self._fetching = anyio.CancelScope()
+        if self._stop_asked:
+            self._fetching.cancel()
         self._group = anyio.create_task_group()
         await self._group.__aenter__()
         self._group.start_soon(self._fetch)
@@ -92,6 +97,13 @@ class Consumer:
                 raise self._error from None
             raise StopAsyncIteration from None
 
+    def stop_fetching(self) -> None:
+        """Claim nothing more (a claim waiting now is withdrawn, and what it got given
+        back); iteration ends once what was fetched is taken."""
+        self._stop_asked = True
+        if self._fetching is not None:
+            self._fetching.cancel()
+
     async def hand_back(self) -> None:
         """Nack, without delay, everything held and not finished."""
         held = [d for d in self.held.values() if not d.finished]
@@ -108,6 +120,14 @@ class Consumer:
         self._room.set()
 
     async def _fetch(self) -> None:
+        assert self._fetching is not None
+        try:
+            with self._fetching:
+                await self._fetch_until_stopped()
+        finally:
+            self._send.close()
+
+    async def _fetch_until_stopped(self) -> None:
         try:
             while True:
                 # Claim again once half the prefetch is used: fewer, larger claims.
@@ -133,8 +153,6 @@ class Consumer:
                     await self._send.send(delivery)
         except PaxqError as error:  # the topic went away, a bad argument: the end
             self._error = error
-        finally:
-            self._send.close()
 
     async def _keep(self) -> None:
         period = self.lease_s / 3

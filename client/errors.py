@@ -97,6 +97,12 @@ class SequenceTooOld(PaxqError):
     code = ErrorCode.SEQUENCE_TOO_OLD
 
 
+class RequestCancelled(PaxqError):
+    """The client cancelled the waiting request (the client library's own cancel)."""
+
+    code = ErrorCode.CANCELLED
+
+
 class Unavailable(PaxqError):
     """No node answered in time (every address tried, with backoff, until the deadline)."""
 
@@ -121,6 +127,7 @@ _BY_CODE: dict[int, type[PaxqError]] = {
         LeaseLost,
         QueueFull,
         SequenceTooOld,
+        RequestCancelled,
     )
 }
 

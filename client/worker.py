@@ -66,10 +66,13 @@ class WorkerPool:
         self._stopping = anyio.Event()
         self._taking: set[anyio.CancelScope] = set()
         self._handling: anyio.CancelScope | None = None
+        self._consumer: Consumer | None = None
 
     def stop(self) -> None:
         """Stop taking work; `run` returns once what runs is finished or handed back."""
         self._stopping.set()
+        if self._consumer is not None:
+            self._consumer.stop_fetching()
         for scope in self._taking:
             scope.cancel()
 
@@ -83,6 +86,9 @@ class WorkerPool:
             wait_s=self.wait_s,
             consumer=self.name,
         )
+        self._consumer = consumer
+        if self._stopping.is_set():
+            consumer.stop_fetching()  # stopped before it ran
         async with consumer, anyio.create_task_group() as workers:
             with anyio.CancelScope() as handling:
                 self._handling = handling

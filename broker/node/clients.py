@@ -300,7 +300,7 @@ class ClientPort:
                 now = trio.current_time()
                 empty = kind == "ok" and isinstance(value, dict) and not value["messages"]
                 if empty and waiter.cancelled:
-                    session.finish(b"", answered=True)  # nobody waits for it any more
+                    session.finish(self._cancelled(rid))
                     return
                 if not empty or now >= deadline:
                     session.finish(self._reply(rid, kind, value))
@@ -310,7 +310,7 @@ class ClientPort:
                 if due_ms is not None:
                     wake = min(wake, now + max(0, due_ms - self.node.clock_ms()) / 1000)
                 if not await waiter.wait(changed, wake):
-                    session.finish(b"", answered=True)
+                    session.finish(self._cancelled(rid))
                     return
 
     async def _read_waiting(self, session: _Session, rid: int, request: dict, wait_ms: int) -> None:
@@ -331,8 +331,11 @@ class ClientPort:
                     session.finish(_encode(reply, self.frame_bytes_max))
                     return
                 if not await waiter.wait(changed, deadline):
-                    session.finish(b"", answered=True)
+                    session.finish(self._cancelled(rid))
                     return
+
+    def _cancelled(self, rid: int) -> bytes:
+        return encode_frame(_error(rid, ErrorCode.CANCELLED, "cancelled by the client"))
 
     @contextlib.contextmanager
     def _waiter(self, session: _Session, rid: int, topic: object):
@@ -348,8 +351,8 @@ class ClientPort:
             self._unwatch(topic)
 
     def _cancel(self, session: _Session, rid: int, request: dict) -> None:
-        """`cancel` ends a waiting claim or read of this session: the client gave up on it.
-        A claim being proposed right then still answers if it got messages."""
+        """`cancel` ends a waiting claim or read of this session: it is answered CANCELLED
+        at once, or, a claim being proposed right then, with what it got."""
         target = request.get("request")
         waiter = session.waiters.get(target) if type(target) is int else None
         if waiter is not None:

@@ -25,6 +25,7 @@ class ErrorCode(enum.IntEnum):
     LEASE_LOST = 15  # the token is stale: the lease expired or was given to another consumer
     FULL = 16  # a queue at its message or byte limit refuses new messages
     SEQUENCE_TOO_OLD = 17  # an idempotent producer's sequence fell out of the window
+    CANCELLED = 18  # a waiting claim or read ended by the client's `cancel`
 
 
 class WireError(Exception):
