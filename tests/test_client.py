@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,16 @@ from paxq.client.errors import _BY_CODE, PaxqError, error_from_reply
 from paxq.client.wire import ErrorCode
 
 LIMIT_S = 60
+
+
+@asynccontextmanager
+async def cluster_client(tmp_path: Path, size: int, **options):
+    """A cluster of `size` nodes in this process with a leader, and a Client of it."""
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, size) as (nodes, clients):
+            await leader_of(nodes)
+            async with Client(seeds_of(clients), **options) as client:
+                yield nodes, clients, client
 
 
 def seeds_of(clients: dict) -> list[str]:
@@ -101,27 +112,22 @@ async def test_publish_claim_ack_through_a_follower_first(tmp_path: Path) -> Non
 
 
 async def test_concurrent_publishes_share_requests(tmp_path: Path) -> None:
-    with trio.fail_after(LIMIT_S):
-        async with serving(tmp_path, 3) as (nodes, clients):
-            await leader_of(nodes)
-            async with Client(seeds_of(clients), publish_in_flight=1) as client:
-                await client.create_topic("t")
-                before = nodes[0].machine.slots
-                async with trio.open_nursery() as nursery:
-                    for i in range(1000):
-                        nursery.start_soon(client.publish, "t", b"%d" % i)
-                producers = list(
-                    client_results
-                    for (topic_id, producer), client_results in nodes[
-                        0
-                    ].machine.producers.known.items()
-                    if producer == client.producer_id
-                )
-                # One request out at a time, the rest gathering meanwhile: far fewer
-                # sequences (requests) than messages.
-                assert producers and max(producers[0]) + 1 < 100
-                assert (await client.describe("t"))["next"] == 1000
-                assert nodes[0].machine.slots - before < 200
+    async with cluster_client(tmp_path, 3, publish_in_flight=1) as (nodes, _clients, client):
+        await client.create_topic("t")
+        before = nodes[0].machine.slots
+        async with trio.open_nursery() as nursery:
+            for i in range(1000):
+                nursery.start_soon(client.publish, "t", b"%d" % i)
+        producers = list(
+            client_results
+            for (topic_id, producer), client_results in nodes[0].machine.producers.known.items()
+            if producer == client.producer_id
+        )
+        # One request out at a time, the rest gathering meanwhile: far fewer
+        # sequences (requests) than messages.
+        assert producers and max(producers[0]) + 1 < 100
+        assert (await client.describe("t"))["next"] == 1000
+        assert nodes[0].machine.slots - before < 200
 
 
 class Cut:
@@ -199,29 +205,26 @@ async def test_a_lost_reply_is_retried_without_a_duplicate(tmp_path: Path) -> No
 
 
 async def test_a_long_poll_claim_is_woken_by_a_publish(tmp_path: Path) -> None:
-    with trio.fail_after(LIMIT_S):
-        async with serving(tmp_path, 3) as (nodes, clients):
-            await leader_of(nodes)
-            async with Client(seeds_of(clients)) as client:
-                await client.create_queue("q")
-                got: list = []
+    async with cluster_client(tmp_path, 3) as (nodes, _clients, client):
+        await client.create_queue("q")
+        got: list = []
 
-                async def claimer() -> None:
-                    got.extend(await client.claim("q", wait_s=50))
+        async def claimer() -> None:
+            got.extend(await client.claim("q", wait_s=50))
 
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(claimer)
-                    while not sum(port.waiting for port in _ports(nodes)):
-                        await trio.sleep(0.01)  # the claim is held on the leader
-                    await client.publish("q", b"wake up")
-                # Well inside the 50 s wait (the test's own limit is 60 s).
-                assert [d.body for d in got] == [b"wake up"]
-                # A waiting claim that is cancelled leaves nothing leased behind it.
-                with trio.move_on_after(0.3):
-                    await client.claim("q", wait_s=50)
-                await client.publish("q", b"for the next one")
-                [delivery] = await client.claim("q", wait_s=10)
-                assert delivery.body == b"for the next one" and delivery.deliveries == 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(claimer)
+            while not sum(port.waiting for port in _ports(nodes)):
+                await trio.sleep(0.01)  # the claim is held on the leader
+            await client.publish("q", b"wake up")
+        # Well inside the 50 s wait (the test's own limit is 60 s).
+        assert [d.body for d in got] == [b"wake up"]
+        # A waiting claim that is cancelled leaves nothing leased behind it.
+        with trio.move_on_after(0.3):
+            await client.claim("q", wait_s=50)
+        await client.publish("q", b"for the next one")
+        [delivery] = await client.claim("q", wait_s=10)
+        assert delivery.body == b"for the next one" and delivery.deliveries == 1
 
 
 def _ports(nodes: dict) -> list:
@@ -234,128 +237,113 @@ def _ports(nodes: dict) -> list:
 
 
 async def test_a_delayed_message_wakes_its_waiting_claim(tmp_path: Path) -> None:
-    with trio.fail_after(LIMIT_S):
-        async with serving(tmp_path, 1) as (nodes, clients):
-            await leader_of(nodes)
-            async with Client(seeds_of(clients)) as client:
-                await client.create_queue("later")
-                await client.publish("later", b"soon", delay_s=0.5)
-                start = trio.current_time()
-                [delivery] = await client.claim("later", wait_s=30)
-                assert delivery.body == b"soon"
-                assert trio.current_time() - start < 20  # woken at its due time, not at 30 s
+    async with cluster_client(tmp_path, 1) as (_nodes, _clients, client):
+        await client.create_queue("later")
+        await client.publish("later", b"soon", delay_s=0.5)
+        start = trio.current_time()
+        [delivery] = await client.claim("later", wait_s=30)
+        assert delivery.body == b"soon"
+        assert trio.current_time() - start < 20  # woken at its due time, not at 30 s
 
 
 async def test_a_consumer_keeps_its_leases_and_hands_back_on_exit(tmp_path: Path) -> None:
-    with trio.fail_after(LIMIT_S):
-        async with serving(tmp_path, 3) as (nodes, clients):
-            await leader_of(nodes)
-            async with Client(seeds_of(clients)) as client:
-                await client.create_queue("slow")
-                await client.publish_many("slow", [b"a", b"b", b"c", b"d"])
-                async with client.consume("slow", prefetch=4, lease_s=0.6) as deliveries:
-                    first = await anext(deliveries)
-                    # Held for more than three lease lengths: the consumer extends it.
-                    await trio.sleep(2.0)
-                    await first.ack()
-                    assert first.deliveries == 1
-                # The three still held went back at once, not after their leases.
-                stats = (await client.describe("slow"))["subscriptions"][""]
-                assert (stats["in_flight"], stats["depth"], stats["acked"]) == (0, 3, 1)
-                again = await client.claim("slow", max=3)
-                assert sorted(d.body for d in again) == [b"b", b"c", b"d"]
+    async with cluster_client(tmp_path, 3) as (_nodes, _clients, client):
+        await client.create_queue("slow")
+        await client.publish_many("slow", [b"a", b"b", b"c", b"d"])
+        async with client.consume("slow", prefetch=4, lease_s=0.6) as deliveries:
+            first = await anext(deliveries)
+            # Held for more than three lease lengths: the consumer extends it.
+            await trio.sleep(2.0)
+            await first.ack()
+            assert first.deliveries == 1
+        # The three still held went back at once, not after their leases.
+        stats = (await client.describe("slow"))["subscriptions"][""]
+        assert (stats["in_flight"], stats["depth"], stats["acked"]) == (0, 3, 1)
+        again = await client.claim("slow", max=3)
+        assert sorted(d.body for d in again) == [b"b", b"c", b"d"]
 
 
 async def test_a_live_tail_follows_in_order_and_resumes_by_offset(tmp_path: Path) -> None:
-    with trio.fail_after(LIMIT_S):
-        async with serving(tmp_path, 3) as (nodes, clients):
-            await leader_of(nodes)
-            async with Client(seeds_of(clients)) as client:
-                await client.create_topic("prices")
-                await client.publish_many("prices", [b"1", b"2"])
-                seen: list[bytes] = []
-                tail = client.tail("prices", "earliest")
+    async with cluster_client(tmp_path, 3) as (_nodes, _clients, client):
+        await client.create_topic("prices")
+        await client.publish_many("prices", [b"1", b"2"])
+        seen: list[bytes] = []
+        tail = client.tail("prices", "earliest")
 
-                async def follow(count: int) -> None:
-                    async for message in tail:
-                        seen.append(message.body)
-                        if len(seen) == count:
-                            return
+        async def follow(count: int) -> None:
+            async for message in tail:
+                seen.append(message.body)
+                if len(seen) == count:
+                    return
 
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(follow, 5)
-                    for body in (b"3", b"4", b"5"):
-                        await client.publish("prices", body)
-                assert seen == [b"1", b"2", b"3", b"4", b"5"]
-                assert tail.position == 5
-                await client.publish("prices", b"6")
-                resumed = client.tail("prices", tail.position)
-                assert (await anext(resumed)).body == b"6"
-                latest = client.tail("prices")  # from the end: only what comes next
-                async with trio.open_nursery() as nursery:
-                    got = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow, 5)
+            for body in (b"3", b"4", b"5"):
+                await client.publish("prices", body)
+        assert seen == [b"1", b"2", b"3", b"4", b"5"]
+        assert tail.position == 5
+        await client.publish("prices", b"6")
+        resumed = client.tail("prices", tail.position)
+        assert (await anext(resumed)).body == b"6"
+        latest = client.tail("prices")  # from the end: only what comes next
+        async with trio.open_nursery() as nursery:
+            got = []
 
-                    async def one() -> None:
-                        got.append(await anext(latest))
+            async def one() -> None:
+                got.append(await anext(latest))
 
-                    nursery.start_soon(one)
-                    while latest.position is None:
-                        await trio.sleep(0.01)
-                    await client.publish("prices", b"7")
-                assert [m.body for m in got] == [b"7"]
+            nursery.start_soon(one)
+            while latest.position is None:
+                await trio.sleep(0.01)
+            await client.publish("prices", b"7")
+        assert [m.body for m in got] == [b"7"]
 
 
 async def test_a_worker_pool_acks_retries_and_dead_letters(tmp_path: Path) -> None:
-    with trio.fail_after(LIMIT_S):
-        async with serving(tmp_path, 3) as (nodes, clients):
-            await leader_of(nodes)
-            async with Client(seeds_of(clients)) as client:
-                await client.create_queue("work", max_deliveries=3, backoff_base_ms=20)
-                await client.publish_many("work", [b"ok-%d" % i for i in range(40)] + [b"poison"])
-                handled: list[bytes] = []
+    async with cluster_client(tmp_path, 3) as (_nodes, _clients, client):
+        await client.create_queue("work", max_deliveries=3, backoff_base_ms=20)
+        await client.publish_many("work", [b"ok-%d" % i for i in range(40)] + [b"poison"])
+        handled: list[bytes] = []
 
-                async def handler(delivery) -> None:
-                    if delivery.body == b"poison":
-                        raise ValueError("cannot handle this")
-                    await trio.sleep(0.01)
-                    handled.append(delivery.body)
+        async def handler(delivery) -> None:
+            if delivery.body == b"poison":
+                raise ValueError("cannot handle this")
+            await trio.sleep(0.01)
+            handled.append(delivery.body)
 
-                pool = WorkerPool(client, "work", handler, concurrency=4, grace_s=5)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(pool.run)
-                    while True:
-                        stats = (await client.describe("work"))["subscriptions"][""]
-                        if stats["acked"] == 40 and stats["dead_lettered"] == 1:
-                            break
-                        await trio.sleep(0.05)
-                    pool.stop()
-                assert sorted(handled) == sorted(b"ok-%d" % i for i in range(40))
-                assert (pool.done, pool.failed) == (40, 3)
-                [dead] = await client.claim("work.dlq")
-                assert dead.body == b"poison" and dead.headers["x-death-deliveries"] == 3
+        pool = WorkerPool(client, "work", handler, concurrency=4, grace_s=5)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.run)
+            while True:
+                stats = (await client.describe("work"))["subscriptions"][""]
+                if stats["acked"] == 40 and stats["dead_lettered"] == 1:
+                    break
+                await trio.sleep(0.05)
+            pool.stop()
+        assert sorted(handled) == sorted(b"ok-%d" % i for i in range(40))
+        assert (pool.done, pool.failed) == (40, 3)
+        [dead] = await client.claim("work.dlq")
+        assert dead.body == b"poison" and dead.headers["x-death-deliveries"] == 3
 
 
 async def test_stopping_a_pool_hands_back_what_runs_past_the_grace(tmp_path: Path) -> None:
-    with trio.fail_after(LIMIT_S):
-        async with serving(tmp_path, 1) as (nodes, clients):
-            await leader_of(nodes)
-            async with Client(seeds_of(clients)) as client:
-                await client.create_queue("long")
-                await client.publish_many("long", [b"forever", b"quick"])
-                started = trio.Event()
+    async with cluster_client(tmp_path, 1) as (_nodes, _clients, client):
+        await client.create_queue("long")
+        await client.publish_many("long", [b"forever", b"quick"])
+        started = trio.Event()
 
-                async def handler(delivery) -> None:
-                    if delivery.body == b"forever":
-                        started.set()
-                        await trio.sleep_forever()
+        async def handler(delivery) -> None:
+            if delivery.body == b"forever":
+                started.set()
+                await trio.sleep_forever()
 
-                pool = WorkerPool(client, "long", handler, concurrency=1, grace_s=0.2)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(pool.run)
-                    await started.wait()
-                    pool.stop()
-                stats = (await client.describe("long"))["subscriptions"][""]
-                assert (stats["in_flight"], stats["depth"]) == (0, 2)  # both back, none lost
+        pool = WorkerPool(client, "long", handler, concurrency=1, grace_s=0.2)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.run)
+            await started.wait()
+            pool.stop()
+        stats = (await client.describe("long"))["subscriptions"][""]
+        assert (stats["in_flight"], stats["depth"]) == (0, 2)  # both back, none lost
 
 
 tasks = Tasks(default_queue="tasks")
@@ -374,25 +362,22 @@ def multiply(a: int, b: int) -> None:  # a plain function: run in a thread
 
 async def test_tasks_run_like_celery_or_dramatiq(tmp_path: Path) -> None:
     results.clear()
-    with trio.fail_after(LIMIT_S):
-        async with serving(tmp_path, 1) as (nodes, clients):
-            await leader_of(nodes)
-            async with Client(seeds_of(clients)) as client:
-                for queue in tasks.queues:
-                    await client.create_queue(queue)
-                await add.enqueue(client, 2, b=3)
-                await multiply.enqueue(client, 4, 5)
-                assert json.loads(add.message(1, 2)) == {
-                    "task": "test_client.add",
-                    "args": [1, 2],
-                    "kwargs": {},
-                }
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(tasks.work, client)
-                    while len(results) < 2:
-                        await trio.sleep(0.02)
-                    nursery.cancel_scope.cancel()
-                assert sorted(results) == [5, 20]
+    async with cluster_client(tmp_path, 1) as (_nodes, _clients, client):
+        for queue in tasks.queues:
+            await client.create_queue(queue)
+        await add.enqueue(client, 2, b=3)
+        await multiply.enqueue(client, 4, 5)
+        assert json.loads(add.message(1, 2)) == {
+            "task": "test_client.add",
+            "args": [1, 2],
+            "kwargs": {},
+        }
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tasks.work, client)
+            while len(results) < 2:
+                await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+        assert sorted(results) == [5, 20]
 
 
 async def test_a_blocking_script_and_an_asyncio_program(tmp_path: Path) -> None:
@@ -445,41 +430,35 @@ async def test_a_closed_client_fails_fast_and_producer_ids_never_repeat(tmp_path
 
 
 async def test_one_delivery_acked_twice_at_once_fails_only_itself(tmp_path: Path) -> None:
-    with trio.fail_after(LIMIT_S):
-        async with serving(tmp_path, 1) as (nodes, clients):
-            await leader_of(nodes)
-            async with Client(seeds_of(clients)) as client:
-                await client.create_queue("q")
-                await client.publish_many("q", [b"a", b"b"])
-                a, b = await client.claim("q", max=2)
-                outcomes: list[object] = []
+    async with cluster_client(tmp_path, 1) as (_nodes, _clients, client):
+        await client.create_queue("q")
+        await client.publish_many("q", [b"a", b"b"])
+        a, b = await client.claim("q", max=2)
+        outcomes: list[object] = []
 
-                async def ack(delivery) -> None:
-                    try:
-                        await client.ack([delivery])
-                        outcomes.append("acked")
-                    except PaxqError as error:
-                        outcomes.append(type(error))
+        async def ack(delivery) -> None:
+            try:
+                await client.ack([delivery])
+                outcomes.append("acked")
+            except PaxqError as error:
+                outcomes.append(type(error))
 
-                async with trio.open_nursery() as nursery:
-                    for delivery in (a, a, b):  # the same offset twice, in one batch
-                        nursery.start_soon(ack, delivery)
-                assert sorted(map(str, outcomes)) == sorted(map(str, ["acked", "acked", LeaseLost]))
+        async with trio.open_nursery() as nursery:
+            for delivery in (a, a, b):  # the same offset twice, in one batch
+                nursery.start_soon(ack, delivery)
+        assert sorted(map(str, outcomes)) == sorted(map(str, ["acked", "acked", LeaseLost]))
 
 
 async def test_a_held_claim_ends_with_its_connection(tmp_path: Path) -> None:
     from paxq.client.connection import connect
 
-    with trio.fail_after(LIMIT_S):
-        async with serving(tmp_path, 1) as (nodes, clients):
-            await leader_of(nodes)
-            async with Client(seeds_of(clients)) as client:
-                await client.create_queue("q")
-                with trio.move_on_after(0.5):
-                    async with connect(clients[0]) as raw:  # a worker that dies waiting
-                        await raw.request("claim", topic="q", wait_ms=50_000)
-                while sum(port.waiting for port in _ports(nodes)):
-                    await trio.sleep(0.01)  # the node let go of it
-                await client.publish("q", b"for a live worker")
-                [delivery] = await client.claim("q", wait_s=10)
-                assert delivery.deliveries == 1
+    async with cluster_client(tmp_path, 1) as (nodes, clients, client):
+        await client.create_queue("q")
+        with trio.move_on_after(0.5):
+            async with connect(clients[0]) as raw:  # a worker that dies waiting
+                await raw.request("claim", topic="q", wait_ms=50_000)
+        while sum(port.waiting for port in _ports(nodes)):
+            await trio.sleep(0.01)  # the node let go of it
+        await client.publish("q", b"for a live worker")
+        [delivery] = await client.claim("q", wait_s=10)
+        assert delivery.deliveries == 1

@@ -8,6 +8,7 @@ are shown, not run."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -148,3 +149,55 @@ def test_the_example_runs_as_written(
 def test_the_docs_have_examples_to_run() -> None:
     kinds = {(name, kind) for name, _, kind, _ in blocks()}
     assert {("README.md", "sh"), ("README.md", "python"), ("docs/client.md", "python")} <= kinds
+
+
+WORKER_APP = """
+import os
+from pathlib import Path
+
+from paxq.client import Tasks
+
+tasks = Tasks(default_queue="cli-tasks")
+
+
+@tasks.task
+def record(n: int) -> None:
+    with open(Path(os.environ["DONE_FILE"]), "a") as out:
+        out.write(f"{n}\\n")
+"""
+
+
+def test_paxq_worker_runs_tasks_until_sigterm(dev_cluster: dict, tmp_path: Path) -> None:
+    (tmp_path / "cliapp.py").write_text(WORKER_APP)
+    done = tmp_path / "done.txt"
+    env = {**dev_cluster, "DONE_FILE": str(done), "PYTHONPATH": str(tmp_path)}
+    paxq = [sys.executable, "-m", "paxq.ops.cli"]
+    worker = subprocess.Popen(
+        [*paxq, "worker", "cliapp:tasks", "--concurrency", "4"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = "\n".join(
+            json.dumps({"task": "cliapp.record", "args": [n], "kwargs": {}}) for n in range(20)
+        )
+        subprocess.run([*paxq, "create", "cli-tasks", "--queue", "--exist-ok"], env=env, check=True)
+        subprocess.run([*paxq, "publish", "cli-tasks"], input=lines, text=True, env=env, check=True)
+
+        async def all_done() -> None:
+            with trio.fail_after(60):
+                while not done.exists() or len(done.read_text().split()) < 20:
+                    await trio.sleep(0.05)
+
+        trio.run(all_done)
+        worker.send_signal(signal.SIGTERM)
+        out, _ = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
+    assert worker.returncode == 0
+    assert sorted(map(int, done.read_text().split())) == list(range(20))
+    assert '"done": 20' in out
