@@ -50,7 +50,10 @@ def run(data: Path, peer_port: int, client_port: int) -> int:
                 f"peers 127.0.0.1:{peer_port + node}, pid {children[-1].pid}, "
                 f"log {data / f'node{node}.log'}"
             )
-        print("try: paxq status  |  paxq append hello  |  paxq read    (Ctrl-C stops the cluster)")
+        print(
+            "try: paxq status  |  paxq create jobs --queue  |  paxq publish jobs hello  |  "
+            "paxq consume jobs    (Ctrl-C stops the cluster)"
+        )
         _watch(children, data)
     except KeyboardInterrupt:
         print("\nstopping...")
