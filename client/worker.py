@@ -52,7 +52,9 @@ class WorkerPool:
         self.handler = handler
         self._is_async = inspect.iscoroutinefunction(handler)
         self.concurrency = concurrency
-        self.prefetch = prefetch or concurrency
+        # Twice the handlers: the next deliveries are claimed while these run. A pool's
+        # throughput is about prefetch / (claim + ack latency): raise it for short jobs.
+        self.prefetch = prefetch or 2 * concurrency
         self.lease_s = lease_s
         self.wait_s = wait_s
         self.grace_s = grace_s
