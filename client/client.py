@@ -322,7 +322,10 @@ class Client:
                         return reply.get("result", reply.get("status"))
                     error = error_from_reply(reply)
                     last = error
-                    if isinstance(error, NotLeader):
+                    lagging = reply.get("follower") is True and isinstance(
+                        error, (UnknownTopic, UnknownSubscription)
+                    )  # a follower that may not have applied the creation yet
+                    if isinstance(error, NotLeader) or lagging:
                         if self._follow(connection, reply.get("leader")) and redirects < 3:
                             redirects += 1
                             pause = False  # straight to the leader it named

@@ -24,8 +24,6 @@ from .messages import Delivery
 log = logging.getLogger("paxq.client.worker")
 
 Handler = Callable[[Delivery], Awaitable[object] | object]
-#: the longest an ack or nack after a handler may take once the pool is stopping
-_SETTLE_S = 10.0
 
 
 class WorkerPool:
@@ -135,12 +133,14 @@ class WorkerPool:
             self.failed += 1
             log.exception("handler failed on %s@%d", self.topic, delivery.offset)
             if not delivery.finished:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(_SETTLE_S):
+                with anyio.CancelScope(shield=True):
                     await _quietly(delivery.nack())
         else:
             # The work is done: its ack must not be lost to a cancellation arriving now (a
             # thread handler outlives the grace period, and returns into a cancelled scope).
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_SETTLE_S):
+            # Not cut short either: an ack that went out may be applied, and must be counted;
+            # the client's request timeout bounds it.
+            with anyio.CancelScope(shield=True):
                 await self._ack(delivery)
         finally:
             self.active -= 1

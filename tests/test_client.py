@@ -462,3 +462,22 @@ async def test_a_held_claim_ends_with_its_connection(tmp_path: Path) -> None:
         await client.publish("q", b"for a live worker")
         [delivery] = await client.claim("q", wait_s=10)
         assert delivery.deliveries == 1
+
+
+async def test_a_follower_that_may_lag_sends_a_missing_topic_to_the_leader(
+    tmp_path: Path,
+) -> None:
+    from paxq.client.connection import connect
+
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 3) as (nodes, clients):
+            seeds = await follower_first(nodes, clients)
+            async with connect(seeds[0]) as follower:
+                reply = await follower.request("describe", topic="nowhere")
+            # A follower's "unknown" may only mean it has not applied the creation yet.
+            assert reply["error"] == ErrorCode.UNKNOWN_TOPIC
+            assert reply["follower"] is True and reply["leader"] == seeds[-1]
+            async with Client(seeds[0]) as client:  # only the follower as a seed
+                with pytest.raises(UnknownTopic):
+                    await client.describe("nowhere")  # the leader's answer is the answer
+                assert client.leader == seeds[-1]

@@ -38,6 +38,7 @@ from paxq.client.wire.protocol import COMMANDS, PROTOCOL_VERSION, WAIT_MS_MAX
 
 from ..machine import MachineError
 from ..machine import command as command_bytes
+from ..paxos import Role
 from .listen import serving
 from .runtime import Node
 
@@ -49,6 +50,8 @@ _FAILURES = {
     "too large": ErrorCode.TOO_LARGE,
     "unknown": ErrorCode.UNKNOWN_OUTCOME,
 }
+#: refusals a lagging follower may give where the leader would not
+_LAGGING = frozenset({ErrorCode.UNKNOWN_TOPIC, ErrorCode.UNKNOWN_SUBSCRIPTION})
 _LOST = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError)
 
 
@@ -393,7 +396,16 @@ class ClientPort:
                     )
                 return {"id": rid, "ok": True, "result": machine.read(topic, start, limit)}
         except MachineError as error:
-            return _error(rid, error.code, error.message)
+            reply = _error(rid, error.code, error.message)
+            if error.code in _LAGGING and self.node.replica.role is not Role.LEADER:
+                # A follower may not have applied a topic's creation yet: say so, and who
+                # leads, so a client asks there rather than report it missing.
+                reply["follower"] = True
+                leader = self.node.replica.leader_hint
+                if leader in self.client_addresses:
+                    host, port = self.client_addresses[leader]
+                    reply["leader"] = f"{host}:{port}"
+            return reply
         except AttributeError:
             pass  # a machine without queries (the log machine of runtime tests)
         return _error(rid, ErrorCode.UNKNOWN_OPERATION, f"unknown operation {op!r}")
