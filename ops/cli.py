@@ -64,7 +64,7 @@ def _node(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     from .dev import run
 
-    return run(Path(args.data), args.peer_port, args.client_port)
+    return run(Path(args.data), args.peer_port, args.client_port, args.metrics_port)
 
 
 def _addresses(args: argparse.Namespace) -> list[tuple[str, int]]:
@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node.add_argument("--window", dest="window", type=int, help="slots in flight at most (32)")
     node.add_argument(
+        "--metrics", help="host:port of a Prometheus scrape endpoint (GET /metrics); default none"
+    )
+    node.add_argument(
         "--snapshot-keep",
         dest="snapshot_keep",
         type=int,
@@ -147,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--data", default=".paxq-dev", help="data folder (default .paxq-dev)")
     dev.add_argument("--peer-port", type=int, default=7401)
     dev.add_argument("--client-port", type=int, default=7411)
+    dev.add_argument(
+        "--metrics-port", type=int, default=7421, help="first scrape port (/metrics); 0: none"
+    )
     dev.set_defaults(run=_dev)
 
     nodes_help = "client addresses host:port,... (default: PAXQ_NODES, else the paxq dev nodes)"

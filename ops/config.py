@@ -50,6 +50,8 @@ class NodeConfig:
     snapshot_keep: int = 256
     batch_max: int = 1024
     window: int = 32
+    #: where the Prometheus scrape endpoint listens (GET /metrics); None: no endpoint
+    metrics: Address | None = None
 
 
 KEYS = (
@@ -65,6 +67,7 @@ KEYS = (
     "snapshot_keep",
     "batch_max",
     "window",
+    "metrics",
 )
 
 
@@ -114,6 +117,7 @@ def load(
         snapshot_keep = int(raw.get("snapshot_keep", 256))
         batch_max = int(raw.get("batch_max", 1024))
         window = int(raw.get("window", 32))
+        metrics = _address(raw["metrics"]) if raw.get("metrics") else None
     except (TypeError, ValueError) as error:
         raise ConfigError(str(error)) from error
     if node_id not in peers:
@@ -139,6 +143,7 @@ def load(
         snapshot_keep=snapshot_keep,
         batch_max=batch_max,
         window=window,
+        metrics=metrics,
     )
 
 

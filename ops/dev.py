@@ -34,7 +34,7 @@ def dev_client_addresses(
     return [f"{host}:{client_port + i}" for i in range(size)]
 
 
-def run(data: Path, peer_port: int, client_port: int) -> int:
+def run(data: Path, peer_port: int, client_port: int, metrics_port: int = 0) -> int:
     peers, clients = dev_members("127.0.0.1", peer_port, client_port)
     data.mkdir(parents=True, exist_ok=True)
     children: list[subprocess.Popen] = []
@@ -44,7 +44,8 @@ def run(data: Path, peer_port: int, client_port: int) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         for node in range(DEV_NODES):
-            children.append(_spawn(node, data, peers, clients))
+            metrics = f"127.0.0.1:{metrics_port + node}" if metrics_port else None
+            children.append(_spawn(node, data, peers, clients, metrics))
             print(
                 f"  node {node}: clients 127.0.0.1:{client_port + node}, "
                 f"peers 127.0.0.1:{peer_port + node}, pid {children[-1].pid}, "
@@ -64,7 +65,9 @@ def run(data: Path, peer_port: int, client_port: int) -> int:
     return 0
 
 
-def _spawn(node: int, data: Path, peers: str, clients: str) -> subprocess.Popen:
+def _spawn(
+    node: int, data: Path, peers: str, clients: str, metrics: str | None
+) -> subprocess.Popen:
     with open(data / f"node{node}.log", "ab") as log:  # the child keeps its own descriptor
         command = [
             sys.executable,
@@ -81,6 +84,7 @@ def _spawn(node: int, data: Path, peers: str, clients: str) -> subprocess.Popen:
             peers,
             "--clients",
             clients,
+            *(("--metrics", metrics) if metrics else ()),
         ]
         return subprocess.Popen(command, stdout=log, stderr=log)
 

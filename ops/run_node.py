@@ -11,6 +11,8 @@ import trio
 
 from paxq.broker.node import Node, NodeSettings, PeerSettings
 from paxq.broker.node.clients import ClientPort
+from paxq.broker.node.metrics import NodeMetrics, watch_node
+from paxq.broker.node.scrape import ScrapeEndpoint
 from paxq.broker.paxos import Config
 from paxq.storage import Identity, RocksJournal, StorageError
 
@@ -56,7 +58,8 @@ def run(config: NodeConfig) -> int:
             snapshot_every_slots=config.snapshot_every,
             snapshot_keep_slots=config.snapshot_keep,
         )
-        node = Node(settings, journal)
+        metrics = NodeMetrics(config.cluster, config.id) if config.metrics else None
+        node = Node(settings, journal, metrics=metrics)
         trio.run(_serve, node, config, journal)
     except* StorageError as group:  # from inside trio's nurseries: an exception group
         log.error("stopping: %s", group.exceptions[0])
@@ -76,10 +79,17 @@ async def _serve(node: Node, config: NodeConfig, journal: RocksJournal) -> None:
         return {"storage_bytes": size, "data": str(config.data)}
 
     port = ClientPort(node, config.clients, extra_status=storage)
+    scrape = None
+    if node.metrics is not None and config.metrics is not None:
+        watch_node(node.metrics, node)
+        scrape = ScrapeEndpoint(config.metrics, node.metrics.prometheus_text)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             await nursery.start(port.serve)
+            if scrape is not None:
+                await nursery.start(scrape.serve)
+                log.info("metrics on http://%s:%d/metrics", *scrape.address)
             log.info(
                 "serving cluster %r: peers on %s:%d, clients on %s:%d, data in %s",
                 config.cluster,

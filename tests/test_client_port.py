@@ -11,6 +11,7 @@ from test_node import free_addresses, leader_of
 
 from paxq.broker.node import Node, NodeSettings, PeerSettings
 from paxq.broker.node.clients import ClientPort
+from paxq.broker.node.metrics import NodeMetrics
 from paxq.broker.paxos import Config
 from paxq.client.connection import connect
 from paxq.client.wire import ErrorCode, FrameDecoder, encode_frame
@@ -20,7 +21,7 @@ LIMIT_S = 30
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, size: int = 1, clock_ms=None, **port_options):
+async def serving(tmp_path: Path, size: int = 1, clock_ms=None, metrics=False, **port_options):
     peers = await free_addresses(size)
     clients = await free_addresses(size)
     config = Config(nodes=tuple(range(size)))
@@ -29,7 +30,12 @@ async def serving(tmp_path: Path, size: int = 1, clock_ms=None, **port_options):
         for i in range(size):
             journal = RocksJournal.open(tmp_path / f"n{i}", Identity("t", i))
             settings = NodeSettings(PeerSettings("t", i, peers), config, command_timeout_s=0.3)
-            nodes[i] = Node(settings, journal, clock_ms=clock_ms)
+            nodes[i] = Node(
+                settings,
+                journal,
+                clock_ms=clock_ms,
+                metrics=NodeMetrics("t", i) if metrics else None,
+            )
             ports[i] = ClientPort(nodes[i], clients, **port_options)
             await nursery.start(nodes[i].run)
             await nursery.start(ports[i].serve)

@@ -59,7 +59,7 @@ def free_base(count: int) -> int:
 @pytest.fixture(scope="module")
 def dev_cluster(tmp_path_factory: pytest.TempPathFactory):
     data = tmp_path_factory.mktemp("dev")
-    peer = free_base(6)  # three peer ports, then three client ports
+    peer = free_base(9)  # three peer ports, three client ports, three scrape ports
     client = peer + 3
     nodes = ",".join(f"127.0.0.1:{client + i}" for i in range(3))
     log = open(data / "dev.log", "ab")  # noqa: SIM115 (the child writes it)
@@ -75,6 +75,8 @@ def dev_cluster(tmp_path_factory: pytest.TempPathFactory):
             str(peer),
             "--client-port",
             str(client),
+            "--metrics-port",
+            str(peer + 6),
         ],
         stdout=log,
         stderr=log,
@@ -89,7 +91,7 @@ def dev_cluster(tmp_path_factory: pytest.TempPathFactory):
                     await trio.sleep(0.1)
 
         trio.run(leader)
-        yield {**os.environ, "PAXQ_NODES": nodes}
+        yield {**os.environ, "PAXQ_NODES": nodes, "SCRAPE_BASE": str(peer + 6)}
     finally:
         dev.send_signal(signal.SIGTERM)  # paxq dev stops its nodes cleanly
         try:
@@ -201,3 +203,21 @@ def test_paxq_worker_runs_tasks_until_sigterm(dev_cluster: dict, tmp_path: Path)
     assert worker.returncode == 0
     assert sorted(map(int, done.read_text().split())) == list(range(20))
     assert '"done": 20' in out
+
+
+def test_each_dev_node_serves_prometheus_metrics(dev_cluster: dict) -> None:
+    base = int(dev_cluster["SCRAPE_BASE"])
+    leaders = 0
+    for node in range(3):
+        with socket.create_connection(("127.0.0.1", base + node), timeout=10) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: paxq\r\n\r\n")
+            data = b""
+            while chunk := s.recv(1 << 16):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        text = body.decode()
+        assert "# TYPE paxq_fsync_latency_milliseconds histogram" in text
+        assert f'paxq_replica_lag{{node="{node}"}}' in text
+        leaders += f'paxq_leader{{node="{node}"}} 1' in text
+    assert leaders == 1

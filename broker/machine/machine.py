@@ -149,6 +149,8 @@ class QueueMachine:
         #: names of topics where something became readable or claimable since the node last
         #: asked (`take_changed`): it wakes the requests that wait for that. Not replicated.
         self.changed: set[str] = set()
+        #: leases that ran out (a metric: counted here, not replicated nor snapshotted)
+        self.lease_expiries = 0
         self._ops: dict[str, Callable[[dict], object]] = {
             "create": self._create,
             "delete": self._delete,
@@ -211,6 +213,7 @@ class QueueMachine:
                 continue  # acked, extended or given back since
             topic, sub = found
             offset = entry[3]
+            self.lease_expiries += 1
             if not sub.give_back(offset, now):
                 self._dead_letter(topic, sub, offset, "expired")
             self.changed.add(topic.name)

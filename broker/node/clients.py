@@ -234,7 +234,7 @@ class ClientPort:
         if command is None:
             return
         session.in_flight += 1
-        callback = self._answer(session, rid)
+        callback = self._answer(session, rid, trio.current_time())
         if not self.node.propose_nowait(command, callback):
             await self.node.propose(command, callback)  # the node's inbox is full: wait for room
 
@@ -268,9 +268,13 @@ class ClientPort:
             reply["leader"] = f"{host}:{port}"
         return encode_frame(reply)
 
-    def _answer(self, session: _Session, rid: int) -> Callable[[str, object], None]:
+    def _answer(self, session: _Session, rid: int, arrived: float) -> Callable[[str, object], None]:
+        metrics = self.node.metrics
+
         def done(kind: str, value: object) -> None:
             session.finish(self._reply(rid, kind, value))
+            if metrics is not None and kind == "ok":
+                metrics.commit_latency.record((trio.current_time() - arrived) * 1000)
 
         return done
 

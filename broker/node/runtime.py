@@ -28,6 +28,7 @@ from ..paxos import Config, ProposeResult, Ready, Replica, Role
 from ..persist import batch_of, durable_state
 from .codec import Decoder
 from .machines import Machine, SnapshotInvalid, queue_machine
+from .metrics import NodeMetrics
 from .peers import PeerSettings, PeerTransport
 from .transfer import Assembler, Incoming, SnapshotAck, SnapshotChunk
 
@@ -106,8 +107,10 @@ class Node:
         journal: Journal,
         machine_factory: Callable[[Journal], Machine] = queue_machine,
         clock_ms: Callable[[], int] | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.id = settings.peer.node_id
         if journal.identity != Identity(settings.peer.cluster, self.id):
             raise ValueError(f"journal {journal.identity} is not this node's")
@@ -156,6 +159,8 @@ class Node:
         #: called after each round of applied slots with the names of the topics where
         #: something became readable or claimable (None: anything may have changed)
         self.on_applied: Callable[[set[str] | None], None] | None = None
+        self.campaigns = 0  # times this node stood for leader
+        self.elections_won = 0
         self.turns = 0
         self.syncs = 0
         self.ticks_skipped = 0
@@ -239,6 +244,7 @@ class Node:
             item = await inbox.receive()
             self._deadline = trio.current_time() + self.settings.command_timeout_s
             self._now_ms = self._clock_ms()
+            role = self.replica.role
             self._handle(item)
             for _ in range(bound):  # everything already waiting joins this turn
                 try:
@@ -246,6 +252,11 @@ class Node:
                 except trio.WouldBlock:
                     break
                 self._handle(item)
+            if self.replica.role is not role:
+                if self.replica.role is Role.CANDIDATE:
+                    self.campaigns += 1
+                elif self.replica.role is Role.LEADER:
+                    self.elections_won += 1
             self.turns += 1
             self._work.set()
 
@@ -262,8 +273,11 @@ class Node:
                 await self._work.wait()
                 continue
             if ready.persist:
+                started = time.perf_counter()
                 await trio.to_thread.run_sync(self.journal.write, batch_of(ready.persist))
                 self.syncs += 1
+                if self.metrics is not None:
+                    self.metrics.fsync_latency.record((time.perf_counter() - started) * 1000)
             await self._carry_out(ready)
 
     def _handle(self, item: tuple[int, object]) -> None:
@@ -337,6 +351,8 @@ class Node:
             if slot < machine.slots:
                 continue  # a snapshot restored at start, or installed since, covers it
             results = machine.apply(slot, value)
+            if self.metrics is not None:
+                self.metrics.batch_size.record(len(value))
             waiting = self._waiting
             if waiting:
                 for command, result in zip(value, results, strict=True):

@@ -266,6 +266,16 @@ class Replica:
 
     # ------------------------------------------------------------------------ election
 
+    @property
+    def in_flight_slots(self) -> int:
+        """Slots this leader has proposed and not yet seen chosen (the pipeline's depth)."""
+        return len(self._inflight) if self.role is Role.LEADER else 0
+
+    @property
+    def known_commit(self) -> int:
+        """The highest commit point this replica has heard of (it may not hold it yet)."""
+        return max(self._known_commit, self.commit)
+
     def _draw_election_timeout(self) -> int:
         base = self.config.election_ticks_base
         spread = base << min(self._failed_campaigns, self.config.backoff_exponent_max)
