@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+import trio
 
 from paxq.broker.sim import SimResult, SimSettings, replay_command, report, run_seed, sweep
 
@@ -79,6 +82,15 @@ def _status(args: argparse.Namespace) -> int:
     from .admin import print_status
 
     return print_status(_addresses(args), args.json)
+
+
+def _top(args: argparse.Namespace) -> int:
+    from .admin import top
+    from .client_commands import seeds
+
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(top, _addresses(args), seeds(args), args.every_s)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--nodes", help=nodes_help)
     status.add_argument("--json", action="store_true", help="one JSON object per node")
     status.set_defaults(run=_status)
+
+    top = commands.add_parser("top", help="the status table and every queue's depth, live")
+    top.add_argument("--nodes", help=nodes_help)
+    top.add_argument("--every-s", dest="every_s", type=float, default=1.0)
+    top.set_defaults(run=_top)
 
     from .client_commands import add_commands
 

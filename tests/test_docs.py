@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,35 @@ def test_each_dev_node_serves_prometheus_metrics(dev_cluster: dict) -> None:
         assert f'paxq_replica_lag{{node="{node}"}}' in text
         leaders += f'paxq_leader{{node="{node}"}} 1' in text
     assert leaders == 1
+
+
+def test_status_and_top_show_the_commit_path_of_the_whole_cluster(dev_cluster: dict) -> None:
+    paxq = [sys.executable, "-m", "paxq.ops.cli"]
+    subprocess.run(
+        [*paxq, "create", "watched", "--queue", "--exist-ok"], env=dev_cluster, check=True
+    )
+    subprocess.run([*paxq, "publish", "watched", "one", "two"], env=dev_cluster, check=True)
+    done = subprocess.run(
+        [*paxq, "status", "--json"], env=dev_cluster, capture_output=True, text=True, timeout=60
+    )
+    nodes = [json.loads(line) for line in done.stdout.splitlines()]
+    [leader] = [n for n in nodes if n["role"] == "leader"]
+    assert leader["commit_ms"]["count"] >= 3 and leader["commit_ms"]["p99"] is not None
+    assert all(n["fsync_ms"]["count"] > 0 for n in nodes)
+    assert all({"pipeline", "replica_lag", "elections"} <= set(n) for n in nodes)
+    table = subprocess.run(
+        [*paxq, "status"], env=dev_cluster, capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "commit p50/p99" in table and "leader" in table
+    top = subprocess.Popen(
+        [*paxq, "top", "--every-s", "0.2"], env=dev_cluster, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        screen = ""
+        deadline = time.monotonic() + 30
+        while "watched" not in screen and time.monotonic() < deadline:
+            screen += top.stdout.readline()
+    finally:
+        top.send_signal(signal.SIGINT)
+        top.wait(10)
+    assert "commit p50/p99" in screen and "watched" in screen

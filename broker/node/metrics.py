@@ -87,6 +87,25 @@ class NodeMetrics:
 
         self._meter.create_observable_counter(name, [callback], unit=unit, description=description)
 
+    def summary(self) -> dict:
+        """Count and estimated p50/p99 (the upper bound of the bucket holding them, in ms) of
+        the commit and fsync latency histograms, for `paxq status`."""
+        out: dict = {}
+        data = self.reader.get_metrics_data()
+        for resource in data.resource_metrics if data is not None else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    key = {"paxq.commit.latency": "commit_ms", "paxq.fsync.latency": "fsync_ms"}
+                    if metric.name in key and metric.data.data_points:
+                        point = metric.data.data_points[0]
+                        bounds = (*point.explicit_bounds, math.inf)
+                        out[key[metric.name]] = {
+                            "count": point.count,
+                            "p50": _quantile(bounds, point.bucket_counts, point.count, 0.5),
+                            "p99": _quantile(bounds, point.bucket_counts, point.count, 0.99),
+                        }
+        return out
+
     def prometheus_text(self) -> str:
         return prometheus_text(self.reader.get_metrics_data(), {"node": str(self.node)})
 
@@ -132,6 +151,17 @@ def prometheus_text(data: MetricsData | None, constant: dict[str, str]) -> str:
                     else:
                         lines.append(f"{name}{_labels(labels)} {_number(point.value)}")
     return "\n".join(lines) + "\n"
+
+
+def _quantile(bounds: tuple, counts: Iterable[int], total: int, q: float) -> float | None:
+    if not total:
+        return None
+    running = 0
+    for bound, count in zip(bounds, counts, strict=True):
+        running += count
+        if running >= q * total:
+            return None if bound == math.inf else bound
+    return None
 
 
 _UNITS = {"ms": "_milliseconds", "By": "_bytes", "s": "_seconds"}

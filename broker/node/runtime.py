@@ -490,6 +490,10 @@ class Node:
             "syncs": self.syncs,
             "turns": self.turns,
             "ticks_skipped": self.ticks_skipped,
+            "pipeline": r.in_flight_slots,
+            "replica_lag": max(0, r.known_commit - r.applied),
+            "elections": {"started": self.campaigns, "won": self.elections_won},
+            **(self.metrics.summary() if self.metrics is not None else {}),
         }
 
 
