@@ -299,7 +299,7 @@ class Client:
                 connection = await self._connection(
                     command, min(self.connect_timeout_s, deadline - now)
                 )
-            except (OSError, TimeoutError, PaxqError) as error:
+            except (OSError, TimeoutError, ConnectionLost, PaxqError) as error:
                 last = error
                 if self._leader is not None:
                     self._lost(self._leader)

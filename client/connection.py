@@ -113,6 +113,9 @@ class Connection:
             try:
                 await stream.send(encode_frame(HELLO))
                 answer = await connection._first_frame()
+            except _BROKEN as error:  # the node went away during the hello
+                await anyio.aclose_forcefully(stream)
+                raise ConnectionLost(f"{format_address(address)}: {error!r}") from error
             except BaseException:
                 await anyio.aclose_forcefully(stream)
                 raise

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -481,3 +482,19 @@ async def test_a_follower_that_may_lag_sends_a_missing_topic_to_the_leader(
                 with pytest.raises(UnknownTopic):
                     await client.describe("nowhere")  # the leader's answer is the answer
                 assert client.leader == seeds[-1]
+
+
+async def test_a_node_that_hangs_up_during_the_hello_is_skipped(tmp_path: Path) -> None:
+    async def hang_up(stream: trio.SocketStream) -> None:
+        await trio.aclose_forcefully(stream)  # as a node killed mid-hello does
+
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 1) as (nodes, clients), trio.open_nursery() as nursery:
+            await leader_of(nodes)
+            [listener] = await nursery.start(partial(trio.serve_tcp, hang_up, 0, host="127.0.0.1"))
+            dead = f"127.0.0.1:{listener.socket.getsockname()[1]}"
+            async with Client([dead, *seeds_of(clients)]) as client:
+                await client.create_topic("t")
+                assert await client.publish("t", b"x") == 0
+                assert client.retries >= 1
+            nursery.cancel_scope.cancel()
