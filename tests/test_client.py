@@ -251,10 +251,10 @@ async def test_a_consumer_keeps_its_leases_and_hands_back_on_exit(tmp_path: Path
     async with cluster_client(tmp_path, 3) as (_nodes, _clients, client):
         await client.create_queue("slow")
         await client.publish_many("slow", [b"a", b"b", b"c", b"d"])
-        async with client.consume("slow", prefetch=4, lease_s=0.6) as deliveries:
+        async with client.consume("slow", prefetch=4, lease_s=1.2) as deliveries:
             first = await anext(deliveries)
-            # Held for more than three lease lengths: the consumer extends it.
-            await trio.sleep(2.0)
+            # Held for two and a half lease lengths: the consumer extends it.
+            await trio.sleep(3.0)
             await first.ack()
             assert first.deliveries == 1
         # The three still held went back at once, not after their leases.
