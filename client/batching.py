@@ -18,11 +18,12 @@ Item = TypeVar("Item")
 class Job(Generic[Item]):
     """One submitted item and, once its batch is answered, its result or error."""
 
-    __slots__ = ("done", "error", "item", "result", "size")
+    __slots__ = ("context", "done", "error", "item", "result", "size")
 
-    def __init__(self, item: Item, size: int) -> None:
+    def __init__(self, item: Item, size: int, context: object = None) -> None:
         self.item = item
         self.size = size
+        self.context = context  # the submitter's span context when tracing
         self.done = anyio.Event()
         self.result: object = None
         self.error: BaseException | None = None
@@ -65,11 +66,11 @@ class Batcher(Generic[Item]):
         self._running = False
         self._closed: BaseException | None = None
 
-    async def submit(self, item: Item, size: int) -> object:
+    async def submit(self, item: Item, size: int, context: object = None) -> object:
         if self._closed is not None:
             raise self._closed
         await self._room.acquire()
-        job = Job(item, size)
+        job = Job(item, size, context)
         self._queue.append(job)
         self._queued_bytes += size
         self._wake.set()

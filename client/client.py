@@ -31,6 +31,9 @@ from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
+from opentelemetry import trace
+from opentelemetry.propagate import inject
+from opentelemetry.trace import Link, NonRecordingSpan, SpanKind, Tracer
 
 from .batching import Batcher, Job, Sequencer
 from .connection import (
@@ -107,6 +110,7 @@ class Client:
         publish_in_flight: int = 8,
         frame_bytes_max: int = FRAME_BYTES_MAX,
         producer_id: str | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         if seeds is None:
             seeds = default_seeds()
@@ -129,6 +133,9 @@ class Client:
         self.publish_batch_bytes = publish_batch_bytes
         self.publish_in_flight = min(publish_in_flight, PRODUCER_WINDOW)
         self.frame_bytes_max = frame_bytes_max
+        #: OpenTelemetry tracer for publish spans whose context travels to the nodes (W3C
+        #: traceparent); None: no tracing work at all
+        self.tracer = tracer
         #: names this client's sequenced commands: a resend with the same id and sequence
         #: is answered, not applied again. A given id is a prefix: each client adds its own
         #: random incarnation, since sequences start from 0 again (a restart, another
@@ -276,10 +283,39 @@ class Client:
         retry: Retry = Retry.HARMLESS,
         wait_s: float = 0.0,
         timeout_s: float | None = None,
+        traced_by: list | None = None,
     ) -> object:
         """Send one operation to the cluster and return its result, retrying across leader
         changes, lost connections and overload until the deadline. `wait_s` (claim and read)
-        lets the node hold the request until a message arrives; the deadline counts it."""
+        lets the node hold the request until a message arrives; the deadline counts it.
+        With a tracer, a command gets a client span whose traceparent goes in the frame
+        (`traced_by`: span contexts of the callers it carries: the first is its parent, all
+        are linked)."""
+        if self.tracer is None or op not in COMMANDS:
+            return await self._request(op, fields, retry, wait_s, timeout_s)
+        contexts = [c for c in traced_by or () if c is not None]
+        parent = trace.set_span_in_context(NonRecordingSpan(contexts[0])) if contexts else None
+        with self.tracer.start_as_current_span(
+            f"paxq {op}",
+            context=parent,
+            kind=SpanKind.CLIENT,
+            links=[Link(c) for c in contexts],
+            attributes={"paxq.topic": str(fields.get("topic")), "paxq.op": op},
+        ):
+            carrier: dict[str, str] = {}
+            inject(carrier)
+            if "traceparent" in carrier:
+                fields = {**fields, "trace": carrier["traceparent"]}
+            return await self._request(op, fields, retry, wait_s, timeout_s)
+
+    async def _request(
+        self,
+        op: str,
+        fields: dict,
+        retry: Retry,
+        wait_s: float,
+        timeout_s: float | None,
+    ) -> object:
         start = anyio.current_time()
         wait_until = start + wait_s
         deadline = wait_until + (self.request_timeout_s if timeout_s is None else timeout_s)
@@ -358,7 +394,9 @@ class Client:
             raise UnknownOutcome(what + "; it may or may not have been applied")
         raise Unavailable(what)
 
-    async def sequenced(self, op: str, topic: str, fields: dict) -> object:
+    async def sequenced(
+        self, op: str, topic: str, fields: dict, traced_by: list | None = None
+    ) -> object:
         """Send a publish, ack, nack or extend with this client's producer id and its next
         sequence on the topic, so that resending it is harmless."""
         sequencer = self._sequencers.get(topic)
@@ -367,7 +405,7 @@ class Client:
         seq = await sequencer.take()
         try:
             fields = {**fields, "topic": topic, "producer": self.producer_id, "seq": seq}
-            return await self.request(op, fields, retry=Retry.ANSWERED)
+            return await self.request(op, fields, retry=Retry.ANSWERED, traced_by=traced_by)
         finally:
             sequencer.release(seq)
 
@@ -473,7 +511,15 @@ class Client:
                 linger_s=self.publish_linger_s,
                 in_flight_max=self.publish_in_flight,
             )
-        return await batcher.submit(message, _size(message))  # type: ignore[return-value]
+        if self.tracer is None:
+            return await batcher.submit(message, _size(message))  # type: ignore[return-value]
+        with self.tracer.start_as_current_span(
+            f"publish {topic}", kind=SpanKind.PRODUCER, attributes={"paxq.topic": topic}
+        ) as span:
+            context = span.get_span_context()
+            offset = await batcher.submit(message, _size(message), context)
+            span.set_attribute("paxq.offset", offset)  # type: ignore[arg-type]
+            return offset  # type: ignore[return-value]
 
     async def publish_many(self, topic: str, messages: Iterable[bytes | str | dict]) -> list[int]:
         """Append messages in order (bodies, or maps with body, key, headers, delay_s);
@@ -502,14 +548,17 @@ class Client:
             offsets.extend(await self._publish_chunk(topic, chunk))
         return offsets
 
-    async def _publish_chunk(self, topic: str, messages: list[dict]) -> list[int]:
-        result = await self.sequenced("publish", topic, {"messages": messages})
+    async def _publish_chunk(
+        self, topic: str, messages: list[dict], traced_by: list | None = None
+    ) -> list[int]:
+        result = await self.sequenced("publish", topic, {"messages": messages}, traced_by)
         first = result["offset"]  # type: ignore[index]
         return list(range(first, first + len(messages)))
 
     async def _publish_jobs(self, topic: str, jobs: list[Job]) -> None:
+        traced_by = [job.context for job in jobs] if self.tracer is not None else None
         try:
-            offsets = await self._publish_chunk(topic, [job.item for job in jobs])
+            offsets = await self._publish_chunk(topic, [job.item for job in jobs], traced_by)
         except (BadRequest, TooLarge):
             if len(jobs) == 1:
                 raise

@@ -12,6 +12,7 @@ from test_node import free_addresses, leader_of
 from paxq.broker.node import Node, NodeSettings, PeerSettings
 from paxq.broker.node.clients import ClientPort
 from paxq.broker.node.metrics import NodeMetrics
+from paxq.broker.node.tracing import CommitTracing
 from paxq.broker.paxos import Config
 from paxq.client.connection import connect
 from paxq.client.wire import ErrorCode, FrameDecoder, encode_frame
@@ -21,7 +22,9 @@ LIMIT_S = 30
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, size: int = 1, clock_ms=None, metrics=False, **port_options):
+async def serving(
+    tmp_path: Path, size: int = 1, clock_ms=None, metrics=False, tracer=None, **port_options
+):
     peers = await free_addresses(size)
     clients = await free_addresses(size)
     config = Config(nodes=tuple(range(size)))
@@ -35,6 +38,7 @@ async def serving(tmp_path: Path, size: int = 1, clock_ms=None, metrics=False, *
                 journal,
                 clock_ms=clock_ms,
                 metrics=NodeMetrics("t", i) if metrics else None,
+                tracing=CommitTracing(tracer, i) if tracer is not None else None,
             )
             ports[i] = ClientPort(nodes[i], clients, **port_options)
             await nursery.start(nodes[i].run)

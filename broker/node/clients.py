@@ -50,6 +50,8 @@ _FAILURES = {
     "too large": ErrorCode.TOO_LARGE,
     "unknown": ErrorCode.UNKNOWN_OUTCOME,
 }
+#: request fields for the session, not the machine (`trace`: the W3C traceparent)
+_NOT_ARGUMENTS = frozenset({"id", "op", "trace"})
 #: refusals a lagging follower may give where the leader would not
 _LAGGING = frozenset({ErrorCode.UNKNOWN_TOPIC, ErrorCode.UNKNOWN_SUBSCRIPTION})
 _LOST = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError)
@@ -234,13 +236,15 @@ class ClientPort:
         if command is None:
             return
         session.in_flight += 1
-        callback = self._answer(session, rid, trio.current_time())
+        tracing = self.node.tracing
+        traced = tracing is not None and tracing.received(command, request.get("trace"), op)
+        callback = self._answer(session, rid, trio.current_time(), command if traced else None)
         if not self.node.propose_nowait(command, callback):
             await self.node.propose(command, callback)  # the node's inbox is full: wait for room
 
     def _command(self, session: _Session, rid: int, request: dict) -> bytes | None:
         """The request as a unique command for the log, or None (refused, answered)."""
-        arguments = {k: v for k, v in request.items() if k != "id" and k != "op"}
+        arguments = {k: v for k, v in request.items() if k not in _NOT_ARGUMENTS}
         session.sequence += 1
         try:
             command = command_bytes(session.id, session.sequence, request["op"], arguments)
@@ -268,11 +272,17 @@ class ClientPort:
             reply["leader"] = f"{host}:{port}"
         return encode_frame(reply)
 
-    def _answer(self, session: _Session, rid: int, arrived: float) -> Callable[[str, object], None]:
+    def _answer(
+        self, session: _Session, rid: int, arrived: float, traced: bytes | None
+    ) -> Callable[[str, object], None]:
         metrics = self.node.metrics
+        tracing = self.node.tracing
 
         def done(kind: str, value: object) -> None:
+            reply = tracing.replying(traced, kind) if traced is not None else None
             session.finish(self._reply(rid, kind, value))
+            if reply is not None:
+                reply.end()
             if metrics is not None and kind == "ok":
                 metrics.commit_latency.record((trio.current_time() - arrived) * 1000)
 

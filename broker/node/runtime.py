@@ -30,6 +30,7 @@ from .codec import Decoder
 from .machines import Machine, SnapshotInvalid, queue_machine
 from .metrics import NodeMetrics
 from .peers import PeerSettings, PeerTransport
+from .tracing import CommitTracing
 from .transfer import Assembler, Incoming, SnapshotAck, SnapshotChunk
 
 log = logging.getLogger("paxq.node")
@@ -108,9 +109,12 @@ class Node:
         machine_factory: Callable[[Journal], Machine] = queue_machine,
         clock_ms: Callable[[], int] | None = None,
         metrics: NodeMetrics | None = None,
+        tracing: CommitTracing | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        #: spans on the commit path; None (tracing off): no tracing work at all
+        self.tracing = tracing
         self.id = settings.peer.node_id
         if journal.identity != Identity(settings.peer.cluster, self.id):
             raise ValueError(f"journal {journal.identity} is not this node's")
@@ -221,6 +225,8 @@ class Node:
             waiting, self._waiting = self._waiting, {}
             for on_done in waiting.values():
                 on_done("unknown", None)
+            if self.tracing is not None:
+                self.tracing.abandon()
 
     async def _ticker(self) -> None:
         tick = self.settings.tick_s
@@ -273,11 +279,15 @@ class Node:
                 await self._work.wait()
                 continue
             if ready.persist:
+                tracing = self.tracing
+                traced = tracing.persisting(ready.persist) if tracing and tracing.traced else ()
                 started = time.perf_counter()
                 await trio.to_thread.run_sync(self.journal.write, batch_of(ready.persist))
                 self.syncs += 1
                 if self.metrics is not None:
                     self.metrics.fsync_latency.record((time.perf_counter() - started) * 1000)
+                if traced:
+                    tracing.persisted(traced)
             await self._carry_out(ready)
 
     def _handle(self, item: tuple[int, object]) -> None:
@@ -350,9 +360,15 @@ class Node:
         for slot, value in ready.committed:
             if slot < machine.slots:
                 continue  # a snapshot restored at start, or installed since, covers it
+            tracing = self.tracing
+            traced = tracing is not None and slot in tracing.slots
+            if traced:
+                tracing.applying(slot)
             results = machine.apply(slot, value)
             if self.metrics is not None:
                 self.metrics.batch_size.record(len(value))
+            if traced:
+                tracing.applied(slot)
             waiting = self._waiting
             if waiting:
                 for command, result in zip(value, results, strict=True):

@@ -1,0 +1,180 @@
+"""OpenTelemetry spans on a leader's commit path.
+
+A command that arrives with a sampled W3C traceparent (or that the node's own sampler picks)
+gets, under a `paxq.receive` span (child of the client's span):
+
+    paxq.batch    from arrival until a slot carries it
+    paxq.reply    from its result to its answer queued on the connection
+
+and its slot gets one `paxq.slot` span that links to the client spans of every traced command
+it carries, with children `paxq.persist` (the synced write of the leader's own accept),
+`paxq.quorum` (from sending the accept to the slot being chosen) and `paxq.apply`.
+
+Nothing here runs for a command that is not traced: the node calls in only while `traced`
+(commands) or `slots` (slots) is non-empty, and not at all when tracing is off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, SpanKind, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from ..paxos import AcceptRecord
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+#: traced commands or slots at most (a bound on what tracing may hold; past it, untraced)
+TRACED_MAX = 10_000
+
+
+@dataclass
+class _Command:
+    receive: Span
+    batch: Span
+    client: trace.SpanContext | None  # the client's span, for the slot's link
+    slot: int | None = None
+
+
+@dataclass
+class _Slot:
+    span: Span
+    commands: list[bytes] = field(default_factory=list)
+    persist: Span | None = None
+    quorum: Span | None = None
+    apply: Span | None = None
+
+
+class CommitTracing:
+    def __init__(self, tracer: Tracer, node: int) -> None:
+        self.tracer = tracer
+        self.node = node
+        self.traced: dict[bytes, _Command] = {}
+        self.slots: dict[int, _Slot] = {}
+
+    def received(self, command: bytes, traceparent: object, op: str) -> bool:
+        """Start the spans of a command; False if it is not sampled (nothing kept)."""
+        if len(self.traced) >= TRACED_MAX:
+            return False
+        parent: Context | None = None
+        if type(traceparent) is str:
+            parent = _PROPAGATOR.extract({"traceparent": traceparent})
+        receive = self.tracer.start_span(
+            "paxq.receive",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"paxq.node": self.node, "paxq.op": op},
+        )
+        if not receive.is_recording():
+            receive.end()
+            return False
+        client = trace.get_current_span(parent).get_span_context() if parent else None
+        inside = trace.set_span_in_context(receive)
+        batch = self.tracer.start_span("paxq.batch", context=inside)
+        self.traced[command] = _Command(receive, batch, client)
+        return True
+
+    def persisting(self, records: list) -> list[int]:
+        """Before the journal write: slots of traced commands get their slot span, and
+        their persist span starts. Returns those slots."""
+        started = []
+        for record in records:
+            if type(record) is not AcceptRecord or record.slot in self.slots:
+                continue
+            mine = [c for c in record.value if c in self.traced]
+            if not mine or len(self.slots) >= TRACED_MAX:
+                continue
+            links = []
+            for command in mine:
+                state = self.traced[command]
+                state.slot = record.slot
+                state.batch.set_attribute("paxq.slot", record.slot)
+                state.batch.end()
+                if state.client is not None and state.client.is_valid:
+                    links.append(Link(state.client))
+            first = self.traced[mine[0]]
+            span = self.tracer.start_span(
+                "paxq.slot",
+                context=trace.set_span_in_context(first.receive),
+                links=links,
+                attributes={
+                    "paxq.slot": record.slot,
+                    "paxq.batch.commands": len(record.value),
+                    "paxq.batch.traced": len(mine),
+                },
+            )
+            slot = self.slots[record.slot] = _Slot(span, mine)
+            slot.persist = self.tracer.start_span(
+                "paxq.persist", context=trace.set_span_in_context(span)
+            )
+            started.append(record.slot)
+        return started
+
+    def persisted(self, slots: list[int]) -> None:
+        """After the write (and before sending): persist ends, the wait for a quorum starts."""
+        for number in slots:
+            slot = self.slots[number]
+            if slot.persist is not None:
+                slot.persist.end()
+            slot.quorum = self.tracer.start_span(
+                "paxq.quorum", context=trace.set_span_in_context(slot.span)
+            )
+
+    def applying(self, number: int) -> None:
+        slot = self.slots.get(number)
+        if slot is None:
+            return
+        if slot.quorum is not None:
+            slot.quorum.end()
+        slot.apply = self.tracer.start_span(
+            "paxq.apply", context=trace.set_span_in_context(slot.span)
+        )
+
+    def applied(self, number: int) -> None:
+        slot = self.slots.pop(number, None)
+        if slot is None:
+            return
+        if slot.apply is not None:
+            slot.apply.end()
+        slot.span.end()
+
+    def replying(self, command: bytes, outcome: str) -> _Reply | None:
+        """The command's result is known: its reply span starts (ended by `replied`)."""
+        state = self.traced.pop(command, None)
+        if state is None:
+            return None
+        if state.slot is None:  # never got a slot (not leader, overloaded, ...)
+            state.batch.end()
+        state.receive.set_attribute("paxq.outcome", outcome)
+        reply = self.tracer.start_span(
+            "paxq.reply", context=trace.set_span_in_context(state.receive)
+        )
+        reply.set_attribute("paxq.node", self.node)
+        return _Reply(reply, state.receive)
+
+    def abandon(self) -> None:
+        """Leadership or the node is gone: end whatever is open."""
+        for state in self.traced.values():
+            state.batch.end()
+            state.receive.end()
+        for slot in self.slots.values():
+            for span in (slot.persist, slot.quorum, slot.apply):
+                if span is not None and span.is_recording():
+                    span.end()
+            slot.span.end()
+        self.traced.clear()
+        self.slots.clear()
+
+
+class _Reply:
+    """The reply span and, once the answer is queued, the end of the whole receive span."""
+
+    def __init__(self, reply: Span, receive: Span) -> None:
+        self.reply = reply
+        self.receive = receive
+
+    def end(self) -> None:
+        self.reply.end()
+        self.receive.end()

@@ -1,0 +1,81 @@
+"""One publish, one connected trace: client spans, and the leader's spans for every stage of
+the commit path, in order, with the right parents and links (an in-memory exporter)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import trio
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+from opentelemetry.trace import SpanKind
+from test_client_port import serving
+from test_node import leader_of
+
+from paxq.client import Client
+
+LIMIT_S = 60
+
+
+def provider(sampler=None) -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    traces = TracerProvider(**({"sampler": sampler} if sampler is not None else {}))
+    traces.add_span_processor(SimpleSpanProcessor(exporter))
+    return traces, exporter
+
+
+async def test_one_publish_is_one_trace_through_every_stage(tmp_path: Path) -> None:
+    traces, exporter = provider()
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 3, tracer=traces.get_tracer("paxq.node")) as (nodes, clients):
+            leader = await leader_of(nodes)
+            seeds = [f"{h}:{p}" for h, p in clients.values()]
+            async with Client(seeds, tracer=traces.get_tracer("paxq.client")) as client:
+                await client.create_topic("traced")
+                exporter.clear()
+                offset = await client.publish("traced", b"follow me")
+                while not any(s.name == "paxq.slot" for s in exporter.get_finished_spans()):
+                    await trio.sleep(0.01)  # the slot span ends after its apply
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    publish = spans["publish traced"]
+    request = spans["paxq publish"]
+    receive, batch, reply = spans["paxq.receive"], spans["paxq.batch"], spans["paxq.reply"]
+    slot = spans["paxq.slot"]
+    persist, quorum, apply = spans["paxq.persist"], spans["paxq.quorum"], spans["paxq.apply"]
+    # One trace, parent to child: publish -> request -> receive -> (batch, slot, reply).
+    assert len({s.context.trace_id for s in spans.values()}) == 1
+    assert publish.kind == SpanKind.PRODUCER and publish.attributes["paxq.offset"] == offset
+    assert request.parent.span_id == publish.context.span_id and request.kind == SpanKind.CLIENT
+    assert receive.parent.span_id == request.context.span_id and receive.kind == SpanKind.SERVER
+    assert receive.attributes["paxq.node"] == leader.id
+    for child in (batch, slot, reply):
+        assert child.parent.span_id == receive.context.span_id, child.name
+    for child in (persist, quorum, apply):
+        assert child.parent.span_id == slot.context.span_id, child.name
+    # The batch's span links to the client span it carries.
+    assert [link.context.span_id for link in slot.links] == [request.context.span_id]
+    assert batch.attributes["paxq.slot"] == slot.attributes["paxq.slot"]
+    # The stages, in order.
+    order = [batch, persist, quorum, apply, reply]
+    for earlier, later in itertools.pairwise(order):
+        assert earlier.end_time <= later.start_time, (earlier.name, later.name)
+    assert receive.start_time <= batch.start_time and reply.end_time <= receive.end_time
+    assert request.start_time <= receive.start_time and receive.end_time <= request.end_time
+
+
+async def test_unsampled_and_untraced_publishes_leave_no_spans(tmp_path: Path) -> None:
+    traces, exporter = provider(ParentBased(ALWAYS_OFF))
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 1, tracer=traces.get_tracer("paxq.node")) as (nodes, clients):
+            await leader_of(nodes)
+            seeds = [f"{h}:{p}" for h, p in clients.values()]
+            async with Client(seeds, tracer=traces.get_tracer("paxq.client")) as client:
+                await client.create_topic("quiet")
+                await client.publish("quiet", b"not sampled")
+            async with Client(seeds) as client:  # no tracer: no trace context at all
+                await client.publish("quiet", b"not traced")
+            assert not nodes[0].tracing.traced and not nodes[0].tracing.slots
+    assert exporter.get_finished_spans() == ()
