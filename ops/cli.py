@@ -146,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics", help="host:port of a Prometheus scrape endpoint (GET /metrics); default none"
     )
     node.add_argument(
+        "--tracing",
+        choices=("none", "console", "otlp", "drop"),
+        help="span exporter (default none: tracing off); otlp reads OTEL_EXPORTER_OTLP_*",
+    )
+    node.add_argument(
+        "--trace-sample",
+        dest="trace_sample",
+        type=float,
+        help="ratio of new traces the node starts (default 0.01); traced requests follow "
+        "their client's decision",
+    )
+    node.add_argument(
         "--snapshot-keep",
         dest="snapshot_keep",
         type=int,

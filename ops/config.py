@@ -52,6 +52,9 @@ class NodeConfig:
     window: int = 32
     #: where the Prometheus scrape endpoint listens (GET /metrics); None: no endpoint
     metrics: Address | None = None
+    #: span exporter: none (tracing off), console, otlp, drop; and the ratio of new traces
+    tracing: str = "none"
+    trace_sample: float = 0.01
 
 
 KEYS = (
@@ -68,6 +71,8 @@ KEYS = (
     "batch_max",
     "window",
     "metrics",
+    "tracing",
+    "trace_sample",
 )
 
 
@@ -118,6 +123,8 @@ def load(
         batch_max = int(raw.get("batch_max", 1024))
         window = int(raw.get("window", 32))
         metrics = _address(raw["metrics"]) if raw.get("metrics") else None
+        tracing = str(raw.get("tracing", "none"))
+        trace_sample = float(raw.get("trace_sample", 0.01))
     except (TypeError, ValueError) as error:
         raise ConfigError(str(error)) from error
     if node_id not in peers:
@@ -128,6 +135,10 @@ def load(
         raise ConfigError("tick_ms must be between 1 and 1000")
     if snapshot_every < 0 or snapshot_keep < 0:
         raise ConfigError("snapshot_every and snapshot_keep must be >= 0")
+    if tracing not in ("none", "console", "otlp", "drop"):
+        raise ConfigError("tracing is none, console, otlp or drop")
+    if not 0.0 <= trace_sample <= 1.0:
+        raise ConfigError("trace_sample must be between 0 and 1")
     if not (1 <= batch_max <= 65536 and 1 <= window <= 1024):
         raise ConfigError("batch_max must be in [1, 65536] and window in [1, 1024]")
     return NodeConfig(
@@ -144,6 +155,8 @@ def load(
         batch_max=batch_max,
         window=window,
         metrics=metrics,
+        tracing=tracing,
+        trace_sample=trace_sample,
     )
 
 

@@ -13,10 +13,12 @@ from paxq.broker.node import Node, NodeSettings, PeerSettings
 from paxq.broker.node.clients import ClientPort
 from paxq.broker.node.metrics import NodeMetrics, watch_node
 from paxq.broker.node.scrape import ScrapeEndpoint
+from paxq.broker.node.tracing import CommitTracing
 from paxq.broker.paxos import Config
 from paxq.storage import Identity, RocksJournal, StorageError
 
 from .config import NodeConfig
+from .tracing import tracer_provider
 
 log = logging.getLogger("paxq")
 
@@ -46,6 +48,7 @@ def run(config: NodeConfig) -> int:
         log.error("refusing to start: %s", error)
         return 2
     status = 0
+    traces = None
     try:
         settings = NodeSettings(
             PeerSettings(config.cluster, config.id, config.peers),
@@ -59,13 +62,22 @@ def run(config: NodeConfig) -> int:
             snapshot_keep_slots=config.snapshot_keep,
         )
         metrics = NodeMetrics(config.cluster, config.id) if config.metrics else None
-        node = Node(settings, journal, metrics=metrics)
+        traces = tracer_provider(
+            "paxq",
+            config.tracing,
+            config.trace_sample,
+            {"paxq.cluster": config.cluster, "paxq.node": config.id},
+        )
+        tracing = CommitTracing(traces.get_tracer("paxq.node"), config.id) if traces else None
+        node = Node(settings, journal, metrics=metrics, tracing=tracing)
         trio.run(_serve, node, config, journal)
     except* StorageError as group:  # from inside trio's nurseries: an exception group
         log.error("stopping: %s", group.exceptions[0])
         status = 2
     finally:
         journal.close()
+        if traces is not None:
+            traces.shutdown()  # what is still queued goes out
     log.info("stopped")
     return status
 

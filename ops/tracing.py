@@ -1,0 +1,54 @@
+"""Setting up OpenTelemetry tracing for a node or a client program.
+
+Exporters: `otlp` (OTLP over HTTP; the standard OTEL_EXPORTER_OTLP_* variables say where),
+`console` (JSON on stdout), `drop` (spans made and thrown away: what tracing itself costs),
+`none` (tracing off: no provider, no per-message work). Sampling: a ratio of new traces; a
+request that carries a trace context follows its caller's decision.
+"""
+
+from __future__ import annotations
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+EXPORTERS = ("none", "console", "otlp", "drop")
+
+
+class _Drop(SpanExporter):
+    def export(self, spans) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def tracer_provider(
+    service: str, exporter: str, sample: float, attributes: dict | None = None
+) -> TracerProvider | None:
+    """A TracerProvider for `exporter`, or None for "none"."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"tracing is one of {', '.join(EXPORTERS)}, not {exporter!r}")
+    if not 0.0 <= sample <= 1.0:
+        raise ValueError("the trace sample ratio is between 0 and 1")
+    if exporter == "none":
+        return None
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service, **(attributes or {})}),
+        sampler=ParentBased(TraceIdRatioBased(sample)),
+    )
+    if exporter == "console":
+        out: SpanExporter = ConsoleSpanExporter()
+    elif exporter == "drop":
+        out = _Drop()
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        out = OTLPSpanExporter()
+    # Batched and bounded: spans wait in a queue of 2048 and leave from a background thread,
+    # never on the commit path; past the queue they are dropped, not held.
+    provider.add_span_processor(BatchSpanProcessor(out, max_queue_size=2048))
+    return provider
