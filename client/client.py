@@ -291,9 +291,9 @@ class Client:
         With a tracer, a command gets a client span whose traceparent goes in the frame
         (`traced_by`: span contexts of the callers it carries: the first is its parent, all
         are linked)."""
-        if self.tracer is None or op not in COMMANDS:
-            return await self._request(op, fields, retry, wait_s, timeout_s)
         contexts = [c for c in traced_by or () if c is not None]
+        if self.tracer is None or op not in COMMANDS or (traced_by is not None and not contexts):
+            return await self._request(op, fields, retry, wait_s, timeout_s)
         parent = trace.set_span_in_context(NonRecordingSpan(contexts[0])) if contexts else None
         with self.tracer.start_as_current_span(
             f"paxq {op}",
@@ -513,13 +513,20 @@ class Client:
             )
         if self.tracer is None:
             return await batcher.submit(message, _size(message))  # type: ignore[return-value]
-        with self.tracer.start_as_current_span(
+        span = self.tracer.start_span(
             f"publish {topic}", kind=SpanKind.PRODUCER, attributes={"paxq.topic": topic}
-        ) as span:
-            context = span.get_span_context()
-            offset = await batcher.submit(message, _size(message), context)
+        )
+        context = span.get_span_context()
+        # An unsampled publish carries no context: its request makes no span of its own and
+        # sends no traceparent, and the nodes do nothing for it.
+        try:
+            offset = await batcher.submit(
+                message, _size(message), context if context.trace_flags.sampled else None
+            )
             span.set_attribute("paxq.offset", offset)  # type: ignore[arg-type]
             return offset  # type: ignore[return-value]
+        finally:
+            span.end()
 
     async def publish_many(self, topic: str, messages: Iterable[bytes | str | dict]) -> list[int]:
         """Append messages in order (bodies, or maps with body, key, headers, delay_s);

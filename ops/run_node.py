@@ -63,12 +63,13 @@ def run(config: NodeConfig) -> int:
         )
         metrics = NodeMetrics(config.cluster, config.id) if config.metrics else None
         traces = tracer_provider(
-            "paxq",
-            config.tracing,
-            config.trace_sample,
-            {"paxq.cluster": config.cluster, "paxq.node": config.id},
+            "paxq", config.tracing, 1.0, {"paxq.cluster": config.cluster, "paxq.node": config.id}
         )
-        tracing = CommitTracing(traces.get_tracer("paxq.node"), config.id) if traces else None
+        tracing = (
+            CommitTracing(traces.get_tracer("paxq.node"), config.id, config.trace_sample)
+            if traces is not None
+            else None
+        )
         node = Node(settings, journal, metrics=metrics, tracing=tracing)
         trio.run(_serve, node, config, journal)
     except* StorageError as group:  # from inside trio's nurseries: an exception group

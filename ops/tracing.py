@@ -29,7 +29,9 @@ class _Drop(SpanExporter):
 def tracer_provider(
     service: str, exporter: str, sample: float, attributes: dict | None = None
 ) -> TracerProvider | None:
-    """A TracerProvider for `exporter`, or None for "none"."""
+    """A TracerProvider for `exporter`, or None for "none". Its sampler keeps `sample` of new
+    traces and follows the caller's decision for the rest (a node samples new traces itself,
+    cheaper: give it 1.0 and CommitTracing the ratio)."""
     if exporter not in EXPORTERS:
         raise ValueError(f"tracing is one of {', '.join(EXPORTERS)}, not {exporter!r}")
     if not 0.0 <= sample <= 1.0:

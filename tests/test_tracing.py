@@ -79,3 +79,11 @@ async def test_unsampled_and_untraced_publishes_leave_no_spans(tmp_path: Path) -
                 await client.publish("quiet", b"not traced")
             assert not nodes[0].tracing.traced and not nodes[0].tracing.slots
     assert exporter.get_finished_spans() == ()
+
+
+def test_the_sampled_flag_is_read_from_the_traceparent() -> None:
+    from paxq.broker.node.tracing import _sampled
+
+    base = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-"
+    assert _sampled(base + "01") and _sampled(base + "03")  # 03: sampled and random
+    assert not _sampled(base + "00") and not _sampled(base + "02") and not _sampled("junk")

@@ -16,6 +16,7 @@ Nothing here runs for a command that is not traced: the node calls in only while
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
@@ -28,6 +29,14 @@ from ..paxos import AcceptRecord
 _PROPAGATOR = TraceContextTextMapPropagator()
 #: traced commands or slots at most (a bound on what tracing may hold; past it, untraced)
 TRACED_MAX = 10_000
+
+
+def _sampled(traceparent: str) -> bool:
+    """The W3C trace flags (the last field, two hex digits) have the sampled bit (0) set."""
+    try:
+        return bool(int(traceparent[-2:], 16) & 1)
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -48,19 +57,29 @@ class _Slot:
 
 
 class CommitTracing:
-    def __init__(self, tracer: Tracer, node: int) -> None:
+    """`root_sample`: the ratio of commands without a trace context that start a trace here
+    (a command with one follows its client's decision)."""
+
+    def __init__(self, tracer: Tracer, node: int, root_sample: float = 0.0) -> None:
         self.tracer = tracer
         self.node = node
+        self.root_sample = root_sample
         self.traced: dict[bytes, _Command] = {}
         self.slots: dict[int, _Slot] = {}
+        self._random = random.Random()
 
     def received(self, command: bytes, traceparent: object, op: str) -> bool:
-        """Start the spans of a command; False if it is not sampled (nothing kept)."""
-        if len(self.traced) >= TRACED_MAX:
-            return False
+        """Start the spans of a command; False if it is not sampled (nothing kept). The
+        decision costs a lookup and a comparison: most commands are not sampled."""
         parent: Context | None = None
         if type(traceparent) is str:
+            if not _sampled(traceparent):
+                return False
             parent = _PROPAGATOR.extract({"traceparent": traceparent})
+        elif self._random.random() >= self.root_sample:
+            return False
+        if len(self.traced) >= TRACED_MAX:
+            return False
         receive = self.tracer.start_span(
             "paxq.receive",
             context=parent,
