@@ -4,8 +4,8 @@ For each setting, a fresh cluster of 3 `paxq node` processes (synced RocksDB, lo
 Client with `--callers` concurrent publishers for `--seconds`:
 
 - off:  nodes `--tracing none`, client without a tracer (no tracing code runs);
-- 1%:   nodes `--tracing drop`, client sampling 1% of its publishes (spans are made, batched
-        and dropped: the cost of tracing itself, not of a collector);
+- 1%:   nodes `--tracing drop`, client tracing 1% of its publishes (`trace_sample`; spans are
+        made, batched and dropped: the cost of tracing itself, not of a collector);
 - 100%: the same, every publish sampled.
 
 Settings run in rounds (off, 1%, 100%, off, 1%, 100%, ...) so drift hits them alike; the
@@ -31,10 +31,10 @@ SETTINGS = {"off": None, "1%": 0.01, "100%": 1.0}
 
 
 async def load(seeds: list[str], sample: float | None, callers: int, seconds: float) -> float:
-    traces = tracer_provider("bench-client", "drop", sample) if sample is not None else None
+    traces = tracer_provider("bench-client", "drop", 1.0) if sample is not None else None
     tracer = traces.get_tracer("bench") if traces is not None else None
     try:
-        async with Client(seeds, tracer=tracer) as client:
+        async with Client(seeds, tracer=tracer, trace_sample=sample or 0.0) as client:
             await client.publish(TOPIC, BODY)
             count = 0
             end = trio.current_time() + seconds

@@ -111,6 +111,7 @@ class Client:
         frame_bytes_max: int = FRAME_BYTES_MAX,
         producer_id: str | None = None,
         tracer: Tracer | None = None,
+        trace_sample: float = 1.0,
     ) -> None:
         if seeds is None:
             seeds = default_seeds()
@@ -136,6 +137,10 @@ class Client:
         #: OpenTelemetry tracer for publish spans whose context travels to the nodes (W3C
         #: traceparent); None: no tracing work at all
         self.tracer = tracer
+        #: publishes traced when not inside a sampled span already (a draw costs far less
+        #: than an unsampled span); the tracer's own sampler has the last word
+        self.trace_sample = trace_sample
+        self._random = random.Random()
         #: names this client's sequenced commands: a resend with the same id and sequence
         #: is answered, not applied again. A given id is a prefix: each client adds its own
         #: random incarnation, since sequences start from 0 again (a restart, another
@@ -511,9 +516,9 @@ class Client:
                 linger_s=self.publish_linger_s,
                 in_flight_max=self.publish_in_flight,
             )
-        if self.tracer is None:
+        if not self._traced():
             return await batcher.submit(message, _size(message))  # type: ignore[return-value]
-        span = self.tracer.start_span(
+        span = self.tracer.start_span(  # type: ignore[union-attr]
             f"publish {topic}", kind=SpanKind.PRODUCER, attributes={"paxq.topic": topic}
         )
         context = span.get_span_context()
@@ -527,6 +532,13 @@ class Client:
             return offset  # type: ignore[return-value]
         finally:
             span.end()
+
+    def _traced(self) -> bool:
+        if self.tracer is None:
+            return False
+        if trace.get_current_span().get_span_context().trace_flags.sampled:
+            return True  # the caller's trace goes on through paxq
+        return self.trace_sample >= 1.0 or self._random.random() < self.trace_sample
 
     async def publish_many(self, topic: str, messages: Iterable[bytes | str | dict]) -> list[int]:
         """Append messages in order (bodies, or maps with body, key, headers, delay_s);
