@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import pytest
 import trio
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -37,9 +38,14 @@ async def test_one_publish_is_one_trace_through_every_stage(tmp_path: Path) -> N
                 await client.create_topic("traced")
                 exporter.clear()
                 offset = await client.publish("traced", b"follow me")
-                while not any(s.name == "paxq.slot" for s in exporter.get_finished_spans()):
-                    await trio.sleep(0.01)  # the slot span ends after its apply
-    spans = {s.name: s for s in exporter.get_finished_spans()}
+                while True:  # the slot span ends after its apply; followers' when persisted
+                    names = [s.name for s in exporter.get_finished_spans()]
+                    if "paxq.slot" in names and names.count("paxq.replicate") == 2:
+                        break
+                    await trio.sleep(0.01)
+    finished = exporter.get_finished_spans()
+    replicas = [s for s in finished if s.name == "paxq.replicate"]
+    spans = {s.name: s for s in finished}
     publish = spans["publish traced"]
     request = spans["paxq publish"]
     receive, batch, reply = spans["paxq.receive"], spans["paxq.batch"], spans["paxq.reply"]
@@ -55,6 +61,16 @@ async def test_one_publish_is_one_trace_through_every_stage(tmp_path: Path) -> N
         assert child.parent.span_id == receive.context.span_id, child.name
     for child in (persist, quorum, apply):
         assert child.parent.span_id == slot.context.span_id, child.name
+    # Both followers' spans join the trace under the slot, one per follower.
+    assert sorted(r.attributes["paxq.node"] for r in replicas) == sorted(
+        n for n in nodes if n != leader.id
+    )
+    for replica in replicas:
+        assert replica.parent.span_id == slot.context.span_id
+        assert replica.context.trace_id == slot.context.trace_id
+        assert replica.attributes["paxq.slot"] == slot.attributes["paxq.slot"]
+    # The quorum waits for at least one follower's persisted accept.
+    assert min(r.end_time for r in replicas) <= quorum.end_time
     # The batch's span links to the client span it carries.
     assert [link.context.span_id for link in slot.links] == [request.context.span_id]
     assert batch.attributes["paxq.slot"] == slot.attributes["paxq.slot"]
@@ -87,3 +103,17 @@ def test_the_sampled_flag_is_read_from_the_traceparent() -> None:
     base = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-"
     assert _sampled(base + "01") and _sampled(base + "03")  # 03: sampled and random
     assert not _sampled(base + "00") and not _sampled(base + "02") and not _sampled("junk")
+
+
+def test_a_traced_accept_crosses_the_peer_codec() -> None:
+    from paxq.broker.node.codec import Decoder, TracedAccept, encode
+    from paxq.broker.paxos import Accept, Ballot, Config
+    from paxq.client.wire import MalformedMessage
+
+    accept = Accept(1, Ballot(3, 1), 42, (b"cmd",), 40)
+    traced = TracedAccept(accept, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    decoder = Decoder(Config(nodes=(0, 1, 2)))
+    assert decoder.decode(encode(traced)) == traced
+    assert decoder.decode(encode(accept)) == accept  # untraced accepts are unchanged
+    with pytest.raises(MalformedMessage):
+        decoder.decode([*encode(traced)[:-1], "x" * 500])

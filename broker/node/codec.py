@@ -3,6 +3,7 @@
     Prepare        [1, src, round, node, from_slot]
     Promise        [2, src, round, node, commit, [[slot, round, node, value], ...]]
     Accept         [3, src, round, node, slot, value, commit]
+    TracedAccept   [12, src, round, node, slot, value, commit, traceparent]
     Accepted       [4, src, round, node, slot]
     Reject         [5, src, round, node, promised_round, promised_node]
     Heartbeat      [6, src, round, node, commit]
@@ -20,6 +21,7 @@ and refuses anything else with MalformedMessage before the core sees it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from paxq.client.wire import MalformedMessage
 
@@ -41,7 +43,18 @@ from ..paxos import (
 )
 from .transfer import SnapshotAck, SnapshotChunk
 
-PeerMessage = Message | SnapshotChunk | SnapshotAck
+
+class TracedAccept(NamedTuple):
+    """An Accept that carries the W3C traceparent of its slot's span (a traced batch): the
+    follower's spans join the client's trace. The replica only ever sees `accept`."""
+
+    accept: Accept
+    trace: str
+
+
+PeerMessage = Message | SnapshotChunk | SnapshotAck | TracedAccept
+#: the longest traceparent taken ("00-" 32 hex "-" 16 hex "-" 2 hex is 55)
+_TRACE_CHARS_MAX = 128
 
 _SLOT_MAX = 1 << 62  # far beyond any real log; refuses absurd slot numbers outright
 _NODE_MAX = 1 << 16
@@ -78,6 +91,8 @@ def encode(message: PeerMessage) -> list:
         return [10, *message]
     if kind is SnapshotAck:
         return [11, *message]
+    if kind is TracedAccept:
+        return [12, *encode(message.accept)[1:], message.trace]
     raise TypeError(f"not a paxos message: {message!r}")
 
 
@@ -98,6 +113,7 @@ class Decoder:
             9: (5, self._catchup_reply),
             10: (6, self._snapshot_chunk),
             11: (4, self._snapshot_ack),
+            12: (8, self._traced_accept),
         }
 
     def decode(self, body: object) -> PeerMessage:
@@ -178,6 +194,12 @@ class Decoder:
             self._value(b[5]),
             self._slot(b[6], "commit"),
         )
+
+    def _traced_accept(self, b: list) -> TracedAccept:
+        trace = b[7]
+        if type(trace) is not str or len(trace) > _TRACE_CHARS_MAX:
+            raise MalformedMessage(f"a trace context is a string of at most {_TRACE_CHARS_MAX}")
+        return TracedAccept(self._accept(b[:7]), trace)
 
     def _accepted(self, b: list) -> Accepted:
         return Accepted(self._src(b[1]), self._ballot(b[2], b[3]), self._slot(b[4]))

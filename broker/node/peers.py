@@ -25,7 +25,7 @@ import trio
 from paxq.client.wire import ErrorCode, FrameDecoder, WireError, encode_frame
 
 from ..paxos import Message
-from .codec import Decoder, encode
+from .codec import Decoder, TracedAccept, encode
 from .listen import serving
 
 log = logging.getLogger("paxq.node.peers")
@@ -208,8 +208,9 @@ class PeerTransport:
             while True:
                 for body in decoder.feed(data):
                     message = self._decoder.decode(body)
-                    if message.src != peer:
-                        raise WireError(f"node {peer} sent a message as node {message.src}")
+                    src = (message.accept if type(message) is TracedAccept else message).src
+                    if src != peer:
+                        raise WireError(f"node {peer} sent a message as node {src}")
                     await self._inbox.send((peer, message))  # bounded: backpressure on TCP
                 data = await stream.receive_some(1 << 16)
                 if not data:

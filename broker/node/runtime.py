@@ -24,9 +24,9 @@ from paxq.client.wire import FrameTooLarge
 from paxq.storage import CorruptRecord, Identity, Journal
 
 from ..machine import time_command
-from ..paxos import Config, ProposeResult, Ready, Replica, Role
+from ..paxos import Accept, Config, ProposeResult, Ready, Replica, Role
 from ..persist import batch_of, durable_state
-from .codec import Decoder
+from .codec import Decoder, TracedAccept
 from .machines import Machine, SnapshotInvalid, queue_machine
 from .metrics import NodeMetrics
 from .peers import PeerSettings, PeerTransport
@@ -280,7 +280,11 @@ class Node:
                 continue
             if ready.persist:
                 tracing = self.tracing
-                traced = tracing.persisting(ready.persist) if tracing and tracing.traced else ()
+                traced = (
+                    tracing.persisting(ready.persist)
+                    if tracing and (tracing.traced or tracing.replicas)
+                    else ()
+                )
                 started = time.perf_counter()
                 await trio.to_thread.run_sync(self.journal.write, batch_of(ready.persist))
                 self.syncs += 1
@@ -294,7 +298,11 @@ class Node:
         source, payload = item
         if source >= 0:
             kind = type(payload)
-            if kind is SnapshotChunk:
+            if kind is TracedAccept:
+                if self.tracing is not None:
+                    self.tracing.replicating(payload.accept.slot, payload.trace)
+                self.replica.step(payload.accept)
+            elif kind is SnapshotChunk:
                 self._on_chunk(payload)
             elif kind is SnapshotAck:
                 shipment = self._shipping.get(source)
@@ -344,11 +352,17 @@ class Node:
     async def _carry_out(self, ready: Ready) -> None:
         """Send, then apply and answer: the records of `ready` are durable already."""
         frames: dict[int, bytes] = {}  # a broadcast is one message object: encode it once
+        tracing = self.tracing
         for peer, message in ready.messages:
             frame = frames.get(id(message))
             if frame is None:
+                sent = message
+                if tracing is not None and tracing.slots and type(message) is Accept:
+                    context = tracing.slot_context(message.slot)
+                    if context is not None:  # a traced batch: its followers join the trace
+                        sent = TracedAccept(message, context)
                 try:
-                    frame = frames[id(message)] = self.peers.frame(message)
+                    frame = frames[id(message)] = self.peers.frame(sent)
                 except FrameTooLarge:
                     # Settings are validated against this; should it happen anyway, losing
                     # one message is something Paxos survives, stopping the node is not.

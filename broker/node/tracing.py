@@ -66,6 +66,8 @@ class CommitTracing:
         self.root_sample = root_sample
         self.traced: dict[bytes, _Command] = {}
         self.slots: dict[int, _Slot] = {}
+        #: on a follower: slots whose accept came traced -> the span until it is persisted
+        self.replicas: dict[int, Span] = {}
         self._random = random.Random()
 
     def received(self, command: bytes, traceparent: object, op: str) -> bool:
@@ -95,11 +97,38 @@ class CommitTracing:
         self.traced[command] = _Command(receive, batch, client)
         return True
 
+    def slot_context(self, number: int) -> str | None:
+        """The traceparent of a slot's span, for the accepts that carry it to followers."""
+        slot = self.slots.get(number)
+        if slot is None:
+            return None
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier, trace.set_span_in_context(slot.span))
+        return carrier.get("traceparent")
+
+    def replicating(self, number: int, traceparent: str) -> None:
+        """A follower got a traced accept: its `paxq.replicate` span runs until the accept
+        is persisted (and its Accepted goes back)."""
+        if number in self.replicas or len(self.replicas) >= TRACED_MAX:
+            return
+        if not _sampled(traceparent):
+            return
+        parent = _PROPAGATOR.extract({"traceparent": traceparent})
+        self.replicas[number] = self.tracer.start_span(
+            "paxq.replicate",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"paxq.node": self.node, "paxq.slot": number},
+        )
+
     def persisting(self, records: list) -> list[int]:
         """Before the journal write: slots of traced commands get their slot span, and
-        their persist span starts. Returns those slots."""
+        their persist span starts. Returns those slots (and a follower's traced ones)."""
         started = []
         for record in records:
+            if self.replicas and type(record) is AcceptRecord and record.slot in self.replicas:
+                started.append(record.slot)
+                continue
             if type(record) is not AcceptRecord or record.slot in self.slots:
                 continue
             mine = [c for c in record.value if c in self.traced]
@@ -134,6 +163,10 @@ class CommitTracing:
     def persisted(self, slots: list[int]) -> None:
         """After the write (and before sending): persist ends, the wait for a quorum starts."""
         for number in slots:
+            replica = self.replicas.pop(number, None)
+            if replica is not None:
+                replica.end()
+                continue
             slot = self.slots[number]
             if slot.persist is not None:
                 slot.persist.end()
@@ -183,8 +216,11 @@ class CommitTracing:
                 if span is not None and span.is_recording():
                     span.end()
             slot.span.end()
+        for span in self.replicas.values():
+            span.end()
         self.traced.clear()
         self.slots.clear()
+        self.replicas.clear()
 
 
 class _Reply:
