@@ -38,8 +38,11 @@ def bare_publish(address, depth: int, seconds: float) -> float:
     return count / seconds
 
 
-async def client_publish(seeds: list[str], callers: int, seconds: float) -> float:
-    async with Client(seeds) as client:
+async def client_publish(
+    seeds: list[str], callers: int, seconds: float, **client_options: object
+) -> float:
+    """Publishes per second from `callers` concurrent callers of one Client."""
+    async with Client(seeds, **client_options) as client:
         await client.publish(TOPIC, BODY)  # connected, leader known
         count = 0
         end = trio.current_time() + seconds

@@ -20,11 +20,10 @@ import argparse
 import statistics
 
 import trio
-from client_throughput import BODY
-from commit import TOPIC, paxq_cluster
+from client_throughput import BODY, client_publish
+from commit import paxq_cluster
 from provenance import git_commit
 
-from paxq.client import Client
 from paxq.ops.tracing import tracer_provider
 
 SETTINGS = {"off": None, "1%": 0.01, "100%": 1.0}
@@ -34,21 +33,9 @@ async def load(seeds: list[str], sample: float | None, callers: int, seconds: fl
     traces = tracer_provider("bench-client", "drop", 1.0) if sample is not None else None
     tracer = traces.get_tracer("bench") if traces is not None else None
     try:
-        async with Client(seeds, tracer=tracer, trace_sample=sample or 0.0) as client:
-            await client.publish(TOPIC, BODY)
-            count = 0
-            end = trio.current_time() + seconds
-
-            async def caller() -> None:
-                nonlocal count
-                while trio.current_time() < end:
-                    await client.publish(TOPIC, BODY)
-                    count += 1
-
-            async with trio.open_nursery() as nursery:
-                for _ in range(callers):
-                    nursery.start_soon(caller)
-            return count / seconds
+        return await client_publish(
+            seeds, callers, seconds, tracer=tracer, trace_sample=sample or 0.0
+        )
     finally:
         if traces is not None:
             traces.shutdown()

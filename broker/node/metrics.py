@@ -67,25 +67,15 @@ class NodeMetrics:
 
     def observe(self, name: str, unit: str, description: str, read: Callable[[], object]) -> None:
         """A gauge read when scraped: `read()` gives a number, or (attributes, number) pairs."""
-
-        def callback(options: CallbackOptions) -> Iterable[Observation]:
-            value = read()
-            if isinstance(value, int | float):
-                return [Observation(value)]
-            return [Observation(v, attributes) for attributes, v in value]  # type: ignore[union-attr]
-
-        self._meter.create_observable_gauge(name, [callback], unit=unit, description=description)
+        self._meter.create_observable_gauge(
+            name, [_observations(read)], unit=unit, description=description
+        )
 
     def count(self, name: str, unit: str, description: str, read: Callable[[], object]) -> None:
-        """A counter read when scraped (a total that only grows)."""
-
-        def callback(options: CallbackOptions) -> Iterable[Observation]:
-            value = read()
-            if isinstance(value, int | float):
-                return [Observation(value)]
-            return [Observation(v, attributes) for attributes, v in value]  # type: ignore[union-attr]
-
-        self._meter.create_observable_counter(name, [callback], unit=unit, description=description)
+        """A counter read when scraped (a total that only grows), read as `observe` reads."""
+        self._meter.create_observable_counter(
+            name, [_observations(read)], unit=unit, description=description
+        )
 
     def summary(self) -> dict:
         """Count and estimated p50/p99 (the upper bound of the bucket holding them, in ms) of
@@ -111,6 +101,16 @@ class NodeMetrics:
 
     def shutdown(self) -> None:
         self.provider.shutdown()
+
+
+def _observations(read: Callable[[], object]) -> Callable[[CallbackOptions], list]:
+    def callback(options: CallbackOptions) -> list[Observation]:
+        value = read()
+        if isinstance(value, int | float):
+            return [Observation(value)]
+        return [Observation(v, attributes) for attributes, v in value]  # type: ignore[union-attr]
+
+    return callback
 
 
 def prometheus_text(data: MetricsData | None, constant: dict[str, str]) -> str:
