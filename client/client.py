@@ -333,8 +333,9 @@ class Client:
             now = anyio.current_time()
             if now >= deadline:
                 break
-            if wait_s:
-                fields["wait_ms"] = max(0, min(WAIT_MS_MAX, int((wait_until - now) * 1000)))
+            if wait_s:  # what is left of the wait, per attempt (the caller's dict untouched)
+                wait_ms = max(0, min(WAIT_MS_MAX, int((wait_until - now) * 1000)))
+                fields = {**fields, "wait_ms": wait_ms}
             pause = True
             try:
                 connection = await self._connection(

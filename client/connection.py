@@ -196,6 +196,9 @@ class Connection:
                     await self._stream.send(cancel)
             except _BROKEN as error:
                 self._fail(f"sending failed: {error!r}")
+            except BaseException:
+                self._fail("the node does not read")  # out of time, a frame maybe cut short
+                raise
             with anyio.move_on_after(_SETTLE_S / 2):
                 await pending.done.wait()
         if pending.reply is not None:

@@ -126,27 +126,18 @@ def test_the_example_runs_as_written(
             if line.strip() and not line.lstrip().startswith(("#", "make "))
         ]
         for line in lines:
-            done = subprocess.run(
-                ["bash", "-c", _paxq_line(line)],
-                cwd=ROOT,
-                env=dev_cluster,
-                capture_output=True,
-                text=True,
-                timeout=BLOCK_S,
-            )
-            assert done.returncode == 0, f"{name}: {line}\n{done.stdout}\n{done.stderr}"
+            _succeeds(["bash", "-c", _paxq_line(line)], ROOT, dev_cluster, f"{name}: {line}")
         return
     script = tmp_path / "example.py"
     script.write_text(code)
+    _succeeds([sys.executable, str(script)], tmp_path, dev_cluster, f"{name} block {index}")
+
+
+def _succeeds(command: list[str], cwd: Path, env: dict, what: str) -> None:
     done = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env=dev_cluster,
-        capture_output=True,
-        text=True,
-        timeout=BLOCK_S,
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=BLOCK_S
     )
-    assert done.returncode == 0, f"{name} block {index}:\n{done.stdout}\n{done.stderr}"
+    assert done.returncode == 0, f"{what}\n{done.stdout}\n{done.stderr}"
 
 
 def test_the_docs_have_examples_to_run() -> None:

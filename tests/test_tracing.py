@@ -117,3 +117,16 @@ def test_a_traced_accept_crosses_the_peer_codec() -> None:
     assert decoder.decode(encode(accept)) == accept  # untraced accepts are unchanged
     with pytest.raises(MalformedMessage):
         decoder.decode([*encode(traced)[:-1], "x" * 500])
+
+
+def test_a_follower_span_ends_when_its_slot_is_applied_unpersisted() -> None:
+    from paxq.broker.node.tracing import CommitTracing
+
+    traces, exporter = provider()
+    tracing = CommitTracing(traces.get_tracer("paxq.node"), 2)
+    tracing.replicating(7, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    tracing.applying(7)
+    tracing.applied(7)  # the traced accept never reached this follower's disk
+    [span] = exporter.get_finished_spans()
+    assert span.name == "paxq.replicate" and span.attributes["paxq.persisted"] is False
+    assert not tracing.replicas

@@ -375,7 +375,7 @@ class Node:
             if slot < machine.slots:
                 continue  # a snapshot restored at start, or installed since, covers it
             tracing = self.tracing
-            traced = tracing is not None and slot in tracing.slots
+            traced = tracing is not None and (slot in tracing.slots or slot in tracing.replicas)
             if traced:
                 tracing.applying(slot)
             results = machine.apply(slot, value)

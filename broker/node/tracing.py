@@ -185,6 +185,12 @@ class CommitTracing:
         )
 
     def applied(self, number: int) -> None:
+        replica = self.replicas.pop(number, None)
+        if replica is not None:
+            # Applied without this follower persisting the traced accept (another ballot's
+            # value won, or the slot came by catch-up): its span ends here, not never.
+            replica.set_attribute("paxq.persisted", False)
+            replica.end()
         slot = self.slots.pop(number, None)
         if slot is None:
             return
