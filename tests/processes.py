@@ -12,6 +12,7 @@ import trio
 
 from paxq.client import Client, Unavailable, UnknownOutcome
 from paxq.client.connection import connect
+from paxq.client.wire import ErrorCode
 from paxq.ops.admin import gather_status
 
 
@@ -99,6 +100,8 @@ class Cluster:
                 reply = await connection.request(
                     "read", topic="log", limit=1000, **{"from": len(entries)}
                 )
+                if reply.get("error") == ErrorCode.UNKNOWN_TOPIC:
+                    return entries  # a node still catching up (a snapshot on its way)
                 result = reply["result"]
                 assert result["from"] == len(entries)
                 entries += [message["body"] for message in result["messages"]]
