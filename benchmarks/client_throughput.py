@@ -44,19 +44,24 @@ async def client_publish(
     """Publishes per second from `callers` concurrent callers of one Client."""
     async with Client(seeds, **client_options) as client:
         await client.publish(TOPIC, BODY)  # connected, leader known
-        count = 0
-        end = trio.current_time() + seconds
+        return await publish_for(client, callers, seconds)
 
-        async def caller() -> None:
-            nonlocal count
-            while trio.current_time() < end:
-                await client.publish(TOPIC, BODY)
-                count += 1
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(callers):
-                nursery.start_soon(caller)
-        return count / seconds
+async def publish_for(client: Client, callers: int, seconds: float) -> float:
+    """Publishes per second from `callers` concurrent callers of `client` for `seconds`."""
+    count = 0
+    end = trio.current_time() + seconds
+
+    async def caller() -> None:
+        nonlocal count
+        while trio.current_time() < end:
+            await client.publish(TOPIC, BODY)
+            count += 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(callers):
+            nursery.start_soon(caller)
+    return count / seconds
 
 
 def fill(seeds: list[str], queue: str, messages: int) -> None:

@@ -32,8 +32,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup
 from opentelemetry import trace
-from opentelemetry.propagate import inject
-from opentelemetry.trace import Link, NonRecordingSpan, SpanKind, Tracer
+from opentelemetry.trace import Tracer
 
 from .batching import Batcher, Job, Sequencer
 from .connection import (
@@ -60,6 +59,7 @@ from .errors import (
     error_from_reply,
 )
 from .messages import Delivery, Headers, Message
+from .tracing import Caller, RequestTracing, caller, traceparent
 from .wire import FRAME_BYTES_MAX
 from .wire.protocol import (
     COMMANDS,
@@ -134,13 +134,12 @@ class Client:
         self.publish_batch_bytes = publish_batch_bytes
         self.publish_in_flight = min(publish_in_flight, PRODUCER_WINDOW)
         self.frame_bytes_max = frame_bytes_max
-        #: OpenTelemetry tracer for publish spans whose context travels to the nodes (W3C
-        #: traceparent); None: no tracing work at all
+        #: OpenTelemetry tracer for request spans whose context travels to the nodes (W3C
+        #: traceparent); None: no tracing work at all. `trace_sample`: the ratio of requests
+        #: traced when none of their callers is inside a sampled span already (the tracer's
+        #: own sampler has the last word)
         self.tracer = tracer
-        #: publishes traced when not inside a sampled span already (a draw costs far less
-        #: than an unsampled span); the tracer's own sampler has the last word
-        self.trace_sample = trace_sample
-        self._random = random.Random()
+        self._tracing = RequestTracing(tracer, trace_sample) if tracer is not None else None
         #: names this client's sequenced commands: a resend with the same id and sequence
         #: is answered, not applied again. A given id is a prefix: each client adds its own
         #: random incarnation, since sequences start from 0 again (a restart, another
@@ -288,30 +287,26 @@ class Client:
         retry: Retry = Retry.HARMLESS,
         wait_s: float = 0.0,
         timeout_s: float | None = None,
-        traced_by: list | None = None,
+        callers: list[Caller] | None = None,
     ) -> object:
         """Send one operation to the cluster and return its result, retrying across leader
         changes, lost connections and overload until the deadline. `wait_s` (claim and read)
         lets the node hold the request until a message arrives; the deadline counts it.
-        With a tracer, a command gets a client span whose traceparent goes in the frame
-        (`traced_by`: span contexts of the callers it carries: the first is its parent, all
-        are linked)."""
-        contexts = [c for c in traced_by or () if c is not None]
-        if self.tracer is None or op not in COMMANDS or (traced_by is not None and not contexts):
+        With a tracer, a traced command gets a span whose traceparent goes in the frame
+        (`callers`: who the request carries, by default the caller of this method)."""
+        if self._tracing is None or op not in COMMANDS:
             return await self._request(op, fields, retry, wait_s, timeout_s)
-        parent = trace.set_span_in_context(NonRecordingSpan(contexts[0])) if contexts else None
-        with self.tracer.start_as_current_span(
-            f"paxq {op}",
-            context=parent,
-            kind=SpanKind.CLIENT,
-            links=[Link(c) for c in contexts],
-            attributes={"paxq.topic": str(fields.get("topic")), "paxq.op": op},
-        ):
-            carrier: dict[str, str] = {}
-            inject(carrier)
-            if "traceparent" in carrier:
-                fields = {**fields, "trace": carrier["traceparent"]}
+        span = self._tracing.start(op, fields.get("topic"), callers or [caller()])
+        if span is None:
             return await self._request(op, fields, retry, wait_s, timeout_s)
+        with trace.use_span(span, end_on_exit=True):
+            context = traceparent(span)
+            if context is not None:
+                fields = {**fields, "trace": context}
+            result = await self._request(op, fields, retry, wait_s, timeout_s)
+            if op == "publish" and isinstance(result, dict):
+                span.set_attribute("paxq.offset", result.get("offset", -1))
+            return result
 
     async def _request(
         self,
@@ -401,7 +396,7 @@ class Client:
         raise Unavailable(what)
 
     async def sequenced(
-        self, op: str, topic: str, fields: dict, traced_by: list | None = None
+        self, op: str, topic: str, fields: dict, callers: list[Caller] | None = None
     ) -> object:
         """Send a publish, ack, nack or extend with this client's producer id and its next
         sequence on the topic, so that resending it is harmless."""
@@ -411,7 +406,7 @@ class Client:
         seq = await sequencer.take()
         try:
             fields = {**fields, "topic": topic, "producer": self.producer_id, "seq": seq}
-            return await self.request(op, fields, retry=Retry.ANSWERED, traced_by=traced_by)
+            return await self.request(op, fields, retry=Retry.ANSWERED, callers=callers)
         finally:
             sequencer.release(seq)
 
@@ -517,29 +512,9 @@ class Client:
                 linger_s=self.publish_linger_s,
                 in_flight_max=self.publish_in_flight,
             )
-        if not self._traced():
+        if self._tracing is None:
             return await batcher.submit(message, _size(message))  # type: ignore[return-value]
-        span = self.tracer.start_span(  # type: ignore[union-attr]
-            f"publish {topic}", kind=SpanKind.PRODUCER, attributes={"paxq.topic": topic}
-        )
-        context = span.get_span_context()
-        # An unsampled publish carries no context: its request makes no span of its own and
-        # sends no traceparent, and the nodes do nothing for it.
-        try:
-            offset = await batcher.submit(
-                message, _size(message), context if context.trace_flags.sampled else None
-            )
-            span.set_attribute("paxq.offset", offset)  # type: ignore[arg-type]
-            return offset  # type: ignore[return-value]
-        finally:
-            span.end()
-
-    def _traced(self) -> bool:
-        if self.tracer is None:
-            return False
-        if trace.get_current_span().get_span_context().trace_flags.sampled:
-            return True  # the caller's trace goes on through paxq
-        return self.trace_sample >= 1.0 or self._random.random() < self.trace_sample
+        return await batcher.submit(message, _size(message), caller())  # type: ignore[return-value]
 
     async def publish_many(self, topic: str, messages: Iterable[bytes | str | dict]) -> list[int]:
         """Append messages in order (bodies, or maps with body, key, headers, delay_s);
@@ -569,16 +544,16 @@ class Client:
         return offsets
 
     async def _publish_chunk(
-        self, topic: str, messages: list[dict], traced_by: list | None = None
+        self, topic: str, messages: list[dict], callers: list[Caller] | None = None
     ) -> list[int]:
-        result = await self.sequenced("publish", topic, {"messages": messages}, traced_by)
+        result = await self.sequenced("publish", topic, {"messages": messages}, callers)
         first = result["offset"]  # type: ignore[index]
         return list(range(first, first + len(messages)))
 
     async def _publish_jobs(self, topic: str, jobs: list[Job]) -> None:
-        traced_by = [job.context for job in jobs] if self.tracer is not None else None
+        callers = [job.context for job in jobs] if self._tracing is not None else None
         try:
-            offsets = await self._publish_chunk(topic, [job.item for job in jobs], traced_by)
+            offsets = await self._publish_chunk(topic, [job.item for job in jobs], callers)
         except (BadRequest, TooLarge):
             if len(jobs) == 1:
                 raise

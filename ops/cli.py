@@ -64,10 +64,41 @@ def _node(args: argparse.Namespace) -> int:
     return run(config)
 
 
+def _traces(args: argparse.Namespace) -> int:
+    from .span_files import read, render, traces
+
+    try:
+        found = traces(read(args.files))
+    except OSError as error:
+        print(f"paxq traces: {error}", file=sys.stderr)
+        return 2
+    chosen = [
+        (trace_id, roots)
+        for trace_id, roots in found.items()
+        if (args.trace is None or trace_id == args.trace.lower().removeprefix("0x"))
+        and (args.contains is None or _contains(roots, args.contains))
+    ]
+    if args.last is not None:
+        chosen = chosen[-args.last :] if args.last > 0 else []
+    if not chosen:
+        print("no trace found", file=sys.stderr)
+        return 1
+    for trace_id, roots in chosen:
+        print("\n".join(render(trace_id, roots)))
+    return 0
+
+
+def _contains(roots: list, name: str) -> bool:
+    return any(span.name == name or _contains(span.children, name) for span in roots)
+
+
 def _dev(args: argparse.Namespace) -> int:
     from .dev import run
 
-    return run(Path(args.data), args.peer_port, args.client_port, args.metrics_port)
+    flags = ("--tracing", args.tracing)
+    if args.trace_sample is not None:
+        flags += ("--trace-sample", str(args.trace_sample))
+    return run(Path(args.data), args.peer_port, args.client_port, args.metrics_port, flags)
 
 
 def _addresses(args: argparse.Namespace) -> list[tuple[str, int]]:
@@ -177,6 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument(
         "--metrics-port", type=int, default=7421, help="first scrape port (/metrics); 0: none"
     )
+    dev.add_argument(
+        "--tracing",
+        choices=("none", "console", "otlp", "drop"),
+        default="none",
+        help="every node's span exporter (console: into its log, for paxq traces)",
+    )
+    dev.add_argument(
+        "--trace-sample",
+        dest="trace_sample",
+        type=float,
+        help="ratio of new traces each node starts (default 0.01)",
+    )
     dev.set_defaults(run=_dev)
 
     nodes_help = "client addresses host:port,... (default: PAXQ_NODES, else the paxq dev nodes)"
@@ -189,6 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--nodes", help=nodes_help)
     top.add_argument("--every-s", dest="every_s", type=float, default=1.0)
     top.set_defaults(run=_top)
+
+    spans = commands.add_parser(
+        "traces",
+        help="print the traces in files of console spans as trees",
+        description="Gather the spans that --tracing console wrote (node logs, a client's "
+        "span file) and print each trace as a tree: start and duration in ms, service.",
+    )
+    spans.add_argument("files", nargs="+", type=Path, help="files holding console spans")
+    spans.add_argument("--trace", help="only this trace id (hex)")
+    spans.add_argument("--last", type=int, help="only the last N traces to start")
+    spans.add_argument("--contains", help="only traces with a span of this name")
+    spans.set_defaults(run=_traces)
 
     from .client_commands import add_commands
 

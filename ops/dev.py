@@ -34,7 +34,14 @@ def dev_client_addresses(
     return [f"{host}:{client_port + i}" for i in range(size)]
 
 
-def run(data: Path, peer_port: int, client_port: int, metrics_port: int = 0) -> int:
+def run(
+    data: Path,
+    peer_port: int,
+    client_port: int,
+    metrics_port: int = 0,
+    node_flags: tuple[str, ...] = (),
+) -> int:
+    """`node_flags`: more flags for every node (tracing)."""
     peers, clients = dev_members("127.0.0.1", peer_port, client_port)
     data.mkdir(parents=True, exist_ok=True)
     children: list[subprocess.Popen] = []
@@ -45,7 +52,7 @@ def run(data: Path, peer_port: int, client_port: int, metrics_port: int = 0) -> 
     try:
         for node in range(DEV_NODES):
             metrics = f"127.0.0.1:{metrics_port + node}" if metrics_port else None
-            children.append(_spawn(node, data, peers, clients, metrics))
+            children.append(_spawn(node, data, peers, clients, metrics, node_flags))
             print(
                 f"  node {node}: clients 127.0.0.1:{client_port + node}, "
                 f"peers 127.0.0.1:{peer_port + node}, pid {children[-1].pid}, "
@@ -66,7 +73,7 @@ def run(data: Path, peer_port: int, client_port: int, metrics_port: int = 0) -> 
 
 
 def _spawn(
-    node: int, data: Path, peers: str, clients: str, metrics: str | None
+    node: int, data: Path, peers: str, clients: str, metrics: str | None, flags: tuple[str, ...]
 ) -> subprocess.Popen:
     with open(data / f"node{node}.log", "ab") as log:  # the child keeps its own descriptor
         command = [
@@ -85,6 +92,7 @@ def _spawn(
             "--clients",
             clients,
             *(("--metrics", metrics) if metrics else ()),
+            *flags,
         ]
         return subprocess.Popen(command, stdout=log, stderr=log)
 

@@ -24,7 +24,7 @@ import trio
 from paxq.ops.admin import gather_status
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ["README.md", "docs/quickstart.md", "docs/client.md"]
+DOCS = ["README.md", "docs/quickstart.md", "docs/client.md", "docs/observability.md"]
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 BLOCK_S = 120
 pytestmark = pytest.mark.slow
@@ -78,6 +78,7 @@ def dev_cluster(tmp_path_factory: pytest.TempPathFactory):
             str(client),
             "--metrics-port",
             str(peer + 6),
+            *("--tracing", "console", "--trace-sample", "0"),  # traced clients only
         ],
         stdout=log,
         stderr=log,
@@ -92,7 +93,13 @@ def dev_cluster(tmp_path_factory: pytest.TempPathFactory):
                     await trio.sleep(0.1)
 
         trio.run(leader)
-        yield {**os.environ, "PAXQ_NODES": nodes, "SCRAPE_BASE": str(peer + 6)}
+        # The examples run in one folder, as a reader's would: the dev cluster's data at
+        # ./.paxq-dev, the quick start's ./.venv where there is one.
+        work = tmp_path_factory.mktemp("reader")
+        (work / ".paxq-dev").symlink_to(data / "cluster")
+        if (ROOT / ".venv").exists():
+            (work / ".venv").symlink_to(ROOT / ".venv")
+        yield {**os.environ, "PAXQ_NODES": nodes, "SCRAPE_BASE": str(peer + 6), "WORK": str(work)}
     finally:
         dev.send_signal(signal.SIGTERM)  # paxq dev stops its nodes cleanly
         try:
@@ -119,6 +126,7 @@ def _paxq_line(line: str) -> str:
 def test_the_example_runs_as_written(
     dev_cluster: dict, tmp_path: Path, name: str, index: int, kind: str, code: str
 ) -> None:
+    work = Path(dev_cluster["WORK"])
     if kind == "sh":
         lines = [
             line
@@ -126,11 +134,11 @@ def test_the_example_runs_as_written(
             if line.strip() and not line.lstrip().startswith(("#", "make "))
         ]
         for line in lines:
-            _succeeds(["bash", "-c", _paxq_line(line)], ROOT, dev_cluster, f"{name}: {line}")
+            _succeeds(["bash", "-c", _paxq_line(line)], work, dev_cluster, f"{name}: {line}")
         return
     script = tmp_path / "example.py"
     script.write_text(code)
-    _succeeds([sys.executable, str(script)], tmp_path, dev_cluster, f"{name} block {index}")
+    _succeeds([sys.executable, str(script)], work, dev_cluster, f"{name} block {index}")
 
 
 def _succeeds(command: list[str], cwd: Path, env: dict, what: str) -> None:

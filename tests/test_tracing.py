@@ -46,20 +46,20 @@ async def test_one_publish_is_one_trace_through_every_stage(tmp_path: Path) -> N
     finished = exporter.get_finished_spans()
     replicas = [s for s in finished if s.name == "paxq.replicate"]
     spans = {s.name: s for s in finished}
-    publish = spans["publish traced"]
-    request = spans["paxq publish"]
+    request = spans["publish traced"]
     receive, batch, reply = spans["paxq.receive"], spans["paxq.batch"], spans["paxq.reply"]
     slot = spans["paxq.slot"]
-    persist, quorum, apply = spans["paxq.persist"], spans["paxq.quorum"], spans["paxq.apply"]
-    # One trace, parent to child: publish -> request -> receive -> (batch, slot, reply).
+    persist, quorum, commit = spans["paxq.persist"], spans["paxq.quorum"], spans["paxq.commit"]
+    apply = spans["paxq.apply"]
+    # One trace, parent to child: publish request -> receive -> (batch, slot, reply).
     assert len({s.context.trace_id for s in spans.values()}) == 1
-    assert publish.kind == SpanKind.PRODUCER and publish.attributes["paxq.offset"] == offset
-    assert request.parent.span_id == publish.context.span_id and request.kind == SpanKind.CLIENT
+    assert request.kind == SpanKind.PRODUCER and request.attributes["paxq.offset"] == offset
+    assert request.parent is None and request.attributes["paxq.callers"] == 1
     assert receive.parent.span_id == request.context.span_id and receive.kind == SpanKind.SERVER
     assert receive.attributes["paxq.node"] == leader.id
     for child in (batch, slot, reply):
         assert child.parent.span_id == receive.context.span_id, child.name
-    for child in (persist, quorum, apply):
+    for child in (persist, quorum, commit, apply):
         assert child.parent.span_id == slot.context.span_id, child.name
     # Both followers' spans join the trace under the slot, one per follower.
     assert sorted(r.attributes["paxq.node"] for r in replicas) == sorted(
@@ -75,7 +75,7 @@ async def test_one_publish_is_one_trace_through_every_stage(tmp_path: Path) -> N
     assert [link.context.span_id for link in slot.links] == [request.context.span_id]
     assert batch.attributes["paxq.slot"] == slot.attributes["paxq.slot"]
     # The stages, in order.
-    order = [batch, persist, quorum, apply, reply]
+    order = [batch, persist, quorum, commit, apply, reply]
     for earlier, later in itertools.pairwise(order):
         assert earlier.end_time <= later.start_time, (earlier.name, later.name)
     assert receive.start_time <= batch.start_time and reply.end_time <= receive.end_time
@@ -130,3 +130,77 @@ def test_a_follower_span_ends_when_its_slot_is_applied_unpersisted() -> None:
     [span] = exporter.get_finished_spans()
     assert span.name == "paxq.replicate" and span.attributes["paxq.persisted"] is False
     assert not tracing.replicas
+
+
+async def test_a_shared_request_joins_every_callers_trace(tmp_path: Path) -> None:
+    """Callers inside sampled spans: the request they share is a child of the first and
+    linked to the others, and it is traced even when the client samples nothing itself."""
+    traces, exporter = provider()
+    app = traces.get_tracer("app")
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 1, tracer=traces.get_tracer("paxq.node")) as (nodes, clients):
+            await leader_of(nodes)
+            seeds = [f"{h}:{p}" for h, p in clients.values()]
+            tracer = traces.get_tracer("paxq.client")
+            async with Client(seeds, tracer=tracer, trace_sample=0.0) as client:
+                await client.create_topic("shared")
+                await client.publish("shared", b"no caller span, not sampled")
+                assert exporter.get_finished_spans() == ()
+
+                async def handler(name: str) -> None:
+                    with app.start_as_current_span(name):
+                        await client.publish("shared", name.encode())
+
+                async with trio.open_nursery() as nursery:
+                    for name in ("first", "second", "third"):
+                        nursery.start_soon(handler, name)
+    finished = exporter.get_finished_spans()
+    handlers = {s.name: s for s in finished if s.name in ("first", "second", "third")}
+    requests = [s for s in finished if s.name == "publish shared"]
+    assert len(handlers) == 3 and requests
+    carried = 0
+    for request in requests:  # one request normally; the batcher may split them
+        parent = next(h for h in handlers.values() if h.context.span_id == request.parent.span_id)
+        linked = {link.context.span_id for link in request.links}
+        assert parent.context.span_id not in linked
+        assert request.context.trace_id == parent.context.trace_id
+        carried += 1 + len(linked)
+        assert request.attributes["paxq.callers"] == 1 + len(linked)
+        # The node continues the request's trace.
+        [receive] = [
+            s
+            for s in finished
+            if s.name == "paxq.receive" and s.parent.span_id == request.context.span_id
+        ]
+        assert receive.context.trace_id == request.context.trace_id
+    assert carried == 3
+
+
+async def test_tracing_off_runs_no_tracing_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No tracer on the client, no tracing on the node: not one tracing call per message."""
+    import paxq.client.client as client_module
+    from paxq.broker.node.tracing import CommitTracing
+
+    def called(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tracing code ran with tracing off")
+
+    monkeypatch.setattr(client_module, "caller", called)
+    monkeypatch.setattr(client_module, "traceparent", called)
+    for name in ("received", "persisting", "persisted", "applying", "applied", "replying"):
+        monkeypatch.setattr(CommitTracing, name, called)
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path, 3) as (nodes, clients):
+            await leader_of(nodes)
+            assert all(node.tracing is None for node in nodes.values())
+            seeds = [f"{h}:{p}" for h, p in clients.values()]
+            async with Client(seeds) as client:
+                await client.create_topic("plain")
+                offsets = await client.publish_many("plain", [b"a", b"b"])
+                assert offsets == [0, 1]
+                assert await client.publish("plain", b"c") == 2
+                await client.create_queue("work")
+                await client.publish("work", b"job")
+                [delivery] = await client.claim("work")
+                await delivery.ack()

@@ -281,8 +281,8 @@ class Node:
             if ready.persist:
                 tracing = self.tracing
                 traced = (
-                    tracing.persisting(ready.persist)
-                    if tracing and (tracing.traced or tracing.replicas)
+                    tracing.persisting(ready.persist, ready.committed)
+                    if tracing and (tracing.traced or tracing.slots or tracing.replicas)
                     else ()
                 )
                 started = time.perf_counter()

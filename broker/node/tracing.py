@@ -7,8 +7,9 @@ gets, under a `paxq.receive` span (child of the client's span):
     paxq.reply    from its result to its answer queued on the connection
 
 and its slot gets one `paxq.slot` span that links to the client spans of every traced command
-it carries, with children `paxq.persist` (the synced write of the leader's own accept),
-`paxq.quorum` (from sending the accept to the slot being chosen) and `paxq.apply`.
+it carries, with children, one after the other: `paxq.persist` (the synced write of the
+leader's own accept), `paxq.quorum` (from sending the accept to the slot being known chosen),
+`paxq.commit` (the synced write of the new commit point) and `paxq.apply`.
 
 Nothing here runs for a command that is not traced: the node calls in only while `traced`
 (commands) or `slots` (slots) is non-empty, and not at all when tracing is off.
@@ -51,9 +52,17 @@ class _Command:
 class _Slot:
     span: Span
     commands: list[bytes] = field(default_factory=list)
-    persist: Span | None = None
-    quorum: Span | None = None
-    apply: Span | None = None
+    stage: str = ""  # the stage now open: paxq.persist, paxq.quorum, paxq.commit, paxq.apply
+    open: Span | None = None
+
+    def next(self, tracer: Tracer, stage: str | None) -> None:
+        """End the open stage and start `stage` (None: none, until the next one starts)."""
+        if self.open is not None:
+            self.open.end()
+            self.open = None
+        self.stage = stage or ""
+        if stage is not None:
+            self.open = tracer.start_span(stage, context=trace.set_span_in_context(self.span))
 
 
 class CommitTracing:
@@ -121,10 +130,17 @@ class CommitTracing:
             attributes={"paxq.node": self.node, "paxq.slot": number},
         )
 
-    def persisting(self, records: list) -> list[int]:
+    def persisting(self, records: list, committed: list) -> list[int]:
         """Before the journal write: slots of traced commands get their slot span, and
-        their persist span starts. Returns those slots (and a follower's traced ones)."""
+        their persist span starts; traced slots now chosen end their quorum and start the
+        write of the commit point. Returns those slots (and a follower's traced ones)."""
         started = []
+        if self.slots:
+            for number, _ in committed:
+                slot = self.slots.get(number)
+                if slot is not None and slot.stage == "paxq.quorum":
+                    slot.next(self.tracer, "paxq.commit")
+                    started.append(number)
         for record in records:
             if self.replicas and type(record) is AcceptRecord and record.slot in self.replicas:
                 started.append(record.slot)
@@ -154,35 +170,25 @@ class CommitTracing:
                 },
             )
             slot = self.slots[record.slot] = _Slot(span, mine)
-            slot.persist = self.tracer.start_span(
-                "paxq.persist", context=trace.set_span_in_context(span)
-            )
+            slot.next(self.tracer, "paxq.persist")
             started.append(record.slot)
         return started
 
     def persisted(self, slots: list[int]) -> None:
-        """After the write (and before sending): persist ends, the wait for a quorum starts."""
+        """After the write (and before sending): persist ends and the wait for a quorum
+        starts; a commit point's write ends."""
         for number in slots:
             replica = self.replicas.pop(number, None)
             if replica is not None:
                 replica.end()
                 continue
             slot = self.slots[number]
-            if slot.persist is not None:
-                slot.persist.end()
-            slot.quorum = self.tracer.start_span(
-                "paxq.quorum", context=trace.set_span_in_context(slot.span)
-            )
+            slot.next(self.tracer, "paxq.quorum" if slot.stage == "paxq.persist" else None)
 
     def applying(self, number: int) -> None:
         slot = self.slots.get(number)
-        if slot is None:
-            return
-        if slot.quorum is not None:
-            slot.quorum.end()
-        slot.apply = self.tracer.start_span(
-            "paxq.apply", context=trace.set_span_in_context(slot.span)
-        )
+        if slot is not None:
+            slot.next(self.tracer, "paxq.apply")
 
     def applied(self, number: int) -> None:
         replica = self.replicas.pop(number, None)
@@ -194,8 +200,7 @@ class CommitTracing:
         slot = self.slots.pop(number, None)
         if slot is None:
             return
-        if slot.apply is not None:
-            slot.apply.end()
+        slot.next(self.tracer, None)
         slot.span.end()
 
     def replying(self, command: bytes, outcome: str) -> _Reply | None:
@@ -218,9 +223,7 @@ class CommitTracing:
             state.batch.end()
             state.receive.end()
         for slot in self.slots.values():
-            for span in (slot.persist, slot.quorum, slot.apply):
-                if span is not None and span.is_recording():
-                    span.end()
+            slot.next(self.tracer, None)
             slot.span.end()
         for span in self.replicas.values():
             span.end()
