@@ -13,15 +13,17 @@ setting has its own Client with `--callers` concurrent publishers:
 The settings take turns in short windows, each round starting one later in the list, so that
 the drift of a shared machine (fsync latency above all) hits them alike; each figure is the
 median of its windows, and each ratio the median of its window's ratio to the off (or the
-untraced) window of the same round. Clusters differ a little from one another (which node
-leads, how their files landed): `--pairs` fresh pairs share that out.
+untraced) window of the same round, with a 90% bootstrap interval in brackets. Clusters
+differ a little from one another (which node leads, how their files landed): `--pairs` fresh
+pairs share that out.
 
-    .venv/bin/python benchmarks/tracing_cost.py [--seconds 2] [--rounds 10] [--pairs 2]
+    .venv/bin/python benchmarks/tracing_cost.py [--seconds 1] [--rounds 24] [--pairs 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 from contextlib import AsyncExitStack
 
@@ -73,8 +75,8 @@ async def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=24)
     parser.add_argument("--pairs", type=int, default=2, help="fresh pairs of clusters")
     parser.add_argument("--callers", type=int, default=64)
     args = parser.parse_args()
@@ -98,16 +100,27 @@ def main() -> None:
         for name, figures in measured.items():
             rates[name].extend(figures)
     for name, figures in rates.items():
+        if name == "off":
+            print(f"tracing {name:>8}: {statistics.median(figures):7,.0f} msg/s (median)")
+            continue
         print(
-            f"tracing {name:>8}: {statistics.median(figures):9,.0f} msg/s (median)  "
-            f"{ratio(figures, rates['off']):.3f}x of off  "
-            f"{ratio(figures, rates['untraced']):.3f}x of untraced"
+            f"tracing {name:>8}: {statistics.median(figures):7,.0f} msg/s (median)  "
+            f"{ratio(figures, rates['off'])} of off   "
+            f"{ratio(figures, rates['untraced'])} of untraced"
         )
 
 
-def ratio(figures: list[float], base: list[float]) -> float:
-    """The median of a setting's windows each divided by the base's window of its round."""
-    return statistics.median(r / b for r, b in zip(figures, base, strict=True))
+def ratio(figures: list[float], base: list[float], resamples: int = 2000) -> str:
+    """The median of a setting's windows each divided by the base's window of its round,
+    with a 90% bootstrap interval (rounds drawn again with replacement): how far the noise
+    of a shared machine leaves the figure uncertain."""
+    ratios = [r / b for r, b in zip(figures, base, strict=True)]
+    draw = random.Random(0)
+    medians = sorted(
+        statistics.median(draw.choices(ratios, k=len(ratios))) for _ in range(resamples)
+    )
+    low, high = medians[resamples // 20], medians[resamples - 1 - resamples // 20]
+    return f"{statistics.median(ratios):.3f}x [{low:.3f}, {high:.3f}]"
 
 
 if __name__ == "__main__":
