@@ -3,12 +3,23 @@ and three `paxq node --tracing console` processes, whose logs `paxq traces` read
 
 from __future__ import annotations
 
+import gzip
 import itertools
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
 import trio
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from processes import Cluster
 
 from paxq.client import Client
@@ -116,3 +127,93 @@ async def test_one_publish_is_one_trace_across_client_leader_and_followers(
     assert lines[0].startswith(f"trace {trace_id}: {len(spans)} spans")
     assert "publish traced" in lines[1] and "[test-app PRODUCER]" in lines[1]
     assert sum("paxq.replicate" in line for line in lines) == 2
+
+
+@contextmanager
+def otlp_collector() -> Iterator[tuple[str, list]]:
+    """A minimal OTLP/HTTP trace receiver on 127.0.0.1: (its endpoint, the spans it got as
+    (service, span) pairs)."""
+    received: list = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            request = ExportTraceServiceRequest.FromString(body)
+            for resource in request.resource_spans:
+                service = {a.key: a.value for a in resource.resource.attributes}
+                for scope in resource.scope_spans:
+                    received.extend((service, span) for span in scope.spans)
+            answer = ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces", received
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+async def test_nodes_export_a_publish_trace_over_otlp(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with otlp_collector() as (endpoint, received):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)
+        cluster.extra = ["--tracing", "otlp", "--trace-sample", "0"]
+        for node in range(3):
+            cluster.start(node)
+        provider, exporter_spans = _memory_provider()
+        with trio.fail_after(LIMIT_S):
+            await cluster.leader()
+            seeds = [f"{h}:{p}" for h, p in cluster.client_addresses]
+            async with Client(seeds, tracer=provider.get_tracer("test")) as client:
+                await client.create_topic("otlp")
+                await client.publish("otlp", b"over the wire")
+            [publish] = [s for s in exporter_spans.get_finished_spans() if s.name == "publish otlp"]
+            # Every node has applied the slot (each follower's span has ended)...
+            [leader] = [s for s in await cluster.statuses() if s.get("role") == "leader"]
+            while min(s.get("applied", -1) for s in await cluster.statuses()) < leader["applied"]:
+                await trio.sleep(0.02)
+            # ... and a node stopped by SIGTERM sends what it still holds before it exits.
+            for node in range(3):
+                cluster.kill(node, signal.SIGTERM)
+            for node in range(3):
+                await trio.to_thread.run_sync(cluster.procs[node].wait, 30)
+                assert cluster.procs[node].returncode == 0
+    trace_id = publish.context.trace_id.to_bytes(16, "big")
+    mine = [(service, span) for service, span in received if span.trace_id == trace_id]
+    names = sorted(span.name for _, span in mine)
+    assert names == sorted(
+        ["paxq.receive"] * names.count("paxq.receive")
+        + ["paxq.batch", "paxq.slot", "paxq.persist", "paxq.quorum", "paxq.commit"]
+        + ["paxq.apply", "paxq.reply", "paxq.replicate", "paxq.replicate"]
+    )
+    nodes = {service["paxq.node"].int_value for service, _ in mine}
+    assert nodes == {0, 1, 2}  # the leader's spans and both followers'
+    by_id = {span.span_id: span for _, span in mine}
+    for _, span in mine:  # connected: every node span's parent is the client's or another's
+        parent = span.parent_span_id
+        assert parent in by_id or parent == publish.context.span_id.to_bytes(8, "big"), span.name
+
+
+def _memory_provider():
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
