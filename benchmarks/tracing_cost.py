@@ -103,11 +103,10 @@ def main() -> None:
         if name == "off":
             print(f"tracing {name:>8}: {statistics.median(figures):7,.0f} msg/s (median)")
             continue
-        print(
-            f"tracing {name:>8}: {statistics.median(figures):7,.0f} msg/s (median)  "
-            f"{ratio(figures, rates['off'])} of off   "
-            f"{ratio(figures, rates['untraced'])} of untraced"
-        )
+        line = f"{ratio(figures, rates['off'])} of off"
+        if name != "untraced":
+            line += f"   {ratio(figures, rates['untraced'])} of untraced"
+        print(f"tracing {name:>8}: {statistics.median(figures):7,.0f} msg/s (median)  {line}")
 
 
 def ratio(figures: list[float], base: list[float], resamples: int = 2000) -> str:

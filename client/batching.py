@@ -9,6 +9,7 @@ from typing import Generic, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
+from opentelemetry import context as otel_context
 
 from .errors import Unavailable
 
@@ -83,6 +84,9 @@ class Batcher(Generic[Item]):
         return job.result
 
     async def _run(self) -> None:
+        # This task (and the sends it starts) inherited the context of the first submitter:
+        # none of it is theirs, least of all their tracing span.
+        otel_context.attach(otel_context.Context())
         try:
             await self._gather()
         finally:

@@ -236,7 +236,7 @@ class Client:
         if "subscription" in fields:
             back["subscription"] = fields["subscription"]
         with contextlib.suppress(PaxqError, RuntimeError):  # RuntimeError: closed meanwhile
-            await self.sequenced("nack", fields["topic"], back)
+            await self.sequenced("nack", fields["topic"], back, callers=[])
 
     async def _connection(self, command: bool, timeout_s: float) -> Connection:
         """The leader's connection if it is known; else, for a query, any open one; else the
@@ -293,10 +293,14 @@ class Client:
         changes, lost connections and overload until the deadline. `wait_s` (claim and read)
         lets the node hold the request until a message arrives; the deadline counts it.
         With a tracer, a traced command gets a span whose traceparent goes in the frame
-        (`callers`: who the request carries, by default the caller of this method)."""
+        (`callers`: who the request carries; None: the caller of this method. Background
+        tasks pass their callers, or [] for none: they run in the context of whichever
+        task started them, not of the callers they serve)."""
         if self._tracing is None or op not in COMMANDS:
             return await self._request(op, fields, retry, wait_s, timeout_s)
-        span = self._tracing.start(op, fields.get("topic"), callers or [caller()])
+        span = self._tracing.start(
+            op, fields.get("topic"), callers if callers is not None else [caller()]
+        )
         if span is None:
             return await self._request(op, fields, retry, wait_s, timeout_s)
         with trace.use_span(span, end_on_exit=True):
@@ -560,7 +564,8 @@ class Client:
             # One caller's bad message must not fail the others sharing its request.
             for job in jobs:
                 try:
-                    job.finish((await self._publish_chunk(topic, [job.item]))[0])
+                    alone = [job.context] if callers is not None else None
+                    job.finish((await self._publish_chunk(topic, [job.item], alone))[0])
                 except PaxqError as error:
                     job.finish(error=error)
             return
@@ -632,7 +637,10 @@ class Client:
                 in_flight_max=4,
             )
         try:
-            outcomes = await _gather([lambda d=d: batcher.submit(d, 1) for d in deliveries])
+            context = caller() if self._tracing is not None else None
+            outcomes = await _gather(
+                [lambda d=d: batcher.submit(d, 1, context) for d in deliveries]
+            )
         finally:
             for delivery in deliveries:
                 delivery.settle()
@@ -663,7 +671,8 @@ class Client:
             if subscription is not None:
                 fields["subscription"] = subscription
             try:
-                await self.sequenced("ack", topic, fields)
+                callers = [job.context for job in jobs] if self._tracing is not None else None
+                await self.sequenced("ack", topic, fields, callers)
             except LeaseLost as error:
                 lost = set(error.offsets)
                 for job in jobs:

@@ -89,13 +89,18 @@ def _traces(args: argparse.Namespace) -> int:
 
 
 def _contains(roots: list, name: str) -> bool:
-    return any(span.name == name or _contains(span.children, name) for span in roots)
+    from .span_files import depth_first
+
+    return any(span.name == name for _, span in depth_first(roots))
 
 
 def _dev(args: argparse.Namespace) -> int:
     from .dev import run
 
     flags = ("--tracing", args.tracing)
+    if args.trace_sample is not None and not 0.0 <= args.trace_sample <= 1.0:
+        print("paxq dev: --trace-sample is between 0 and 1", file=sys.stderr)
+        return 2
     if args.trace_sample is not None:
         flags += ("--trace-sample", str(args.trace_sample))
     return run(Path(args.data), args.peer_port, args.client_port, args.metrics_port, flags)

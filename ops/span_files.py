@@ -10,12 +10,14 @@ attributes that say which slot, offset or outcome it was about.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-#: a file read whole at most (a console exporter's output grows without bound)
+#: read from the end of a file at most (a console exporter's output grows without bound; the
+#: newest traces are at its end)
 FILE_BYTES_MAX = 256 << 20
 #: attributes printed beside a span's name
 SHOWN = ("paxq.op", "paxq.slot", "paxq.offset", "paxq.callers", "paxq.outcome", "paxq.persisted")
@@ -65,7 +67,7 @@ def _record(span: dict) -> SpanRecord | None:
             attributes=dict(span.get("attributes") or {}),
             links=[str(link["context"]["span_id"]).removeprefix("0x") for link in span["links"]],
         )
-    except (KeyError, TypeError, ValueError):
+    except (AttributeError, KeyError, TypeError, ValueError):
         return None
 
 
@@ -81,7 +83,7 @@ def parse(text: str) -> list[SpanRecord]:
             continue
         try:
             value, end = decoder.raw_decode(text, start)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
             position = start + 1
             continue
         position = end
@@ -94,6 +96,7 @@ def read(paths: Iterable[Path]) -> list[SpanRecord]:
     spans: list[SpanRecord] = []
     for path in paths:
         with open(path, "rb") as source:
+            source.seek(max(0, os.fstat(source.fileno()).st_size - FILE_BYTES_MAX))
             text = source.read(FILE_BYTES_MAX).decode("utf-8", "replace")
         spans.extend(parse(text))
     return spans
@@ -101,7 +104,8 @@ def read(paths: Iterable[Path]) -> list[SpanRecord]:
 
 def traces(spans: Iterable[SpanRecord]) -> dict[str, list[SpanRecord]]:
     """Trace id -> its root spans (children attached, by start), traces by start. A span
-    whose parent is not among `spans` (another file, not exported yet) counts as a root."""
+    whose parent is not among `spans` (another file, not exported yet) counts as a root, and
+    so does one caught in a cycle of parents (files that lie)."""
     by_trace: dict[str, dict[str, SpanRecord]] = {}
     for span in spans:
         span.children = []
@@ -109,27 +113,51 @@ def traces(spans: Iterable[SpanRecord]) -> dict[str, list[SpanRecord]]:
     out: dict[str, list[SpanRecord]] = {}
     for trace_id, members in by_trace.items():
         roots = []
+        parent_of: dict[str, SpanRecord] = {}
         for span in members.values():
             parent = members.get(span.parent_id) if span.parent_id else None
-            (parent.children if parent is not None else roots).append(span)
+            if parent is None:
+                roots.append(span)
+            else:
+                parent.children.append(span)
+                parent_of[span.span_id] = parent
+        reached: set[str] = set()
+        _reach(roots, reached)
+        for span in sorted(members.values(), key=lambda s: s.start_us):
+            if span.span_id not in reached:  # in a cycle: cut it loose from its parent
+                parent_of[span.span_id].children.remove(span)
+                roots.append(span)
+                _reach([span], reached)
         for span in members.values():
             span.children.sort(key=lambda s: s.start_us)
         out[trace_id] = sorted(roots, key=lambda s: s.start_us)
     return dict(sorted(out.items(), key=lambda item: item[1][0].start_us))
 
 
+def _reach(roots: list[SpanRecord], reached: set[str]) -> None:
+    stack = list(roots)
+    while stack:
+        span = stack.pop()
+        if span.span_id not in reached:
+            reached.add(span.span_id)
+            stack.extend(span.children)
+
+
+def depth_first(roots: list[SpanRecord]) -> list[tuple[int, SpanRecord]]:
+    """(depth, span) in print order, without recursion (a trace may be deep)."""
+    out: list[tuple[int, SpanRecord]] = []
+    stack = [(0, root) for root in reversed(roots)]
+    while stack:
+        depth, span = stack.pop()
+        out.append((depth, span))
+        stack.extend((depth + 1, child) for child in reversed(span.children))
+    return out
+
+
 def render(trace_id: str, roots: list[SpanRecord]) -> list[str]:
     """A trace as lines: start (ms after the trace's first span), duration, the span with
     its children indented below it, its kind, service and chosen attributes."""
-    spans: list[tuple[int, SpanRecord]] = []
-
-    def walk(span: SpanRecord, depth: int) -> None:
-        spans.append((depth, span))
-        for child in span.children:
-            walk(child, depth + 1)
-
-    for root in roots:
-        walk(root, 0)
+    spans = depth_first(roots)
     begin = min(span.start_us for _, span in spans)
     end = max(span.end_us for _, span in spans)
     services = {span.service for _, span in spans}

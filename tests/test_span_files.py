@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanKind
 
 from paxq.client.tracing import Caller, RequestTracing
-from paxq.ops.span_files import parse, render, traces
+from paxq.ops.span_files import SpanRecord, parse, render, traces
 
 
 def console_spans() -> str:
@@ -83,3 +83,32 @@ def test_a_request_is_traced_by_its_callers_or_by_the_draw() -> None:
     some = RequestTracing(provider.get_tracer("paxq"), 0.25)
     drawn = sum(some.start("ack", "t", [Caller(None, 1)]) is not None for _ in range(4000))
     assert 800 < drawn < 1200
+
+
+def test_junk_does_not_stop_the_reader() -> None:
+    junk = [
+        '{\n    "name": "x", "context": {"trace_id": "0x1", "span_id": "0x2"}, "resource": [],\n'
+        '    "start_time": "2026-01-01T00:00:00Z", "end_time": "2026-01-01T00:00:00Z",\n'
+        '    "links": []\n}\n',
+        '{\n    "name": "y", "resource": {"attributes": "x"}}\n',
+        "{\n" + '"k": [1,\n' * 5000,  # nested past the stack
+        "{\n\x00\xff not json at all }\n",
+    ]
+    for text in junk:
+        assert isinstance(parse(text), list)
+
+
+def span(span_id: str, parent: str | None, start: int) -> SpanRecord:
+    return SpanRecord(
+        "s" + span_id, "t", span_id, parent, "INTERNAL", start, start + 1, "x", {}, []
+    )
+
+
+def test_cycles_of_parents_become_roots_and_deep_traces_print() -> None:
+    found = traces([span("a", "b", 1), span("b", "a", 2), span("c", "c", 3), span("d", None, 0)])
+    roots = found["t"]
+    assert [r.span_id for r in roots] == ["d", "a", "c"]
+    assert [c.span_id for c in roots[1].children] == ["b"] and not roots[2].children
+    assert len(render("t", roots)) == 5
+    chain = [span("0", None, 0)] + [span(str(i), str(i - 1), i) for i in range(1, 5000)]
+    assert len(render("t", traces(chain)["t"])) == 5001

@@ -4,6 +4,7 @@ the commit path, in order, with the right parents and links (an in-memory export
 from __future__ import annotations
 
 import itertools
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,16 @@ from test_node import leader_of
 from paxq.client import Client
 
 LIMIT_S = 60
+
+
+@asynccontextmanager
+async def one_node(tmp_path: Path, traces: TracerProvider, **options: object):
+    """A traced node and a Client with a tracer, both from `traces`."""
+    async with serving(tmp_path, 1, tracer=traces.get_tracer("paxq.node")) as (nodes, clients):
+        await leader_of(nodes)
+        seeds = [f"{h}:{p}" for h, p in clients.values()]
+        async with Client(seeds, tracer=traces.get_tracer("paxq.client"), **options) as client:
+            yield client
 
 
 def provider(sampler=None) -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -138,22 +149,18 @@ async def test_a_shared_request_joins_every_callers_trace(tmp_path: Path) -> Non
     traces, exporter = provider()
     app = traces.get_tracer("app")
     with trio.fail_after(LIMIT_S):
-        async with serving(tmp_path, 1, tracer=traces.get_tracer("paxq.node")) as (nodes, clients):
-            await leader_of(nodes)
-            seeds = [f"{h}:{p}" for h, p in clients.values()]
-            tracer = traces.get_tracer("paxq.client")
-            async with Client(seeds, tracer=tracer, trace_sample=0.0) as client:
-                await client.create_topic("shared")
-                await client.publish("shared", b"no caller span, not sampled")
-                assert exporter.get_finished_spans() == ()
+        async with one_node(tmp_path, traces, trace_sample=0.0) as client:
+            await client.create_topic("shared")
+            await client.publish("shared", b"no caller span, not sampled")
+            assert exporter.get_finished_spans() == ()
 
-                async def handler(name: str) -> None:
-                    with app.start_as_current_span(name):
-                        await client.publish("shared", name.encode())
+            async def handler(name: str) -> None:
+                with app.start_as_current_span(name):
+                    await client.publish("shared", name.encode())
 
-                async with trio.open_nursery() as nursery:
-                    for name in ("first", "second", "third"):
-                        nursery.start_soon(handler, name)
+            async with trio.open_nursery() as nursery:
+                for name in ("first", "second", "third"):
+                    nursery.start_soon(handler, name)
     finished = exporter.get_finished_spans()
     handlers = {s.name: s for s in finished if s.name in ("first", "second", "third")}
     requests = [s for s in finished if s.name == "publish shared"]
@@ -188,11 +195,12 @@ async def test_tracing_off_runs_no_tracing_code(
 
     monkeypatch.setattr(client_module, "caller", called)
     monkeypatch.setattr(client_module, "traceparent", called)
-    for name in ("received", "persisting", "persisted", "applying", "applied", "replying"):
-        monkeypatch.setattr(CommitTracing, name, called)
+    monkeypatch.setattr(client_module, "RequestTracing", called)
+    monkeypatch.setattr(CommitTracing, "__init__", called)  # a node makes none
     with trio.fail_after(LIMIT_S):
         async with serving(tmp_path, 3) as (nodes, clients):
             await leader_of(nodes)
+            # Every tracing call on a node is behind `node.tracing is not None`.
             assert all(node.tracing is None for node in nodes.values())
             seeds = [f"{h}:{p}" for h, p in clients.values()]
             async with Client(seeds) as client:
@@ -204,3 +212,57 @@ async def test_tracing_off_runs_no_tracing_code(
                 await client.publish("work", b"job")
                 [delivery] = await client.claim("work")
                 await delivery.ack()
+
+
+async def test_background_requests_do_not_inherit_the_first_callers_span(tmp_path: Path) -> None:
+    """The batchers' tasks start in the context of the first caller: a later request that
+    no caller traces must not be traced as that caller's child."""
+    traces, exporter = provider()
+    app = traces.get_tracer("app")
+    with trio.fail_after(LIMIT_S):
+        async with one_node(tmp_path, traces, trace_sample=0.0) as client:
+            await client.create_queue("jobs")
+            with app.start_as_current_span("first"):
+                await client.publish("jobs", b"1")
+                [delivery] = await client.claim("jobs")
+                await delivery.ack()
+            exporter.clear()
+            await client.publish("jobs", b"2")  # outside any span, nothing sampled
+            [delivery] = await client.claim("jobs")
+            await delivery.ack()
+    assert exporter.get_finished_spans() == ()
+
+
+def test_a_slot_accepted_twice_in_one_write_has_one_follower_span() -> None:
+    from paxq.broker.node.tracing import CommitTracing
+    from paxq.broker.paxos import AcceptRecord, Ballot
+
+    traces, exporter = provider()
+    tracing = CommitTracing(traces.get_tracer("paxq.node"), 2)
+    tracing.replicating(7, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    records = [AcceptRecord(7, Ballot(1, 0), (b"a",)), AcceptRecord(7, Ballot(2, 1), (b"b",))]
+    started = tracing.persisting(records, [])
+    assert started == [7]
+    tracing.persisted(started)
+    tracing.applied(7)
+    assert [s.name for s in exporter.get_finished_spans()] == ["paxq.replicate"]
+
+
+def test_a_slot_chosen_by_its_own_write_has_no_quorum_stage() -> None:
+    """One node: its accept is a majority; the write that holds it holds the commit point."""
+    from paxq.broker.node.tracing import CommitTracing
+    from paxq.broker.paxos import AcceptRecord, Ballot, CommitRecord
+
+    traces, exporter = provider()
+    tracing = CommitTracing(traces.get_tracer("paxq.node"), 0, root_sample=1.0)
+    assert tracing.received(b"cmd", None, "publish")
+    records = [AcceptRecord(0, Ballot(1, 0), (b"cmd",)), CommitRecord(1)]
+    tracing.persisted(tracing.persisting(records, [(0, (b"cmd",))]))
+    tracing.applying(0)
+    tracing.applied(0)
+    tracing.replying(b"cmd", "ok").end()
+    names = [s.name for s in exporter.get_finished_spans()]
+    assert sorted(names) == sorted(
+        ["paxq.batch", "paxq.persist", "paxq.apply", "paxq.slot", "paxq.reply", "paxq.receive"]
+    )
+    assert not tracing.slots and not tracing.traced

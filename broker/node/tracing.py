@@ -54,6 +54,7 @@ class _Slot:
     commands: list[bytes] = field(default_factory=list)
     stage: str = ""  # the stage now open: paxq.persist, paxq.quorum, paxq.commit, paxq.apply
     open: Span | None = None
+    chosen: bool = False  # known chosen while its accept is being written
 
     def next(self, tracer: Tracer, stage: str | None) -> None:
         """End the open stage and start `stage` (None: none, until the next one starts)."""
@@ -134,13 +135,7 @@ class CommitTracing:
         """Before the journal write: slots of traced commands get their slot span, and
         their persist span starts; traced slots now chosen end their quorum and start the
         write of the commit point. Returns those slots (and a follower's traced ones)."""
-        started = []
-        if self.slots:
-            for number, _ in committed:
-                slot = self.slots.get(number)
-                if slot is not None and slot.stage == "paxq.quorum":
-                    slot.next(self.tracer, "paxq.commit")
-                    started.append(number)
+        started: list[int] = []
         for record in records:
             if self.replicas and type(record) is AcceptRecord and record.slot in self.replicas:
                 started.append(record.slot)
@@ -172,7 +167,18 @@ class CommitTracing:
             slot = self.slots[record.slot] = _Slot(span, mine)
             slot.next(self.tracer, "paxq.persist")
             started.append(record.slot)
-        return started
+        if self.slots:
+            for number, _ in committed:
+                slot = self.slots.get(number)
+                if slot is None:
+                    continue
+                if slot.stage == "paxq.quorum":
+                    slot.next(self.tracer, "paxq.commit")
+                    started.append(number)
+                elif slot.stage == "paxq.persist":
+                    # Chosen by this very write (a majority of one): no quorum to wait for.
+                    slot.chosen = True
+        return list(dict.fromkeys(started))  # a slot accepted twice in one write: once
 
     def persisted(self, slots: list[int]) -> None:
         """After the write (and before sending): persist ends and the wait for a quorum
@@ -182,8 +188,10 @@ class CommitTracing:
             if replica is not None:
                 replica.end()
                 continue
-            slot = self.slots[number]
-            slot.next(self.tracer, "paxq.quorum" if slot.stage == "paxq.persist" else None)
+            slot = self.slots.get(number)
+            if slot is not None:
+                waits = slot.stage == "paxq.persist" and not slot.chosen
+                slot.next(self.tracer, "paxq.quorum" if waits else None)
 
     def applying(self, number: int) -> None:
         slot = self.slots.get(number)
@@ -220,7 +228,8 @@ class CommitTracing:
     def abandon(self) -> None:
         """Leadership or the node is gone: end whatever is open."""
         for state in self.traced.values():
-            state.batch.end()
+            if state.slot is None:  # else ended when its slot was written
+                state.batch.end()
             state.receive.end()
         for slot in self.slots.values():
             slot.next(self.tracer, None)
