@@ -24,7 +24,7 @@ class Job(Generic[Item]):
     def __init__(self, item: Item, size: int, context: object = None) -> None:
         self.item = item
         self.size = size
-        self.context = context  # the submitter's span context when tracing
+        self.context = context  # who submitted it, when tracing (client.tracing.Caller)
         self.done = anyio.Event()
         self.result: object = None
         self.error: BaseException | None = None

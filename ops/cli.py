@@ -12,6 +12,7 @@ from pathlib import Path
 import trio
 
 from paxq.broker.sim import SimResult, SimSettings, replay_command, report, run_seed, sweep
+from paxq.ops.config import EXPORTERS
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -183,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node.add_argument(
         "--tracing",
-        choices=("none", "console", "otlp", "drop"),
+        choices=EXPORTERS,
         help="span exporter (default none: tracing off); otlp reads OTEL_EXPORTER_OTLP_*",
     )
     node.add_argument(
@@ -215,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument(
         "--tracing",
-        choices=("none", "console", "otlp", "drop"),
+        choices=EXPORTERS,
         default="none",
         help="every node's span exporter (console: into its log, for paxq traces)",
     )

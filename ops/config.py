@@ -36,6 +36,10 @@ class ConfigError(ValueError):
     """A configuration the node refuses to start with; the message says which setting."""
 
 
+#: span exporters: none (tracing off), console, otlp, drop (made and thrown away)
+EXPORTERS = ("none", "console", "otlp", "drop")
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     cluster: str
@@ -135,8 +139,8 @@ def load(
         raise ConfigError("tick_ms must be between 1 and 1000")
     if snapshot_every < 0 or snapshot_keep < 0:
         raise ConfigError("snapshot_every and snapshot_keep must be >= 0")
-    if tracing not in ("none", "console", "otlp", "drop"):
-        raise ConfigError("tracing is none, console, otlp or drop")
+    if tracing not in EXPORTERS:
+        raise ConfigError(f"tracing is one of {', '.join(EXPORTERS)}")
     if not 0.0 <= trace_sample <= 1.0:
         raise ConfigError("trace_sample must be between 0 and 1")
     if not (1 <= batch_max <= 65536 and 1 <= window <= 1024):

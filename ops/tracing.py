@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-EXPORTERS = ("none", "console", "otlp", "drop")
+from .config import EXPORTERS
 
 
 class _Drop(SpanExporter):

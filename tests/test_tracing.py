@@ -266,3 +266,15 @@ def test_a_slot_chosen_by_its_own_write_has_no_quorum_stage() -> None:
         ["paxq.batch", "paxq.persist", "paxq.apply", "paxq.slot", "paxq.reply", "paxq.receive"]
     )
     assert not tracing.slots and not tracing.traced
+
+
+@pytest.mark.parametrize(("tracing", "sample"), [("jaeger", "0.1"), ("otlp", "1.5")])
+def test_a_node_refuses_an_unknown_exporter_or_sample(
+    tmp_path: Path, tracing: str, sample: str
+) -> None:
+    from paxq.ops.config import ConfigError, load
+
+    flags = {"id": 0, "data": str(tmp_path), "peers": "0=127.0.0.1:1", "clients": "0=127.0.0.1:2"}
+    assert load(flags, environ={}).tracing == "none"
+    with pytest.raises(ConfigError):
+        load({**flags, "tracing": tracing, "trace_sample": float(sample)}, environ={})

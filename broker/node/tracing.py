@@ -25,6 +25,8 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from paxq.client.tracing import traceparent as traceparent_of
+
 from ..paxos import AcceptRecord
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -110,11 +112,7 @@ class CommitTracing:
     def slot_context(self, number: int) -> str | None:
         """The traceparent of a slot's span, for the accepts that carry it to followers."""
         slot = self.slots.get(number)
-        if slot is None:
-            return None
-        carrier: dict[str, str] = {}
-        _PROPAGATOR.inject(carrier, trace.set_span_in_context(slot.span))
-        return carrier.get("traceparent")
+        return traceparent_of(slot.span) if slot is not None else None
 
     def replicating(self, number: int, traceparent: str) -> None:
         """A follower got a traced accept: its `paxq.replicate` span runs until the accept
