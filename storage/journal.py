@@ -1,7 +1,9 @@
 """The journal: what a replica persists, in primitive types (storage knows nothing of paxos).
 
 A `Batch` gathers everything one turn of a node's loop must persist; `Journal.write` makes it
-durable atomically with one sync (group commit). `Journal.load` returns what survived.
+durable atomically with one sync (group commit), or, unsynced, leaves it to the next synced
+write (one write-ahead log: a sync covers everything written before it). `Journal.load`
+returns what survived.
 """
 
 from __future__ import annotations
@@ -90,8 +92,10 @@ class Journal(Protocol):
         """Read and verify everything; raises CorruptRecord rather than return a bad state."""
         ...
 
-    def write(self, batch: Batch) -> None:
-        """Make the whole batch durable, atomically, with one sync, before returning."""
+    def write(self, batch: Batch, sync: bool = True) -> None:
+        """Write the whole batch atomically; with `sync`, durable (with everything written
+        before it) before returning. Without, it is in the write-ahead log only: a crash may
+        lose it, and then everything written after it too (the log keeps a prefix)."""
         ...
 
     def save_snapshot(self, slot: int, chunks: Sequence[bytes], truncate_below: int) -> None:

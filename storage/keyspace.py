@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from .errors import CorruptRecord
@@ -56,12 +56,19 @@ def unseal(where: str, key: bytes, raw: bytes) -> bytes:
 
 
 class MemoryKeySpace:
-    """The in-memory twin: a dict that outlives crashes (it lives on the `MemoryDisk`)."""
+    """The in-memory twin: a dict that outlives crashes (it lives on the `MemoryDisk`).
+    With `log` (the disk's write-ahead log), every write is recorded with what undoes it,
+    so a crash can lose the unsynced ones."""
 
-    def __init__(self, data: dict[bytes, bytes]) -> None:
+    def __init__(
+        self, data: dict[bytes, bytes], log: Callable[[list[tuple]], int] | None = None
+    ) -> None:
         self._data = data
+        self._log = log
 
     def put(self, key: bytes, value: bytes) -> None:
+        if self._log is not None:
+            self._log([("key", key, self._data.get(key))])
         self._data[key] = seal(key, value)
 
     def get(self, key: bytes) -> bytes | None:
@@ -72,7 +79,10 @@ class MemoryKeySpace:
         pass
 
     def delete_range(self, start: bytes, end: bytes) -> None:
-        for key in [k for k in self._data if start <= k < end]:
+        removed = {k: v for k, v in self._data.items() if start <= k < end}
+        if removed and self._log is not None:
+            self._log([("keys", removed)])
+        for key in removed:
             del self._data[key]
 
     def items(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:

@@ -1,25 +1,104 @@
 """The in-memory twin of the journal, for the simulator and unit tests.
 
 A `MemoryDisk` is the platter: it outlives the journals opened on it, so a simulated crash
-(dropping the journal and everything above it) keeps exactly what was written.
+(dropping the journal and everything above it) keeps exactly what reached the disk.
+
+It models one write-ahead log, as RocksDB has: every write (a journal batch, a snapshot, a
+key-space put or delete) is visible at once and takes the next position in the log; a sync
+makes every write up to a position durable. `crash` keeps the durable writes and a prefix of
+the others, chosen by the caller (the simulator draws it), and undoes the rest, so code that
+treats an unsynced write as durable is caught. A damaged record (`damage`) fails its checksum
+at the next `load`, as a bit flip on a real disk would.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .errors import JournalClosed, WrongDataDirectory
+from .errors import CorruptRecord, JournalClosed, WrongDataDirectory
 from .journal import Batch, Identity, JournalState, SnapshotView, check_snapshot
 from .keyspace import MemoryKeySpace
+
+#: one undone write: a list of (what, *old state) to put back, in reverse
+_Undo = list[tuple]
 
 
 class MemoryDisk:
     def __init__(self) -> None:
         self.identity: Identity | None = None
         self.state = JournalState()
-        self.writes = 0  # one per synced batch, as a real disk would count syncs
+        self.writes = 0  # one per synced write, as a real disk would count syncs
         self.snapshot: list[bytes] = []
         self.keys: dict[bytes, bytes] = {}  # the application's key space
+        #: writes after the durable point, oldest first, each with what undoes it
+        self.unsynced: list[_Undo] = []
+        self.synced_at = 0  # the log position up to which every write is durable
+        #: slots whose stored entry fails its checksum
+        self.damaged: set[int] = set()
+
+    @property
+    def position(self) -> int:
+        """The log position of the last write."""
+        return self.synced_at + len(self.unsynced)
+
+    def log(self, undo: _Undo) -> int:
+        self.unsynced.append(undo)
+        return self.position
+
+    def sync(self, position: int | None = None) -> None:
+        """Every write up to `position` (all of them if None) is durable."""
+        end = self.position if position is None else min(position, self.position)
+        if end > self.synced_at:
+            del self.unsynced[: end - self.synced_at]
+            self.synced_at = end
+            self.writes += 1
+
+    def crash(self, keep: int) -> int:
+        """The process dies: of the unsynced writes the first `keep` survive; the rest are
+        undone. Returns how many were lost."""
+        lost = self.unsynced[keep:]
+        for undo in reversed(lost):
+            for item in reversed(undo):
+                self._put_back(item)
+        self.unsynced = []
+        self.synced_at += keep
+        return len(lost)
+
+    def _put_back(self, item: tuple) -> None:
+        what = item[0]
+        state = self.state
+        if what == "key":
+            _, key, old = item
+            if old is None:
+                self.keys.pop(key, None)
+            else:
+                self.keys[key] = old
+        elif what == "keys":
+            self.keys.update(item[1])
+        elif what == "entry":
+            _, slot, old = item
+            if old is None:
+                state.entries.pop(slot, None)
+            else:
+                state.entries[slot] = old
+        elif what == "commit":
+            state.commit = item[1]
+        elif what == "promised":
+            state.promised = item[1]
+        elif what == "start":
+            _, log_start, removed = item
+            state.log_start = log_start
+            state.entries.update(removed)
+        elif what == "snapshot":
+            _, slot, chunks = item
+            state.snapshot_slot = slot
+            self.snapshot = chunks
+        else:
+            raise ValueError(f"unknown undo record {what!r}")
+
+    def damage(self, slot: int) -> None:
+        """The stored entry at `slot` no longer matches its checksum."""
+        self.damaged.add(slot)
 
 
 class MemoryJournal:
@@ -32,39 +111,65 @@ class MemoryJournal:
         self._disk: MemoryDisk | None = disk
 
     def load(self) -> JournalState:
-        state = self._open_disk().state
+        disk = self._open_disk()
+        state = disk.state
+        for slot in sorted(disk.damaged):
+            if slot in state.entries:
+                raise CorruptRecord(
+                    f"memory:{self.identity}", b"entry %d" % slot, "checksum mismatch"
+                )
         return JournalState(
             state.promised, dict(state.entries), state.commit, state.log_start, state.snapshot_slot
         )
 
-    def write(self, batch: Batch) -> None:
-        state = self._open_disk().state
+    def write(self, batch: Batch, sync: bool = True) -> None:
+        position = self.append(batch)
+        if sync:
+            self._open_disk().sync(position)
+
+    def append(self, batch: Batch) -> int:
+        """Write `batch` without syncing; returns its position in the log (for `sync`)."""
+        disk = self._open_disk()
+        state = disk.state
+        undo: _Undo = []
         if batch.truncate_below is not None:
-            self._truncate(state, batch.truncate_below)
+            self._truncate(state, batch.truncate_below, undo)
         if batch.promised is not None:
+            undo.append(("promised", state.promised))
             state.promised = batch.promised
+        entries = state.entries
         for slot, entry in batch.entries.items():
             if slot >= state.log_start:
-                state.entries[slot] = entry
+                undo.append(("entry", slot, entries.get(slot)))
+                entries[slot] = entry
+                disk.damaged.discard(slot)
         if batch.commit is not None:
+            undo.append(("commit", state.commit))
             state.commit = batch.commit
-        self._disk.writes += 1
+        return disk.log(undo)
 
     def save_snapshot(self, slot: int, chunks: Sequence[bytes], truncate_below: int) -> None:
+        self._open_disk().sync(self.append_snapshot(slot, chunks, truncate_below))
+
+    def append_snapshot(self, slot: int, chunks: Sequence[bytes], truncate_below: int) -> int:
+        """`save_snapshot` without the sync; returns its position in the log."""
         disk = self._open_disk()
         check_snapshot(disk.state.snapshot_slot, slot, truncate_below)
+        undo: _Undo = [("snapshot", disk.state.snapshot_slot, disk.snapshot)]
         disk.snapshot = [bytes(chunk) for chunk in chunks]
         disk.state.snapshot_slot = slot
-        self._truncate(disk.state, truncate_below)
-        disk.writes += 1
+        self._truncate(disk.state, truncate_below, undo)
+        return disk.log(undo)
 
     def read_snapshot(self) -> tuple[int, list[bytes]]:
         disk = self._open_disk()
         return disk.state.snapshot_slot, list(disk.snapshot)
 
     @staticmethod
-    def _truncate(state: JournalState, below: int) -> None:
+    def _truncate(state: JournalState, below: int, undo: _Undo) -> None:
         if below > state.log_start:
+            removed = {s: e for s, e in state.entries.items() if s < below}
+            undo.append(("start", state.log_start, removed))
             state.entries = {s: e for s, e in state.entries.items() if s >= below}
             state.log_start = below
 
@@ -78,7 +183,8 @@ class MemoryJournal:
         )
 
     def keyspace(self) -> MemoryKeySpace:
-        return MemoryKeySpace(self._open_disk().keys)
+        disk = self._open_disk()
+        return MemoryKeySpace(disk.keys, disk.log)
 
     def close(self) -> None:
         self._disk = None

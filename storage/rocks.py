@@ -71,6 +71,7 @@ class RocksJournal:
         self.identity = identity
         self._sync = WriteOptions()
         self._sync.sync = True  # fdatasync before write() returns
+        self._unsynced = WriteOptions()  # into the write-ahead log; the next sync covers it
         self._log_start = 0
         self._snapshot: tuple[int, int] = (0, 0)  # slot, chunk count
 
@@ -254,7 +255,7 @@ class RocksJournal:
 
     # ----------------------------------------------------------------------------- write
 
-    def write(self, batch: Batch) -> None:
+    def write(self, batch: Batch, sync: bool = True) -> None:
         if not batch:
             return
         out = WriteBatch(raw_mode=True)
@@ -269,7 +270,7 @@ class RocksJournal:
                 out.put(key, _seal(key, [round_, node, list(value)]))
         if batch.commit is not None:
             out.put(_COMMIT, _seal(_COMMIT, batch.commit))
-        self._commit_batch(out)
+        self._commit_batch(out, sync)
         self._log_start = start
 
     def save_snapshot(self, slot: int, chunks: Sequence[bytes], truncate_below: int) -> None:
@@ -295,10 +296,10 @@ class RocksJournal:
         out.put(_START, _seal(_START, below))
         return below
 
-    def _commit_batch(self, out: WriteBatch) -> None:
+    def _commit_batch(self, out: WriteBatch, sync: bool = True) -> None:
         db = self._open_db()
         try:
-            db.write(out, self._sync)
+            db.write(out, self._sync if sync else self._unsynced)
         except Exception as error:
             # After a failed sync the disk state is unknown: stop writing for good.
             self.close()

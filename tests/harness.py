@@ -59,16 +59,17 @@ class Cluster:
     def _drain(self, node: int) -> None:
         replica = self.replicas[node]
         assert replica is not None
-        ready = replica.ready()
-        if ready is None:
-            return
-        for record in ready.persist:
-            self.disks[node].apply(record)
-        self.in_flight.extend((node, to, message) for to, message in ready.messages)
-        for slot, value in ready.committed:
-            assert slot == len(self.applied[node]), "slots must be applied in order"
-            self.applied[node].append(value)
-        self.dropped_commands.extend(ready.dropped)
+        while (ready := replica.ready()) is not None:
+            # A synchronous disk: every record is durable before anything leaves.
+            for record in ready.persist:
+                self.disks[node].apply(record)
+            replica.persisted(ready.persist)
+            self.in_flight.extend((node, to, message) for to, message in ready.messages)
+            self.in_flight.extend((node, to, message) for to, message in ready.after_persist)
+            for slot, value in ready.committed:
+                assert slot == len(self.applied[node]), "slots must be applied in order"
+                self.applied[node].append(value)
+            self.dropped_commands.extend(ready.dropped)
 
     # -- inputs -----------------------------------------------------------------------------
 

@@ -133,7 +133,7 @@ async def test_an_unknown_outcome_is_not_reported_as_retryable(tmp_path: Path) -
                 reply = await c.request("create", topic="maybe")
             assert reply["error"] == ErrorCode.UNKNOWN_OUTCOME
             assert "leader" not in reply
-            assert not leader._waiting, "no waiter is left behind"
+            assert not leader.core.waiting_count, "no waiter is left behind"
 
 
 async def test_the_queue_operations_over_real_sockets(tmp_path: Path) -> None:

@@ -59,9 +59,9 @@ async def test_one_publish_is_one_trace_across_client_leader_and_followers(
             answered = any(
                 s.name == "paxq.receive" and s.attributes.get("paxq.outcome") == "ok" for s in spans
             )
-            wanted = {"paxq.batch", "paxq.slot", "paxq.persist", "paxq.quorum", "paxq.commit"}
+            wanted = {"paxq.batch", "paxq.slot", "paxq.persist", "paxq.quorum"}
             wanted |= {"paxq.apply", "paxq.reply"}
-            if answered and wanted <= set(names) and names.count("paxq.replicate") == 2:
+            if answered and wanted <= set(names) and names.count("paxq.replicate") >= 2:
                 break
             await trio.sleep(0.05)
 
@@ -84,22 +84,24 @@ async def test_one_publish_is_one_trace_across_client_leader_and_followers(
         assert span.parent_id == receive.span_id and span.service == receive.service
     slot = stage["paxq.slot"]
     assert slot.links == [publish.span_id]  # the batch links to the client span it carries
-    for name in ("paxq.persist", "paxq.quorum", "paxq.commit", "paxq.apply"):
+    for name in ("paxq.persist", "paxq.quorum", "paxq.apply"):
         [span] = by_name[name]
         assert span.parent_id == slot.span_id
         stage[name] = span
     replicas = by_name["paxq.replicate"]
-    assert sorted(r.service for r in replicas) == sorted(
-        f"paxq node {n}" for n in range(3) if n != leader
-    )
+    assert {r.service for r in replicas} == {f"paxq node {n}" for n in range(3) if n != leader}
     for replica in replicas:
         assert replica.parent_id == slot.span_id
         assert replica.attributes["paxq.slot"] == slot.attributes["paxq.slot"]
-    # In order (to the microsecond the console exporter keeps, across three processes).
-    names = ("paxq.batch", "paxq.persist", "paxq.quorum", "paxq.commit", "paxq.apply")
+    # In order (to the microsecond the console exporter keeps, across three processes); the
+    # leader's own write and the followers' overlap: the accepts leave while it writes.
+    # Two followers are a quorum of three, so persist need not end before the apply.
+    names = ("paxq.batch", "paxq.quorum", "paxq.apply")
     order = [stage[n] for n in names]
     for earlier, later in itertools.pairwise(order):
         assert earlier.end_us <= later.start_us, (earlier.name, later.name)
+    persist, quorum = stage["paxq.persist"], stage["paxq.quorum"]
+    assert stage["paxq.batch"].end_us <= persist.start_us <= quorum.start_us < persist.end_us
     assert stage["paxq.apply"].end_us <= stage["paxq.reply"].start_us
     assert publish.start_us <= receive.start_us and receive.end_us <= publish.end_us
 
@@ -123,7 +125,7 @@ async def test_one_publish_is_one_trace_across_client_leader_and_followers(
     lines = shown.stdout.splitlines()
     assert lines[0].startswith(f"trace {trace_id}: {len(spans)} spans")
     assert "publish traced" in lines[1] and "[test-app PRODUCER]" in lines[1]
-    assert sum("paxq.replicate" in line for line in lines) == 2
+    assert sum("paxq.replicate" in line for line in lines) == len(replicas)
 
 
 @contextmanager
@@ -194,7 +196,7 @@ async def test_nodes_export_a_publish_trace_over_otlp(
     names = sorted(span.name for _, span in mine)
     assert names == sorted(
         ["paxq.receive"] * names.count("paxq.receive")
-        + ["paxq.batch", "paxq.slot", "paxq.persist", "paxq.quorum", "paxq.commit"]
+        + ["paxq.batch", "paxq.slot", "paxq.persist", "paxq.quorum"]
         + ["paxq.apply", "paxq.reply", "paxq.replicate", "paxq.replicate"]
     )
     nodes = {service["paxq.node"].int_value for service, _ in mine}

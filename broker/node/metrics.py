@@ -226,13 +226,13 @@ def watch_node(metrics: NodeMetrics, node: object) -> None:
         "paxq.elections.won",
         "{election}",
         "times this node became leader",
-        lambda: node.elections_won,  # type: ignore[attr-defined]
+        lambda: node.core.elections_won,  # type: ignore[attr-defined]
     )
     metrics.count(
         "paxq.elections.started",
         "{election}",
         "times this node stood for leader",
-        lambda: node.campaigns,  # type: ignore[attr-defined]
+        lambda: node.core.campaigns,  # type: ignore[attr-defined]
     )
     metrics.count(
         "paxq.lease.expiries",

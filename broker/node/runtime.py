@@ -1,17 +1,18 @@
-"""The node: one replica of the core driven by trio, persisting through the journal.
+"""The node: the trio driver of the node core (`core.py`), persisting through the journal.
 
-Two tasks, a pipeline. The loop feeds every input (peer messages, client commands, ticks) to
-the core as it arrives. The effect executor, whenever it is free, takes the core's output
-gathered since its last round and carries it out in the order the core's contract demands:
-persist (one synced journal write for all of it: group commit, in a worker thread), then send,
-then apply, then answer clients. So inputs keep flowing into the core while a sync runs, and
-the next round's batches hold everything that arrived meanwhile; nothing leaves before the
-write that covers it, because rounds are carried out strictly one after another.
+Every input (peer messages, client commands, ticks, a finished write, an opened snapshot) is
+handed to the core in the loop's turn; the core's effects are carried out at once: messages
+queued to peers, clients answered, writes queued for the writer. The writer task carries the
+writes out in order in a worker thread, coalescing everything queued while the last one ran
+into one write (group commit), and reports each back to the core, which then releases the
+votes that waited for it. So the core keeps taking inputs while a sync runs, and nothing
+that depends on a write leaves before it is durable.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -21,17 +22,16 @@ from dataclasses import dataclass
 import trio
 
 from paxq.client.wire import FrameTooLarge
-from paxq.storage import CorruptRecord, Identity, Journal
+from paxq.storage import Batch, CorruptRecord, Identity, Journal
 
-from ..machine import time_command
-from ..paxos import Accept, Config, ProposeResult, Ready, Replica, Role
-from ..persist import batch_of, durable_state
+from ..paxos import Accept, Config, Role
 from .codec import Decoder, TracedAccept
+from .core import UNKNOWN, CoreSettings, Effects, NodeCore, Write
 from .machines import Machine, SnapshotInvalid, queue_machine
 from .metrics import NodeMetrics
 from .peers import PeerSettings, PeerTransport
 from .tracing import CommitTracing
-from .transfer import Assembler, Incoming, SnapshotAck, SnapshotChunk
+from .transfer import SnapshotChunk
 
 log = logging.getLogger("paxq.node")
 
@@ -89,16 +89,24 @@ class NodeSettings:
         if self.snapshot_window_chunks < 1:
             raise ValueError("snapshot_window_chunks must be positive")
 
+    def core(self) -> CoreSettings:
+        """The same settings as the core counts them: in ticks."""
+        return CoreSettings(
+            command_timeout_ticks=max(1, math.ceil(self.command_timeout_s / self.tick_s)),
+            snapshot_every_slots=self.snapshot_every_slots,
+            snapshot_keep_slots=self.snapshot_keep_slots,
+            snapshot_chunk_bytes=self.snapshot_chunk_bytes,
+            snapshot_window_chunks=self.snapshot_window_chunks,
+            snapshot_ack_timeout_ticks=max(1, math.ceil(self.snapshot_ack_timeout_s / self.tick_s)),
+            snapshot_bytes_max=self.snapshot_bytes_max,
+            stamp_idle_ms=self.stamp_idle_ms,
+        )
+
 
 _TICK = -1  # inbox tags below zero are not peers
 _COMMAND = -2
 
 Callback = Callable[[str, object], None]
-_REFUSALS = {
-    ProposeResult.NOT_LEADER: "not leader",
-    ProposeResult.OVERLOADED: "overloaded",
-    ProposeResult.TOO_LARGE: "too large",
-}
 
 
 class Node:
@@ -119,56 +127,49 @@ class Node:
         if journal.identity != Identity(settings.peer.cluster, self.id):
             raise ValueError(f"journal {journal.identity} is not this node's")
         self.journal = journal
-        self._machine_factory = machine_factory
-        # The machine restarts from the stored snapshot; the replica replays the log from its
-        # start, and slots the snapshot covers are skipped when applied (see _carry_out).
         state = journal.load()
-        self.machine = machine_factory(journal)
-        if state.snapshot_slot:
-            slot, chunks = journal.read_snapshot()
-            try:
-                self.machine = self._restored(slot, chunks)
-            except SnapshotInvalid as error:
-                raise CorruptRecord(str(journal.identity), b"snapshot", str(error)) from error
-        self._snapshot_at = state.snapshot_slot
-        self.replica = Replica(self.id, settings.paxos, random.Random(), durable_state(state))
-        self._assembler = Assembler(
-            self.id, settings.snapshot_bytes_max, lambda chunk: self.machine.absorb(chunk)
-        )
-        self._received: Incoming | None = None  # a complete snapshot waiting to be installed
-        self._shipping: dict[int, _Shipment] = {}  # peer -> the transfer under way to it
-        self._nursery: trio.Nursery | None = None
-        self.snapshots_taken = 0
-        self.snapshots_sent = 0
-        self.snapshots_installed = 0
-        self.snapshot_last: dict | None = None  # slot, bytes and duration of the last one taken
+        stored = journal.read_snapshot() if state.snapshot_slot else (0, [])
+        try:
+            self.core = NodeCore(
+                self.id,
+                settings.paxos,
+                settings.core(),
+                random.Random(),
+                state,
+                stored,
+                lambda: machine_factory(journal),
+            )
+        except SnapshotInvalid as error:
+            raise CorruptRecord(str(journal.identity), b"snapshot", str(error)) from error
+        if tracing is not None:
+            self.core.on_apply = self._trace_apply
         # One bounded inbox for every input: peer messages (tagged with the peer), ticks and
         # client commands. Past its bound, senders wait: backpressure, not memory.
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[int, object]](
             settings.inbox_max
         )
         self.peers = PeerTransport(settings.peer, Decoder(settings.paxos), self._inbox_send)
-        self._work = trio.Event()  # the loop has fed the core: the executor may have work
-        # Commands proposed here and not yet applied, with their callbacks; and the order they
-        # came in, with deadlines, so that those never applied are answered "unknown" in time.
-        self._waiting: dict[bytes, Callback] = {}
-        self._deadlines: deque[tuple[float, bytes]] = deque()
-        self._deadline = 0.0  # for commands proposed in this turn (one clock read per turn)
-        # The leader's wall clock stamps the log: one time entry before the first command of
-        # a turn whose clock moved, and one on a tick when a lease or retention is due.
+        self._writes: list[Write] = []  # handed out by the core, not yet taken by the writer
+        self._write_ready = trio.Event()
+        self._shipments: dict[int, _Shipment] = {}
+        self._nursery: trio.Nursery | None = None
         self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
-        self._now_ms = 0
-        self._stamped_ms = 0
-        self._stamp_seq = random.getrandbits(32)  # time entries are unique across restarts
+        self._snapshot_started: dict[int, float] = {}  # write id -> when it was handed out
         #: called after each round of applied slots with the names of the topics where
         #: something became readable or claimable (None: anything may have changed)
         self.on_applied: Callable[[set[str] | None], None] | None = None
-        self.campaigns = 0  # times this node stood for leader
-        self.elections_won = 0
         self.turns = 0
         self.syncs = 0
         self.ticks_skipped = 0
         self.oversized_messages = 0
+
+    @property
+    def replica(self):
+        return self.core.replica
+
+    @property
+    def machine(self) -> Machine:
+        return self.core.machine  # replaced when a snapshot is installed
 
     # ------------------------------------------------------------------------- client side
 
@@ -204,7 +205,7 @@ class Node:
             await self.propose(command, finish)
             await done.wait()
         # Given up (cancelled or out of time): it may still be applied later.
-        finish("unknown", None)
+        finish(UNKNOWN, None)
         kind, value = outcome[0]
         if kind == "ok":
             return value
@@ -218,13 +219,16 @@ class Node:
                 self._nursery = nursery
                 await nursery.start(self.peers.serve)
                 nursery.start_soon(self._ticker)
-                nursery.start_soon(self._execute)
+                nursery.start_soon(self._writer)
+                self._carry_out()  # a restart replays the log: apply it before serving
                 task_status.started()
                 await self._loop()
         finally:
-            waiting, self._waiting = self._waiting, {}
-            for on_done in waiting.values():
-                on_done("unknown", None)
+            self.core.stop()
+            effects = self.core.take()
+            if effects is not None:
+                for on_done, kind, value, _ in effects.replies:
+                    on_done(kind, value)
             if self.tracing is not None:
                 self.tracing.abandon()
 
@@ -246,114 +250,70 @@ class Node:
     async def _loop(self) -> None:
         inbox = self._inbox
         bound = self.settings.inbox_max
+        core = self.core
         while True:
             item = await inbox.receive()
-            self._deadline = trio.current_time() + self.settings.command_timeout_s
-            self._now_ms = self._clock_ms()
-            role = self.replica.role
-            self._handle(item)
+            now_ms = self._clock_ms()
+            self._handle(core, item, now_ms)
             for _ in range(bound):  # everything already waiting joins this turn
                 try:
                     item = inbox.receive_nowait()
                 except trio.WouldBlock:
                     break
-                self._handle(item)
-            if self.replica.role is not role:
-                if self.replica.role is Role.CANDIDATE:
-                    self.campaigns += 1
-                elif self.replica.role is Role.LEADER:
-                    self.elections_won += 1
+                self._handle(core, item, now_ms)
             self.turns += 1
-            self._work.set()
+            self._carry_out()
 
-    async def _execute(self) -> None:
-        """The effect executor: one round = the core's output since the last round, persisted
-        by one write, then carried out. A received snapshot is stored between rounds."""
-        while True:
-            if self._received is not None:
-                received, self._received = self._received, None
-                await self._install(received)
-            ready = self.replica.ready()
-            if ready is None:
-                self._work = trio.Event()
-                await self._work.wait()
-                continue
-            if ready.persist:
-                tracing = self.tracing
-                traced = (
-                    tracing.persisting(ready.persist, ready.committed)
-                    if tracing and (tracing.traced or tracing.slots or tracing.replicas)
-                    else ()
-                )
-                started = time.perf_counter()
-                await trio.to_thread.run_sync(self.journal.write, batch_of(ready.persist))
-                self.syncs += 1
-                if self.metrics is not None:
-                    self.metrics.fsync_latency.record((time.perf_counter() - started) * 1000)
-                if traced:
-                    tracing.persisted(traced)
-            await self._carry_out(ready)
-
-    def _handle(self, item: tuple[int, object]) -> None:
+    def _handle(self, core: NodeCore, item: tuple[int, object], now_ms: int) -> None:
         source, payload = item
         if source >= 0:
-            kind = type(payload)
-            if kind is TracedAccept:
+            if type(payload) is TracedAccept:
                 if self.tracing is not None:
                     self.tracing.replicating(payload.accept.slot, payload.trace)
-                self.replica.step(payload.accept)
-            elif kind is SnapshotChunk:
-                self._on_chunk(payload)
-            elif kind is SnapshotAck:
-                shipment = self._shipping.get(source)
-                if shipment is not None and payload.slot == shipment.slot:
-                    shipment.on_ack(payload.received)
-            else:
-                self.replica.step(payload)
+                payload = payload.accept
+            core.step(payload)
         elif source == _TICK:
-            self.replica.tick()
-            self._expire()
-            due = self.machine.due_ms()
-            if (
-                due is not None
-                and due <= self._now_ms
-                and self._now_ms - self._stamped_ms >= self.settings.stamp_idle_ms
-            ):
-                self._stamp()
+            core.tick(now_ms)
         else:
-            self._propose(*payload)
+            command, on_done = payload
+            core.command(command, on_done, now_ms)
 
-    def _stamp(self) -> None:
-        if self.replica.role is Role.LEADER:
-            self._stamp_seq += 1
-            self.replica.propose(time_command(self.id, self._stamp_seq, self._now_ms))
-            self._stamped_ms = self._now_ms
-
-    def _propose(self, command: bytes, on_done: Callback) -> None:
-        if self._now_ms > self._stamped_ms:
-            self._stamp()
-        result = self.replica.propose(command)
-        if result is ProposeResult.QUEUED:
-            self._waiting[command] = on_done
-            self._deadlines.append((self._deadline, command))
+    def _carry_out(self) -> None:
+        """Carry out what the core produced: writes to the writer, messages to peers,
+        answers to clients, snapshot shipments."""
+        effects = self.core.take()
+        if effects is None:
             return
-        on_done(_REFUSALS[result], None)
+        if effects.writes:
+            tracing = self.tracing
+            if tracing is not None:
+                for write in effects.writes:
+                    if write.records and (tracing.traced or tracing.replicas):
+                        write.traced = tracing.writing(write.records)
+            for write in effects.writes:
+                if write.snapshot is not None:
+                    self._snapshot_started[write.id] = time.perf_counter()
+            self._writes.extend(effects.writes)
+            self._write_ready.set()
+        if effects.send:
+            self._send(effects.send)
+        for on_done, kind, value, _ in effects.replies:
+            on_done(kind, value)
+        if effects.applied and self.metrics is not None:
+            record = self.metrics.batch_size.record
+            for _, value, _ in effects.applied:
+                record(len(value))
+        if effects.woke and self.on_applied is not None:
+            self.on_applied(effects.changed)
+        if effects.ship_open or effects.ship_chunks or effects.ship_close:
+            self._ship(effects)
+        for level, text in effects.notices:
+            getattr(log, level)("%s", text)
 
-    def _expire(self) -> None:
-        """Answer "unknown" for commands whose slot was not applied in time."""
-        deadlines, waiting = self._deadlines, self._waiting
-        now = trio.current_time()
-        while deadlines and (deadlines[0][0] <= now or deadlines[0][1] not in waiting):
-            _, command = deadlines.popleft()
-            on_done = waiting.pop(command, None)
-            if on_done is not None:
-                on_done("unknown", None)
-
-    async def _carry_out(self, ready: Ready) -> None:
-        """Send, then apply and answer: the records of `ready` are durable already."""
+    def _send(self, messages: list[tuple[int, object]]) -> None:
         frames: dict[int, bytes] = {}  # a broadcast is one message object: encode it once
         tracing = self.tracing
-        for peer, message in ready.messages:
+        for peer, message in messages:
             frame = frames.get(id(message))
             if frame is None:
                 sent = message
@@ -370,130 +330,119 @@ class Node:
                     log.error("dropped an oversized %s to node %s", type(message).__name__, peer)
                     continue
             self.peers.send_frame(peer, frame)
-        machine = self.machine
-        for slot, value in ready.committed:
-            if slot < machine.slots:
-                continue  # a snapshot restored at start, or installed since, covers it
-            tracing = self.tracing
-            traced = tracing is not None and (slot in tracing.slots or slot in tracing.replicas)
-            if traced:
-                tracing.applying(slot)
-            results = machine.apply(slot, value)
-            if self.metrics is not None:
-                self.metrics.batch_size.record(len(value))
-            if traced:
+
+    def _trace_apply(self, slot: int, done: bool) -> None:
+        tracing = self.tracing
+        if slot in tracing.slots or slot in tracing.replicas:
+            if done:
                 tracing.applied(slot)
-            waiting = self._waiting
-            if waiting:
-                for command, result in zip(value, results, strict=True):
-                    on_done = waiting.pop(command, None)
-                    if on_done is not None:
-                        on_done("ok", result)
-        machine.flush()
-        if ready.committed and self.on_applied is not None:
-            take = getattr(machine, "take_changed", None)
-            self.on_applied(take() if take is not None else None)
-        for command in ready.dropped:
-            on_done = self._waiting.pop(command, None)
-            if on_done is not None:
-                on_done("not leader", None)
-        for peer, _ in ready.snapshot_requests:
-            if peer not in self._shipping and self._snapshot_at and self._nursery is not None:
-                self._shipping[peer] = shipment = _Shipment(self._snapshot_at)
-                self._nursery.start_soon(self._ship_snapshot, peer, shipment)
-        every = self.settings.snapshot_every_slots
-        if every and machine.slots - self._snapshot_at >= every:
-            await self._take_snapshot()
+            else:
+                tracing.applying(slot)
 
-    # --------------------------------------------------------------------------- snapshots
+    # ------------------------------------------------------------------------------ writer
 
-    async def _take_snapshot(self) -> None:
-        """Store the machine's state, then drop the log below it (less a tail kept for
-        peers that lag a little). Both land in one synced write."""
-        started = time.perf_counter()
-        slot = self.machine.slots
-        chunks = self.machine.snapshot(self.settings.snapshot_chunk_bytes)
-        below = max(self.replica.log_start, slot - self.settings.snapshot_keep_slots)
-        await trio.to_thread.run_sync(self.journal.save_snapshot, slot, chunks, below)
-        self.machine.snapshot_saved()
-        self.snapshot_last = {
-            "slot": slot,
-            "bytes": sum(map(len, chunks)),
-            "ms": round((time.perf_counter() - started) * 1000, 1),
-        }
-        self.replica.compact(below)
-        self._snapshot_at = slot
-        self.snapshots_taken += 1
+    async def _writer(self) -> None:
+        """Carries the core's writes out in order: every journal batch queued while the last
+        write ran goes into one write (one sync for all: group commit); a snapshot alone."""
+        journal = self.journal
+        metrics = self.metrics
+        while True:
+            if not self._writes:
+                self._write_ready = trio.Event()
+                await self._write_ready.wait()
+                continue
+            writes = self._writes
+            if writes[0].snapshot is not None:
+                run = [writes[0]]
+            else:
+                run = []
+                for write in writes:
+                    if write.snapshot is not None:
+                        break
+                    run.append(write)
+            del writes[: len(run)]
+            started = time.perf_counter()
+            if run[0].snapshot is not None:
+                slot, chunks, below = run[0].snapshot
+                await trio.to_thread.run_sync(journal.save_snapshot, slot, chunks, below)
+                synced = True
+            else:
+                batch = run[0].batch if len(run) == 1 else _merged(run)
+                synced = any(write.sync for write in run)
+                await trio.to_thread.run_sync(journal.write, batch, synced)
+            if synced:
+                self.syncs += 1
+                if metrics is not None:
+                    metrics.fsync_latency.record((time.perf_counter() - started) * 1000)
+            if self.tracing is not None:
+                for write in run:
+                    if write.traced:
+                        self.tracing.persisted(write.traced)
+            for write in run:
+                began = self._snapshot_started.pop(write.id, None)
+                if began is not None and self.core.snapshot_last is not None:
+                    self.core.snapshot_last["ms"] = round((time.perf_counter() - began) * 1000, 1)
+            self.core.persisted(run[-1].id)
+            self._carry_out()
 
-    def _restored(self, slot: int, chunks: list[bytes]) -> Machine:
-        """A fresh machine from a snapshot that must end exactly at `slot`."""
-        machine = self._machine_factory(self.journal)
-        machine.restore(chunks)
-        if machine.slots != slot:
-            raise SnapshotInvalid(f"the snapshot ends at slot {machine.slots}, not at {slot}")
-        return machine
+    # ---------------------------------------------------------------------------- shipping
 
-    async def _ship_snapshot(self, peer: int, shipment: _Shipment) -> None:
-        """Stream the stored snapshot to `peer`, a window of chunks ahead of its acks."""
-        s = self.settings
-        try:
-            view = await trio.to_thread.run_sync(self.journal.snapshot_view)
-            slot = shipment.slot = view.slot
-            count, chunks = await trio.to_thread.run_sync(
-                self.machine.shipped, view, s.snapshot_chunk_bytes
-            )
-            sent = 0  # chunks go out once, in order: a lost one stalls the transfer (see above)
-            while shipment.acked < count:
-                while sent < count and sent - shipment.acked < s.snapshot_window_chunks:
-                    data = await trio.to_thread.run_sync(next, chunks)
-                    chunk = SnapshotChunk(self.id, slot, sent, count, data)
-                    self.peers.send_frame(peer, self.peers.frame(chunk))
-                    sent += 1
-                progress = shipment.acked
-                with trio.move_on_after(s.snapshot_ack_timeout_s):
-                    while shipment.acked == progress:
-                        await shipment.changed.wait()
+    def _ship(self, effects: Effects) -> None:
+        for peer in effects.ship_open:
+            if self._nursery is not None:
+                shipment = self._shipments[peer] = _Shipment()
+                self._nursery.start_soon(self._open_shipment, peer, shipment)
+        for peer, first, count, acked in effects.ship_chunks:
+            shipment = self._shipments.get(peer)
+            if shipment is not None:
+                shipment.wanted.extend((index, acked) for index in range(first, first + count))
+                shipment.changed.set()
+        for peer, _ in effects.ship_close:
+            shipment = self._shipments.pop(peer, None)
+            if shipment is not None:
+                shipment.scope.cancel()
+
+    async def _open_shipment(self, peer: int, shipment: _Shipment) -> None:
+        """Read the stored snapshot's chunks (in a thread: they come from disk) and send
+        as many as the core allows."""
+        with shipment.scope:
+            try:
+                view = await trio.to_thread.run_sync(self.journal.snapshot_view)
+                count, chunks = await trio.to_thread.run_sync(
+                    self.machine.shipped, view, self.settings.snapshot_chunk_bytes
+                )
+                self.core.ship_opened(peer, view.slot, count)
+                self._carry_out()
+                window: dict[int, bytes] = {}  # sent and not yet acknowledged
+                while True:
+                    while not shipment.wanted:
                         shipment.changed = trio.Event()
-                if shipment.acked == progress:
-                    log.warning("snapshot to node %d stalled at chunk %d of %d", peer, sent, count)
-                    return
-            self.snapshots_sent += 1
-            log.info("sent node %d the snapshot up to slot %d (%d chunks)", peer, slot, count)
-        except FrameTooLarge:
-            log.error("snapshot chunk for node %d exceeds the frame bound", peer)
-        finally:
-            del self._shipping[peer]
-
-    def _on_chunk(self, chunk: SnapshotChunk) -> None:
-        ack, complete = self._assembler.on_chunk(chunk, self.replica.commit)
-        if ack is not None:
-            self.peers.send_frame(chunk.src, self.peers.frame(ack))
-        if complete is not None:
-            self._received = complete
-
-    async def _install(self, received: Incoming) -> None:
-        """A peer's snapshot: check it, store it, then let machine and replica adopt it."""
-        if received.slot <= self.replica.commit:
-            return  # we got there on our own meanwhile
-        try:
-            machine = self._restored(received.slot, received.chunks)
-        except SnapshotInvalid as error:
-            log.error("refusing the snapshot from node %d: %s", received.src, error)
-            return
-        slot = received.slot
-        # What is stored is the machine's own snapshot: a shipped one may carry payloads,
-        # which restore() has put in the key space already.
-        chunks = machine.snapshot(self.settings.snapshot_chunk_bytes)
-        await trio.to_thread.run_sync(self.journal.save_snapshot, slot, chunks, slot)
-        self.machine = machine
-        self._snapshot_at = slot
-        self.replica.install_snapshot(slot)
-        self.snapshots_installed += 1
-        if self.on_applied is not None:
-            self.on_applied(None)
-        log.info("installed the snapshot up to slot %d from node %d", slot, received.src)
+                        await shipment.changed.wait()
+                    index, acked = shipment.wanted.popleft()
+                    for done in [i for i in window if i < acked]:
+                        del window[done]
+                    if index not in window:
+                        window[index] = await trio.to_thread.run_sync(next, chunks)
+                    chunk = SnapshotChunk(self.id, view.slot, index, count, window[index])
+                    self.peers.send_frame(peer, self.peers.frame(chunk))
+            except FrameTooLarge:
+                log.error("snapshot chunk for node %d exceeds the frame bound", peer)
+            except StopIteration:
+                log.error("the snapshot for node %d ended before its last chunk", peer)
 
     # ------------------------------------------------------------------------------- views
+
+    @property
+    def snapshots_taken(self) -> int:
+        return self.core.snapshots_taken
+
+    @property
+    def snapshots_installed(self) -> int:
+        return self.core.snapshots_installed
+
+    @property
+    def snapshots_sent(self) -> int:
+        return self.core.snapshots_sent
 
     def clock_ms(self) -> int:
         """This node's wall clock, the one it stamps the log with as leader."""
@@ -501,6 +450,7 @@ class Node:
 
     def status(self) -> dict:
         r = self.replica
+        core = self.core
         return {
             "node": self.id,
             "role": r.role.name.lower(),
@@ -510,32 +460,46 @@ class Node:
             "applied": r.applied,
             "promised": [r.promised.round, r.promised.node],
             "log_start": r.log_start,
-            "snapshot": self._snapshot_at,
+            "snapshot": core.snapshot_at,
             "snapshots": {
-                "taken": self.snapshots_taken,
-                "sent": self.snapshots_sent,
-                "installed": self.snapshots_installed,
-                "last": self.snapshot_last,
+                "taken": core.snapshots_taken,
+                "sent": core.snapshots_sent,
+                "installed": core.snapshots_installed,
+                "last": core.snapshot_last,
             },
             "syncs": self.syncs,
             "turns": self.turns,
             "ticks_skipped": self.ticks_skipped,
             "pipeline": r.in_flight_slots,
             "replica_lag": max(0, r.known_commit - r.applied),
-            "elections": {"started": self.campaigns, "won": self.elections_won},
+            "elections": {"started": core.campaigns, "won": core.elections_won},
             **(self.metrics.summary() if self.metrics is not None else {}),
         }
 
 
+def _merged(run: list[Write]) -> Batch:
+    """Consecutive journal batches as one: later writes to the same item win."""
+    out = Batch()
+    for write in run:
+        batch = write.batch
+        if batch.truncate_below is not None:
+            out.truncate_below = max(out.truncate_below or 0, batch.truncate_below)
+        if batch.promised is not None:
+            out.promised = batch.promised
+        out.entries.update(batch.entries)
+        if batch.commit is not None:
+            out.commit = batch.commit
+    return out
+
+
 class _Shipment:
-    """One snapshot transfer under way: how far the receiver has acknowledged."""
+    """One snapshot transfer under way: the chunks the core asked to be sent."""
 
-    def __init__(self, slot: int) -> None:
-        self.slot = slot
-        self.acked = 0
+    def __init__(self) -> None:
+        #: (chunk index, chunks acknowledged) to send, in order
+        self.wanted: deque[tuple[int, int]] = deque()
         self.changed = trio.Event()
+        self.scope = trio.CancelScope()
 
-    def on_ack(self, received: int) -> None:
-        if received > self.acked:
-            self.acked = received
-            self.changed.set()
+
+__all__ = ["CommandFailed", "Node", "NodeSettings"]

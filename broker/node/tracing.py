@@ -7,9 +7,10 @@ gets, under a `paxq.receive` span (child of the client's span):
     paxq.reply    from its result to its answer queued on the connection
 
 and its slot gets one `paxq.slot` span that links to the client spans of every traced command
-it carries, with children, one after the other: `paxq.persist` (the synced write of the
-leader's own accept), `paxq.quorum` (from sending the accept to the slot being known chosen),
-`paxq.commit` (the synced write of the new commit point) and `paxq.apply`.
+it carries, with children: `paxq.persist` (the synced write of the leader's own accept) and,
+beside it in time, `paxq.quorum` (from the accepts leaving, which they do while the leader's
+own write runs, to the slot being known chosen); then `paxq.apply`. Each follower's
+`paxq.replicate` span covers its write of the accept until its Accepted may leave.
 
 Nothing here runs for a command that is not traced: the node calls in only while `traced`
 (commands) or `slots` (slots) is non-empty, and not at all when tracing is off.
@@ -54,18 +55,14 @@ class _Command:
 class _Slot:
     span: Span
     commands: list[bytes] = field(default_factory=list)
-    stage: str = ""  # the stage now open: paxq.persist, paxq.quorum, paxq.commit, paxq.apply
-    open: Span | None = None
-    chosen: bool = False  # known chosen while its accept is being written
+    persist: Span | None = None  # the leader's own accept being written
+    quorum: Span | None = None  # from the accepts leaving to the slot known chosen
+    apply: Span | None = None
 
-    def next(self, tracer: Tracer, stage: str | None) -> None:
-        """End the open stage and start `stage` (None: none, until the next one starts)."""
-        if self.open is not None:
-            self.open.end()
-            self.open = None
-        self.stage = stage or ""
-        if stage is not None:
-            self.open = tracer.start_span(stage, context=trace.set_span_in_context(self.span))
+
+def _end(span: Span | None) -> None:
+    if span is not None:
+        span.end()
 
 
 class CommitTracing:
@@ -80,6 +77,8 @@ class CommitTracing:
         self.slots: dict[int, _Slot] = {}
         #: on a follower: slots whose accept came traced -> the span until it is persisted
         self.replicas: dict[int, Span] = {}
+        #: on the leader: persist spans of slots applied before their write was durable
+        self.unpersisted: dict[int, Span] = {}
         self._random = random.Random()
 
     def received(self, command: bytes, traceparent: object, op: str) -> bool:
@@ -129,16 +128,19 @@ class CommitTracing:
             attributes={"paxq.node": self.node, "paxq.slot": number},
         )
 
-    def persisting(self, records: list, committed: list) -> list[int]:
-        """Before the journal write: slots of traced commands get their slot span, and
-        their persist span starts; traced slots now chosen end their quorum and start the
-        write of the commit point. Returns those slots (and a follower's traced ones)."""
+    def writing(self, records: list) -> list[int]:
+        """A write is handed to the journal: slots of traced commands get their slot span,
+        whose persist and quorum stages start together. Returns the traced slots it holds
+        (a follower's too), for `persisted`."""
         started: list[int] = []
+        tracer = self.tracer
         for record in records:
-            if self.replicas and type(record) is AcceptRecord and record.slot in self.replicas:
+            if type(record) is not AcceptRecord:
+                continue
+            if self.replicas and record.slot in self.replicas:
                 started.append(record.slot)
                 continue
-            if type(record) is not AcceptRecord or record.slot in self.slots:
+            if record.slot in self.slots:
                 continue
             mine = [c for c in record.value if c in self.traced]
             if not mine or len(self.slots) >= TRACED_MAX:
@@ -152,7 +154,7 @@ class CommitTracing:
                 if state.client is not None and state.client.is_valid:
                     links.append(Link(state.client))
             first = self.traced[mine[0]]
-            span = self.tracer.start_span(
+            span = tracer.start_span(
                 "paxq.slot",
                 context=trace.set_span_in_context(first.receive),
                 links=links,
@@ -162,25 +164,18 @@ class CommitTracing:
                     "paxq.batch.traced": len(mine),
                 },
             )
-            slot = self.slots[record.slot] = _Slot(span, mine)
-            slot.next(self.tracer, "paxq.persist")
+            inside = trace.set_span_in_context(span)
+            self.slots[record.slot] = _Slot(
+                span,
+                mine,
+                persist=tracer.start_span("paxq.persist", context=inside),
+                quorum=tracer.start_span("paxq.quorum", context=inside),
+            )
             started.append(record.slot)
-        if self.slots:
-            for number, _ in committed:
-                slot = self.slots.get(number)
-                if slot is None:
-                    continue
-                if slot.stage == "paxq.quorum":
-                    slot.next(self.tracer, "paxq.commit")
-                    started.append(number)
-                elif slot.stage == "paxq.persist":
-                    # Chosen by this very write (a majority of one): no quorum to wait for.
-                    slot.chosen = True
         return list(dict.fromkeys(started))  # a slot accepted twice in one write: once
 
     def persisted(self, slots: list[int]) -> None:
-        """After the write (and before sending): persist ends and the wait for a quorum
-        starts; a commit point's write ends."""
+        """The write holding these slots is durable: their persist (or replicate) ends."""
         for number in slots:
             replica = self.replicas.pop(number, None)
             if replica is not None:
@@ -188,13 +183,19 @@ class CommitTracing:
                 continue
             slot = self.slots.get(number)
             if slot is not None:
-                waits = slot.stage == "paxq.persist" and not slot.chosen
-                slot.next(self.tracer, "paxq.quorum" if waits else None)
+                _end(slot.persist)
+                slot.persist = None
+            else:
+                _end(self.unpersisted.pop(number, None))
 
     def applying(self, number: int) -> None:
         slot = self.slots.get(number)
         if slot is not None:
-            slot.next(self.tracer, "paxq.apply")
+            _end(slot.quorum)
+            slot.quorum = None
+            slot.apply = self.tracer.start_span(
+                "paxq.apply", context=trace.set_span_in_context(slot.span)
+            )
 
     def applied(self, number: int) -> None:
         replica = self.replicas.pop(number, None)
@@ -206,8 +207,15 @@ class CommitTracing:
         slot = self.slots.pop(number, None)
         if slot is None:
             return
-        slot.next(self.tracer, None)
+        _end(slot.quorum)
+        _end(slot.apply)
         slot.span.end()
+        if slot.persist is not None:
+            # Chosen by the followers before the leader's own write was durable.
+            if len(self.unpersisted) < TRACED_MAX:
+                self.unpersisted[number] = slot.persist
+            else:
+                slot.persist.end()
 
     def replying(self, command: bytes, outcome: str) -> _Reply | None:
         """The command's result is known: its reply span starts (ended by `replied`)."""
@@ -230,13 +238,14 @@ class CommitTracing:
                 state.batch.end()
             state.receive.end()
         for slot in self.slots.values():
-            slot.next(self.tracer, None)
-            slot.span.end()
-        for span in self.replicas.values():
+            for span in (slot.persist, slot.quorum, slot.apply, slot.span):
+                _end(span)
+        for span in [*self.replicas.values(), *self.unpersisted.values()]:
             span.end()
         self.traced.clear()
         self.slots.clear()
         self.replicas.clear()
+        self.unpersisted.clear()
 
 
 class _Reply:

@@ -5,7 +5,8 @@ the node then streams its stored snapshot in chunks, a few ahead of the peer's a
 (so a large snapshot neither floods the bounded peer queue nor waits a round trip per chunk).
 A lost chunk or a reconnect stalls the acks; the sender gives up after a timeout and the
 peer's next catch-up request starts a fresh transfer. The receiver assembles chunks in order,
-within a byte bound, and hands the whole snapshot to the node to install.
+from one transfer at a time, within a byte bound, and hands the whole snapshot to the node to
+install; a transfer that stops making progress is abandoned so that another can start.
 """
 
 from __future__ import annotations
@@ -61,9 +62,14 @@ class Assembler:
         """(ack to send back, the snapshot if this chunk completed it)."""
         if m.index == 0:
             current = self.current
-            if m.slot <= commit or (current is not None and m.slot < current.slot):
-                return None, None  # we are past it, or a newer transfer is under way
-            self.current = Incoming(m.src, m.slot, m.count)
+            if m.slot <= commit:
+                return None, None  # we are past it
+            if current is None or m.slot > current.slot:
+                self.current = Incoming(m.src, m.slot, m.count)
+            # Else an older snapshot, or this one from another node while a transfer of it
+            # is under way (peers answer catch-up in turn: they would reset each other), or
+            # a duplicate: answered below with where we stand, so a restarted sender
+            # resumes there.
         current = self.current
         if current is None or (m.src, m.slot, m.count) != (
             current.src,
@@ -89,6 +95,10 @@ class Assembler:
         # A duplicate or early chunk is answered with where we stand, so the sender resumes.
         ack = SnapshotAck(self.node_id, current.slot, len(current.chunks))
         return ack, self._complete(current)
+
+    def abandon(self) -> None:
+        """The transfer under way made no progress for too long: the next one may start."""
+        self.current = None
 
     def _complete(self, current: Incoming) -> Incoming | None:
         if len(current.chunks) == current.count:

@@ -1,9 +1,12 @@
 """One Multi-Paxos replica (acceptor, learner and, when elected, leader) as a sans-IO machine.
 
-Inputs: `step(message)`, `tick()`, `propose(command)`. Outputs accumulate and are taken with
-`ready()`; the runtime must persist `Ready.persist` (one synced write) before it sends
-`Ready.messages`, and hand `Ready.committed` to the application in order. Nothing here reads a
-clock, touches a socket or a disk, or draws randomness other than from the `rng` it is given.
+Inputs: `step(message)`, `tick()`, `propose(command)`, and `persisted(records)` once records
+it handed out are durable. Outputs accumulate and are taken with `ready()`. The runtime's
+contract: write `Ready.persist`; send `Ready.messages` at once (they depend on no write);
+send `Ready.after_persist` only once every record handed out so far is durable (they report
+a promise or an acceptance); hand `Ready.committed` to the application in order, at once (a
+slot is committed only once a quorum holds it durably). Nothing here reads a clock, touches a
+socket or a disk, or draws randomness other than from the `rng` it is given.
 
 Protocol notes (the why behind the code):
 - A leader runs phase 1 once for every slot from its commit point on (`Prepare.from_slot`), then
@@ -14,6 +17,10 @@ Protocol notes (the why behind the code):
   own entry at s was accepted in the leader's current ballot (a leader proposes one value per slot
   per ballot) or was learned chosen; otherwise it asks for the chosen value (catch-up).
 - Promise changes are persisted as their own record; an accepted entry and the commit point too.
+- Only what depends on a record waits for it (etcd's `msgsAfterAppend`): a leader's Accepts leave
+  while its own accept is written, and its own vote counts only once `persisted` says that
+  write is durable; a candidate's own promise likewise. Promise, Accepted and Prepare go in
+  `after_persist`. A commit record can be re-learnt from peers and needs no sync of its own.
 """
 
 from __future__ import annotations
@@ -60,16 +67,30 @@ class ProposeResult(enum.IntEnum):
 class Ready:
     """Output of one turn. Persist, then send, then apply, in that order."""
 
-    __slots__ = ("committed", "dropped", "messages", "persist", "snapshot_requests")
+    __slots__ = (
+        "after_persist",
+        "committed",
+        "dropped",
+        "messages",
+        "persist",
+        "proposed",
+        "snapshot_requests",
+    )
 
     def __init__(self) -> None:
         self.persist: list[Record] = []
+        #: may leave at once
         self.messages: list[tuple[int, Message]] = []
+        #: votes (Promise, Accepted, a candidate's Prepare): may leave only once every record
+        #: handed out so far is durable
+        self.after_persist: list[tuple[int, Message]] = []
         #: (slot, value) to apply, strictly in slot order, continuing where the last one ended
         self.committed: list[tuple[int, Value]] = []
-        #: commands accepted by `propose` that will never get a slot here (leadership lost
-        #: before they were batched); never proposed, so safe to submit again elsewhere
-        self.dropped: list[bytes] = []
+        #: tokens of commands accepted by `propose` that will never get a slot here
+        #: (leadership lost before they were batched); never proposed, so safe to resend
+        self.dropped: list[object] = []
+        #: (slot, value, tokens): batches cut from the queue, the token of each command
+        self.proposed: list[tuple[int, Value, tuple[object, ...]]] = []
         #: peers that asked for slots this replica has compacted away: send them a snapshot
         self.snapshot_requests: list[tuple[int, int]] = []
 
@@ -77,7 +98,9 @@ class Ready:
         return bool(
             self.persist
             or self.messages
+            or self.after_persist
             or self.committed
+            or self.proposed
             or self.dropped
             or self.snapshot_requests
         )
@@ -85,6 +108,7 @@ class Ready:
     def __repr__(self) -> str:
         return (
             f"Ready(persist={self.persist!r}, messages={self.messages!r}, "
+            f"after_persist={self.after_persist!r}, "
             f"committed={self.committed!r}, dropped={self.dropped!r}, "
             f"snapshot_requests={self.snapshot_requests!r})"
         )
@@ -145,6 +169,7 @@ class Replica:
         self._inflight: dict[int, _InFlight] = {}
         self._chosen_ahead: set[int] = set()  # chosen slots above the commit point
         self._pending: deque[bytes] = deque()
+        self._tokens: deque[object] = deque()  # one per pending command
         self._pending_bytes = 0
         self._heartbeat_elapsed = 0
         self._heard: dict[int, int] = {}  # peer -> tick we last heard it follow our ballot
@@ -204,8 +229,9 @@ class Replica:
             self._catchup_misses += 1
             self._request_catchup()
 
-    def propose(self, command: bytes) -> ProposeResult:
-        """Queue a command for the next batch. Only a leader takes commands."""
+    def propose(self, command: bytes, token: object = None) -> ProposeResult:
+        """Queue a command for the next batch. Only a leader takes commands. `token` (the
+        command itself if None) names it in `Ready.proposed` and `Ready.dropped`."""
         if self.role is not Role.LEADER:
             return ProposeResult.NOT_LEADER
         size = len(command)
@@ -217,6 +243,7 @@ class Replica:
         ):
             return ProposeResult.OVERLOADED
         self._pending.append(command)
+        self._tokens.append(command if token is None else token)
         self._pending_bytes += size
         return ProposeResult.QUEUED
 
@@ -232,6 +259,24 @@ class Replica:
             return None
         out, self._out = self._out, Ready()
         return out
+
+    def persisted(self, records: list[Record]) -> None:
+        """`records` (handed out by `ready`) are durable: a leader's own acceptances and a
+        candidate's own promise count from now on."""
+        for record in records:
+            kind = type(record)
+            if kind is AcceptRecord:
+                if self.role is Role.LEADER and record.ballot == self.ballot:
+                    inflight = self._inflight.get(record.slot)
+                    if inflight is not None and inflight.value is record.value:
+                        self._count_vote(record.slot, inflight, self.id)
+            elif (
+                kind is PromiseRecord
+                and self.role is Role.CANDIDATE
+                and record.ballot == self.ballot
+            ):
+                self._promises[self.id] = self._promise_for(self.ballot, self.commit)
+                self._maybe_win()
 
     # ----------------------------------------------------------------- snapshot seam
 
@@ -294,11 +339,11 @@ class Replica:
         self.ballot = Ballot(self._round_seen, self.id)
         self._promises = {}
         self._reset_election_timer()
+        # The own promise counts once its record is durable (`persisted`); the Prepare leaves
+        # after it, so no peer's promise can arrive first.
         self._raise_promise(self.ballot)
-        self._promises[self.id] = self._promise_for(self.ballot, self.commit)
         for peer in self.peers:
             self._send(peer, Prepare(self.id, self.ballot, self.commit))
-        self._maybe_win()
 
     def _promise_for(self, ballot: Ballot, from_slot: int) -> Promise:
         start = max(from_slot, self.commit)
@@ -347,8 +392,9 @@ class Replica:
     def _step_down(self) -> None:
         """Leave candidacy or leadership; queued commands go back to their senders."""
         if self.role is Role.LEADER:
-            self._out.dropped.extend(self._pending)
+            self._out.dropped.extend(self._tokens)
             self._pending.clear()
+            self._tokens.clear()
             self._pending_bytes = 0
             self._inflight = {}
             self._chosen_ahead = set()
@@ -424,13 +470,15 @@ class Replica:
             return
         self._heard[m.src] = self._tick
         inflight = self._inflight.get(m.slot)
-        if inflight is None:
-            return
-        inflight.acks.add(m.src)
+        if inflight is not None:
+            self._count_vote(m.slot, inflight, m.src)
+
+    def _count_vote(self, slot: int, inflight: _InFlight, voter: int) -> None:
+        inflight.acks.add(voter)
         if len(inflight.acks) >= self.quorum:
-            del self._inflight[m.slot]
-            if m.slot >= self.commit:  # catch-up may have taught us this slot already
-                self._chosen_ahead.add(m.slot)
+            del self._inflight[slot]
+            if slot >= self.commit:  # catch-up may have taught us this slot already
+                self._chosen_ahead.add(slot)
                 self._advance_commit()
 
     def _on_reject(self, m: Reject) -> None:
@@ -580,6 +628,8 @@ class Replica:
     def _fill_pipeline(self) -> None:
         cfg = self.config
         pending = self._pending
+        tokens = self._tokens
+        proposed = self._out.proposed
         while pending and len(self._inflight) + len(self._chosen_ahead) < cfg.window_slots_max:
             batch: list[bytes] = []
             size = 0
@@ -590,7 +640,9 @@ class Replica:
                 batch.append(pending.popleft())
                 size += n
             self._pending_bytes -= size
-            self._propose_slot(self.next_slot, tuple(batch))
+            value = tuple(batch)
+            proposed.append((self.next_slot, value, tuple(tokens.popleft() for _ in batch)))
+            self._propose_slot(self.next_slot, value)
             self.next_slot += 1
 
     def _propose_slot(self, slot: int, value: Value) -> None:
@@ -602,15 +654,12 @@ class Replica:
         ballot = self.ballot
         self.log[slot] = (ballot, value)
         self._out.persist.append(AcceptRecord(slot, ballot, value))
-        self._inflight[slot] = _InFlight(value, {self.id}, self._tick)
+        # The own vote is counted by `persisted`, once this record is durable.
+        self._inflight[slot] = _InFlight(value, set(), self._tick)
         message = Accept(self.id, ballot, slot, value, self.commit)
         send = self._out.messages.append
         for peer in self.peers:
             send((peer, message))
-        if self.quorum == 1:
-            del self._inflight[slot]
-            self._chosen_ahead.add(slot)
-            self._advance_commit()
 
     def _leader_tick(self) -> None:
         cfg = self.config
@@ -651,7 +700,11 @@ class Replica:
             send((peer, message))
 
     def _send(self, to: int, message: Message) -> None:
-        self._out.messages.append((to, message))
+        kind = type(message)
+        if kind is Accepted or kind is Promise or kind is Prepare:
+            self._out.after_persist.append((to, message))
+        else:
+            self._out.messages.append((to, message))
 
     # --------------------------------------------------------------------------- views
 

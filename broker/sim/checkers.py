@@ -36,6 +36,10 @@ class History:
         self.acked: dict[bytes, tuple[float, float]] = {}
         #: the highest ballot each acceptor has voted for (promise or accept), across restarts
         self.promised: dict[int, Ballot] = {}
+        #: acceptor -> slot -> the highest ballot it sent Accepted for, across restarts
+        self.accepted: dict[int, dict[int, Ballot]] = {}
+        #: a candidate's ballot -> the slot its phase 1 starts from
+        self.prepared: dict[Ballot, int] = {}
 
     def on_vote(self, node: int, ballot: Ballot, kind: str) -> None:
         """`node` sends a promise or an acceptance for `ballot` (Paxos P1: an acceptor never
@@ -48,6 +52,33 @@ class History:
             )
         if ballot > highest:
             self.promised[node] = ballot
+
+    def on_accepted(self, node: int, ballot: Ballot, slot: int) -> None:
+        votes = self.accepted.setdefault(node, {})
+        if votes.get(slot, ZERO) < ballot:
+            votes[slot] = ballot
+
+    def on_prepare(self, ballot: Ballot, from_slot: int) -> None:
+        self.prepared[ballot] = from_slot
+
+    def on_promise(self, node: int, ballot: Ballot, commit: int, entries) -> None:
+        """Paxos P2's memory: a promise reports, for every slot at or above where phase 1
+        starts (and the acceptor's commit point), the value of the highest ballot the
+        acceptor ever said Accepted for, whatever happened to it in between (a crash that
+        lost a write it had reported as durable is caught here)."""
+        votes = self.accepted.get(node)
+        if not votes:
+            return
+        start = max(self.prepared.get(ballot, 0), commit)
+        reported = {slot: b for slot, b, _ in entries}
+        for slot, voted in votes.items():
+            if slot >= start and reported.get(slot, ZERO) < voted:
+                raise Violation(
+                    "acceptor memory",
+                    f"node {node} promised {ballot} reporting "
+                    f"{reported.get(slot, 'nothing')} at slot {slot}, "
+                    f"after it sent Accepted for {voted} there",
+                )
 
     def on_propose(self, command: bytes) -> None:
         self.proposed.add(command)

@@ -1,9 +1,12 @@
-"""The whole cluster in one process: replicas of the real core, a faulty network, crashing disks,
-skewed clocks and clients, all driven by one seeded event queue.
+"""The whole cluster in one process: node cores (the very `NodeCore` production runs), a
+faulty network, disks that lose unsynced writes, skewed clocks and clients, all driven by one
+seeded event queue.
 
-The runtime contract of `paxos.Replica` is honoured exactly as a real node must: after every
-input, the replica's records are persisted to its disk before its messages leave, then committed
-slots are applied. A crash discards everything but the disk.
+The simulator is a driver of the core like the trio runtime, and nothing more: it hands each
+node's core its inputs, carries out its effects (writes to the node's simulated disk, which
+complete later and in order; messages over the faulty network; replies to clients; snapshot
+chunks read from the stored snapshot), and checks what it sees. A crash keeps the disk's
+synced writes and a prefix of the rest.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
 
-import cbor2
+from paxq.storage import CorruptRecord, Identity, KeySpace, MemoryDisk, MemoryJournal
 
-from paxq.storage import Identity, KeySpace, MemoryDisk, MemoryJournal
-
-from ..machine import QueueMachine, time_command
+from ..machine import QueueMachine
 from ..machine.snapshots import write_snapshot
+from ..node.core import NOT_LEADER, OK, CoreSettings, NodeCore
+from ..node.machines import SnapshotInvalid
+from ..node.transfer import SnapshotChunk
 from ..paxos import (
     Accepted,
     Config,
@@ -29,21 +33,21 @@ from ..paxos import (
     Prepare,
     Promise,
     PromiseRecord,
-    ProposeResult,
     Replica,
     Role,
     Value,
 )
-from ..persist import batch_of, durable_state
 from .checkers import History, Violation
 from .oracle import QueueOracle, encode_results
+from .recorder import Recorder
 from .settings import SimSettings
 from .workload import Consumer, Workload, encode
 
 ReplicaFactory = Callable[[int, Config, Random, DurableState | None], Replica]
 #: a machine on a key space; the clock is the replica's own (the real machine never reads it)
 MachineFactory = Callable[[KeySpace, Callable[[], int]], QueueMachine]
-_CHUNK_BYTES = 4096  # small machine snapshot chunks: records cross chunk bounds
+CoreFactory = type[NodeCore]
+_CHUNK_BYTES = 16384  # small snapshot chunks: records cross chunk bounds
 
 
 def _queue_machine(keys: KeySpace, clock: Callable[[], int]) -> QueueMachine:
@@ -51,7 +55,7 @@ def _queue_machine(keys: KeySpace, clock: Callable[[], int]) -> QueueMachine:
 
 
 # Event kinds, in the heap as (time_ms, seq, kind, target, payload).
-_DELIVER = 0  # payload: a paxos message for replica `target`
+_DELIVER = 0  # payload: a peer message (paxos, or a snapshot chunk or ack) for `target`
 _TICK = 1  # payload: the incarnation the tick belongs to
 _REQUEST = 2  # a client request reaches replica `target`; payload (client, command)
 _REPLY = 3  # a reply reaches client `target`; payload (command, status, slot or hint)
@@ -61,7 +65,7 @@ _TIMEOUT = 6  # client `target` gives up on (command, attempt) unless answered
 _PARTITION = 7
 _CRASH = 8
 _RESTART = 9  # payload: unused
-_SNAPSHOT = 10  # a snapshot reaches replica `target`; payload (src, slot, chunks)
+_WRITTEN = 10  # a write of `target` completes; payload (incarnation, write, position)
 
 _OK, _NOT_LEADER, _RETRY = 0, 1, 2
 
@@ -88,6 +92,13 @@ class SimStats:
     machine_commands: int = 0
     deliveries_checked: int = 0
     stamps: int = 0
+    writes: int = 0
+    #: unsynced writes a crash undid
+    writes_lost: int = 0
+    write_failures: int = 0
+    #: restarts refused because a stored record failed its checksum
+    corrupt_refused: int = 0
+    snapshot_chunks: int = 0
 
     @property
     def deliveries_per_s(self) -> float:
@@ -108,22 +119,17 @@ class SimResult:
 
 class _Node:
     __slots__ = (
-        "applied",
         "clock_offset_ms",
         "clock_rate",
+        "core",
         "disk",
-        "encoded",
         "id",
         "incarnation",
         "journal",
         "led",
-        "machine",
-        "replica",
-        "sessions",
-        "snapshot_at",
-        "stamp_seq",
-        "stamped_ms",
+        "shipments",
         "tick_ms",
+        "written_at",
     )
 
     def __init__(self, node_id: int, tick_ms: float, rate: float, offset_ms: float) -> None:
@@ -133,18 +139,22 @@ class _Node:
         # log may carry it into the machine.
         self.clock_rate = rate
         self.clock_offset_ms = offset_ms
-        self.machine: QueueMachine | None = None
-        self.stamped_ms = 0
-        self.stamp_seq = 0
         self.disk = MemoryDisk()  # survives crashes; the journal on it does not
         self.journal: MemoryJournal | None = None
-        self.replica: Replica | None = None
-        self.applied: list[Value] = []  # the application: slots applied, in order
-        self.encoded: list[bytes] = []  # each applied slot encoded: the snapshot's chunks
-        self.snapshot_at = 0  # the slot the last snapshot covers up to
-        self.sessions: dict[bytes, int] = {}  # command -> client waiting for it
+        self.core: NodeCore | None = None
         self.incarnation = 0
         self.led = None  # last ballot this node led (to count elections)
+        self.written_at = 0.0  # when the last write handed to the disk completes
+        #: peer -> (slot, count, the chunks, the window sent and not yet acknowledged)
+        self.shipments: dict[int, tuple[int, int, object, dict[int, bytes]]] = {}
+
+    @property
+    def machine(self) -> Recorder:
+        return self.core.machine
+
+    @property
+    def applied(self) -> list[Value]:
+        return self.core.machine.log
 
 
 class _Client:
@@ -166,12 +176,24 @@ class Simulation:
         settings: SimSettings,
         replica_factory: ReplicaFactory | None = None,
         machine_factory: MachineFactory | None = None,
+        core_factory: CoreFactory | None = None,
     ) -> None:
         self.settings = settings
         self.rng = Random(settings.seed ^ 0x5EED)
         self.config = settings.paxos_config()
         self.factory = replica_factory or Replica
         self.machine_factory = machine_factory or _queue_machine
+        self.core_factory = core_factory or NodeCore
+        self.core_settings = CoreSettings(
+            # Clients time out on their own; a node answers "unknown" later than they do.
+            command_timeout_ticks=int(4 * settings.client_timeout_ms / settings.tick_ms) + 1,
+            snapshot_every_slots=settings.snapshot_every,
+            snapshot_keep_slots=settings.snapshot_keep,
+            snapshot_chunk_bytes=_CHUNK_BYTES,
+            snapshot_window_chunks=4,
+            snapshot_ack_timeout_ticks=20,
+            stamp_idle_ms=50,
+        )
         self.workload = Workload.from_rng(Random(settings.seed ^ 0xC0FFEE))
         self.oracle = QueueOracle(self.workload.limits())
         self.results: list[bytes] = []  # each slot's results, as the first replica computed them
@@ -189,6 +211,8 @@ class Simulation:
         self.long_delay = faults.long_delay
         self.crash_after_sync = faults.crash_after_sync
         self.crash_after_promise = faults.crash_after_promise
+        self.write_fail = faults.write_fail
+        self.corrupt_read = faults.corrupt_read
         self.faulty = True
         self.issuing = True
         #: from this time on (set by the liveness phase) no command may go unanswered
@@ -229,6 +253,9 @@ class Simulation:
             violation = caught
         self.stats.wall_s = time.perf_counter() - started
         self.stats.sim_ms = self.now
+        for node in self.nodes:
+            if node.core is not None:
+                self._retire(node.core)
         self.stats.slots_chosen = len(self.history.chosen)
         self.stats.commands_acked = len(self.history.acked)
         trace = self._format_trace() if violation else []
@@ -248,25 +275,23 @@ class Simulation:
             stats.events += 1
             if kind == _DELIVER:
                 node = nodes[target]
-                replica = node.replica
-                if replica is None or not self.link[payload.src][target]:
+                core = node.core
+                if core is None or not self.link[payload.src][target]:
                     stats.messages_lost += 1
                     continue
                 stats.deliveries += 1
                 trace((now, target, payload))
-                replica.step(payload)
+                core.step(payload)
                 self._drain(node)
             elif kind == _TICK:
                 node = nodes[target]
-                if node.replica is None or payload != node.incarnation:
+                if node.core is None or payload != node.incarnation:
                     continue
-                node.replica.tick()
-                due = node.machine.due_ms()
-                clock = self._clock(node)
-                if due is not None and due <= clock and clock - node.stamped_ms >= 50:
-                    self._stamp(node)  # a lease or retention is due: time moves without traffic
+                node.core.tick(self._clock(node))
                 self._drain(node)
                 self._push(node.tick_ms, _TICK, target, payload)
+            elif kind == _WRITTEN:
+                self._on_written(nodes[target], payload)
             else:
                 self._other_event(kind, target, payload)
 
@@ -299,11 +324,9 @@ class Simulation:
             self._on_partition()
         elif kind == _CRASH:
             self._on_crash()
-        elif kind == _SNAPSHOT:
-            self._on_snapshot(target, payload)
         elif kind == _RESTART:
             node = self.nodes[target]
-            if node.replica is None and target not in self.held_down:
+            if node.core is None and target not in self.held_down:
                 self._start(node)
 
     def _push(self, delay_ms: float, kind: int, target: int, payload) -> None:
@@ -313,171 +336,184 @@ class Simulation:
 
     def _start(self, node: _Node) -> None:
         node.incarnation += 1
-        node.sessions = {}
         node.led = None
-        node.journal = MemoryJournal(node.disk, Identity("sim", node.id))
-        node.stamp_seq = self.rng.getrandbits(32)
-        node.stamped_ms = 0
-        # The application restarts from its snapshot; the replica replays the log from its
-        # start, and slots the snapshot already covers are skipped (see _drain).
-        node.snapshot_at, chunks = node.journal.read_snapshot()
-        node.machine = self.machine_factory(node.journal.keyspace(), lambda: self._clock(node))
-        applied, machine_chunks = _split(chunks)
-        node.encoded = applied
-        node.applied = [tuple(cbor2.loads(chunk)) for chunk in applied]
-        if node.snapshot_at:
-            node.machine.restore(machine_chunks)
-            if node.machine.slots != node.snapshot_at:
-                raise Violation("snapshot", f"node {node.id}: machine snapshot ends elsewhere")
-        node.replica = self.factory(
-            node.id,
-            self.config,
-            Random(self.rng.getrandbits(64)),
-            durable_state(node.journal.load()),
-        )
+        node.shipments = {}
+        node.written_at = self.now
+        disk = node.disk
+        journal = node.journal = MemoryJournal(disk, Identity("sim", node.id))
+        if self.faulty and disk.state.entries and self.rng.random() < self.corrupt_read:
+            disk.damage(self.rng.choice(sorted(disk.state.entries)))
+        try:
+            state = journal.load()
+        except CorruptRecord as error:
+            # Refused, as it must be. The damage was a transient read fault (or the operator
+            # put a good copy back): the node tries again later.
+            if not disk.damaged:
+                raise
+            self.stats.corrupt_refused += 1
+            self.trace.append((self.now, node.id, f"refuses to start: {error}"))
+            disk.damaged.clear()
+            self._stop(node)
+            self._push(
+                self.rng.uniform(0, self.settings.faults.restart_ms_max), _RESTART, node.id, None
+            )
+            return
+        disk.damaged.clear()  # what was damaged had been truncated away
+        snapshot = journal.read_snapshot() if state.snapshot_slot else (0, [])
+        keys = journal.keyspace()
+        clock = lambda: self._clock(node)  # noqa: E731
+        on_apply = lambda slot, value, count: self.history.on_apply(node.id, count, slot, value)  # noqa: E731
+
+        def on_restore(log: list[Value]) -> None:
+            for slot, value in enumerate(log):  # what a snapshot covers is checked too
+                self.history.on_apply(node.id, slot, slot, value)
+
+        def machine() -> Recorder:
+            return Recorder(self.machine_factory(keys, clock), on_apply, on_restore)
+
+        try:
+            node.core = self.core_factory(
+                node.id,
+                self.config,
+                self.core_settings,
+                Random(self.rng.getrandbits(64)),
+                state,
+                snapshot,
+                machine,
+                self.factory,
+            )
+        except SnapshotInvalid as error:
+            raise Violation("snapshot", f"node {node.id}: its stored snapshot: {error}") from error
         self.trace.append((self.now, node.id, f"start (incarnation {node.incarnation})"))
         self._drain(node)
         self._push(self.rng.uniform(0, node.tick_ms), _TICK, node.id, node.incarnation)
 
     def _drain(self, node: _Node) -> None:
-        """The runtime's turn: persist, then send, then apply and answer clients."""
-        replica = node.replica
-        ready = replica.ready()
-        if ready is None:
-            return
-        if ready.persist:
-            node.journal.write(batch_of(ready.persist))  # one synced write per turn
-        if ready.messages:
-            rng = self.rng
-            faults = self.settings.faults
-            low, high = faults.delay_ms_min, faults.delay_ms_max
-            push = heapq.heappush
-            heap = self._heap
-            seq = self._seq
-            now = self.now
-            on_vote = self.history.on_vote
-            for dst, message in ready.messages:
-                # Every vote an acceptor casts, checked before the network can lose it (a
-                # candidate's Prepare carries the promise it made to itself).
-                kind = type(message)
-                if kind is Accepted or kind is Promise or kind is Prepare:
-                    on_vote(node.id, message.ballot, kind.__name__)
-                if rng.random() < self.loss:
-                    continue
-                delay = low + (high - low) * rng.random()
-                if rng.random() < self.long_delay:
-                    delay *= 20
-                push(heap, (now + delay, next(seq), _DELIVER, dst, message))
-                if rng.random() < self.duplicate:
-                    push(heap, (now + delay * 2 * rng.random(), next(seq), _DELIVER, dst, message))
-        if ready.committed:
-            on_apply = self.history.on_apply
-            applied = node.applied
-            sessions = node.sessions
-            machine = node.machine
-            for slot, value in ready.committed:
-                if slot < len(applied):  # the snapshot restored at start covers it
-                    if applied[slot] != value:
-                        raise Violation(
-                            "agreement", f"node {node.id} replays slot {slot} unlike its snapshot"
-                        )
-                    continue
-                on_apply(node.id, len(applied), slot, value)
-                applied.append(value)
-                node.encoded.append(cbor2.dumps(list(value)))
-                results = machine.apply(slot, value)
+        """Carry out the core's effects, as the trio runtime does."""
+        while node.core is not None and (effects := node.core.take()) is not None:
+            core = node.core
+            for write in effects.writes:
+                self._issue(node, write)
+            if effects.send:
+                self._send(node, effects.send)
+            for slot, value, results in effects.applied:
                 self._check_results(node, slot, value, results)
-                if sessions:
-                    for command, result in zip(value, results, strict=True):
-                        client = sessions.pop(command, None)
-                        if client is not None:
-                            self._reply(client, command, _OK, (slot, result))
-            machine.flush()
-        if ready.dropped:
-            for command in ready.dropped:
-                client = node.sessions.pop(command, None)
-                if client is not None:
-                    self._reply(client, command, _RETRY, None)
-        if ready.snapshot_requests:
-            for peer, _ in ready.snapshot_requests:
-                # The runtime ships its stored snapshot; the network may lose or delay it.
+            for waiter, outcome, result, slot in effects.replies:
+                client_id, command = waiter
+                if outcome == OK:
+                    self._reply(client_id, command, _OK, (slot, result))
+                elif outcome == NOT_LEADER:
+                    self._reply(client_id, command, _NOT_LEADER, core.replica.leader_hint)
+                elif outcome != "unknown":  # overloaded, too large: never got a slot
+                    self._reply(client_id, command, _RETRY, node.id)
+            for stamp in effects.stamps:
+                self.history.on_propose(stamp)
+                self.stats.stamps += 1
+            for peer in effects.ship_open:
                 view = node.journal.snapshot_view()
-                applied, _ = _split(view.chunks)
-                _, machine_chunks = QueueMachine.shipped(view, _CHUNK_BYTES)
-                chunks = _join(applied, list(machine_chunks)[len(applied) + 1 :])
-                if not self.rng.random() < self.loss:
-                    self._push(self._delay(), _SNAPSHOT, peer, (node.id, view.slot, chunks))
-        every = self.settings.snapshot_every
-        if every and replica.applied - node.snapshot_at >= every and self._take_snapshot(node):
-            return  # crashed right after the snapshot's sync
-        if replica.role is Role.LEADER and replica.ballot != node.led:
-            node.led = replica.ballot
-            self.stats.elections += 1
-            self.trace.append((self.now, node.id, f"leads with ballot {replica.ballot}"))
-        if ready.persist:
+                count, chunks = core.machine.shipped(view, _CHUNK_BYTES)
+                node.shipments[peer] = (view.slot, count, chunks, {})
+                core.ship_opened(peer, view.slot, count)
+            for peer, first, count, acked in effects.ship_chunks:
+                slot, total, chunks, window = node.shipments[peer]
+                for index in [i for i in window if i < acked]:
+                    del window[index]  # acknowledged
+                for index in range(first, first + count):
+                    if index not in window:
+                        window[index] = next(chunks)
+                    chunk = SnapshotChunk(node.id, slot, index, total, window[index])
+                    self._send(node, [(peer, chunk)])
+                self.stats.snapshot_chunks += count
+            for peer, _ in effects.ship_close:
+                node.shipments.pop(peer, None)
+            for level, text in effects.notices:
+                self.trace.append((self.now, node.id, f"{level}: {text}"))
+            replica = core.replica
+            if replica.role is Role.LEADER and replica.ballot != node.led:
+                node.led = replica.ballot
+                self.stats.elections += 1
+                self.trace.append((self.now, node.id, f"leads with ballot {replica.ballot}"))
+
+    def _send(self, node: _Node, messages: list) -> None:
+        rng = self.rng
+        faults = self.settings.faults
+        low, high = faults.delay_ms_min, faults.delay_ms_max
+        push = heapq.heappush
+        heap = self._heap
+        seq = self._seq
+        now = self.now
+        history = self.history
+        for dst, message in messages:
+            # Every vote an acceptor casts, checked before the network can lose it (a
+            # candidate's Prepare carries the promise it made to itself).
+            kind = type(message)
+            if kind is Accepted:
+                history.on_vote(node.id, message.ballot, "Accepted")
+                history.on_accepted(node.id, message.ballot, message.slot)
+            elif kind is Promise:
+                history.on_vote(node.id, message.ballot, "Promise")
+                history.on_promise(node.id, message.ballot, message.commit, message.entries)
+            elif kind is Prepare:
+                history.on_vote(node.id, message.ballot, "Prepare")
+                history.on_prepare(message.ballot, message.from_slot)
+            if rng.random() < self.loss:
+                continue
+            delay = low + (high - low) * rng.random()
+            if rng.random() < self.long_delay:
+                delay *= 20
+            push(heap, (now + delay, next(seq), _DELIVER, dst, message))
+            if rng.random() < self.duplicate:
+                push(heap, (now + delay * 2 * rng.random(), next(seq), _DELIVER, dst, message))
+
+    def _issue(self, node: _Node, write) -> None:
+        """The write enters the disk's log now (visible at once, lost in a crash unless a
+        sync covers it); it completes after the disk's latency, after every earlier one."""
+        if write.snapshot is not None:
+            position = node.journal.append_snapshot(*write.snapshot)
+        else:
+            position = node.journal.append(write.batch)
+        self.stats.writes += 1
+        done = max(node.written_at, self.now) + self.rng.uniform(
+            0.0, self.settings.faults.write_ms_max
+        )
+        node.written_at = done
+        self._push(done - self.now, _WRITTEN, node.id, (node.incarnation, write, position))
+
+    def _on_written(self, node: _Node, payload) -> None:
+        incarnation, write, position = payload
+        if node.core is None or incarnation != node.incarnation:
+            return
+        if self.faulty and self.rng.random() < self.write_fail:
+            # The write failed: the node stops writing and serving, as production does.
+            self.stats.write_failures += 1
+            self.trace.append((self.now, node.id, f"write {write.id} failed"))
+            self._crash(node)
+            return
+        if write.sync:
+            node.disk.sync(position)
+        node.core.persisted(write.id)
+        self._drain(node)
+        if write.sync and node.core is not None:
             crash = self.crash_after_sync
-            if any(type(record) is PromiseRecord for record in ready.persist):
+            if any(type(record) is PromiseRecord for record in write.records):
                 crash = self.crash_after_promise
             if self.rng.random() < crash:
                 self._crash(node)
 
-    def _take_snapshot(self, node: _Node) -> bool:
-        """Snapshot the applied state and compact the log; True if the node then crashed."""
-        replica = node.replica
-        slot = replica.applied
-        below = max(replica.log_start, slot - self.settings.snapshot_keep)
-        chunks = _join(node.encoded[:slot], node.machine.snapshot(_CHUNK_BYTES))
-        node.journal.save_snapshot(slot, chunks, below)
-        node.machine.snapshot_saved()
-        replica.compact(below)
-        node.snapshot_at = slot
-        self.stats.snapshots_taken += 1
-        if self.rng.random() < self.crash_after_sync:
-            self._crash(node)
-            return True
-        return False
-
-    def _on_snapshot(self, target: int, payload: tuple[int, int, list[bytes]]) -> None:
-        src, slot, chunks = payload
-        node = self.nodes[target]
-        replica = node.replica
-        if replica is None or not self.link[src][target]:
-            self.stats.messages_lost += 1
-            return
-        self.stats.deliveries += 1
-        self.trace.append((self.now, target, f"snapshot from node {src} up to slot {slot}"))
-        if slot <= replica.commit:
-            return  # stale or duplicated: the replica is already past it
-        applied, machine_chunks = _split(chunks)
-        values = [tuple(cbor2.loads(chunk)) for chunk in applied]
-        for s in range(len(node.applied), slot):  # the snapshot's content is applied too
-            self.history.on_apply(node.id, s, s, values[s])
-        machine = self.machine_factory(node.journal.keyspace(), lambda: self._clock(node))
-        machine.restore(machine_chunks)
-        if machine.slots != slot:
-            raise Violation("snapshot", f"node {node.id}: a shipped snapshot ends elsewhere")
-        # Persist first; only then may the replica act on it (its records below depend on it).
-        node.journal.save_snapshot(slot, _join(applied, machine.snapshot(_CHUNK_BYTES)), slot)
-        machine.snapshot_saved()
-        node.machine = machine
-        node.applied, node.encoded, node.snapshot_at = values, list(applied), slot
-        if self.rng.random() < self.crash_after_sync:
-            self._crash(node)  # stored, but the replica never heard of it: recovery must cope
-            return
-        if node.sessions:  # commands it was waiting for may be inside: they were chosen
-            for s, value in enumerate(values):
-                for command in value:
-                    client = node.sessions.pop(command, None)
-                    if client is not None:
-                        self._reply(client, command, _OK, (s, None))
-        replica.install_snapshot(slot)
-        self.stats.snapshots_installed += 1
-        self._drain(node)
+    def _retire(self, core: NodeCore) -> None:
+        self.stats.snapshots_taken += core.snapshots_taken
+        self.stats.snapshots_installed += core.snapshots_installed
 
     def _stop(self, node: _Node) -> None:
-        """The process dies: memory and the open journal go, the disk stays."""
-        node.replica = None
+        """The process dies: memory and the open journal go; the disk keeps what was synced
+        and a prefix of the rest."""
+        if node.core is not None:
+            self._retire(node.core)
+        node.core = None
+        node.shipments = {}
         if node.journal is not None:
+            unsynced = len(node.disk.unsynced)
+            self.stats.writes_lost += node.disk.crash(self.rng.randint(0, unsynced))
             node.journal.close()
             node.journal = None
 
@@ -520,22 +556,11 @@ class Simulation:
     def _on_request(self, node_id: int, payload: tuple[int, bytes]) -> None:
         client_id, command = payload
         node = self.nodes[node_id]
-        replica = node.replica
-        if replica is None:  # connection refused: the client tries another replica
+        if node.core is None:  # connection refused: the client tries another replica
             self._reply(client_id, command, _NOT_LEADER, None)
             return
-        if command in node.sessions:
-            return
-        if replica.role is Role.LEADER and self._clock(node) > node.stamped_ms:
-            self._stamp(node)  # the leader's clock, for the commands that follow
-        result = replica.propose(command)
-        if result is ProposeResult.QUEUED:
-            node.sessions[command] = client_id
-            self._drain(node)
-        elif result is ProposeResult.NOT_LEADER:
-            self._reply(client_id, command, _NOT_LEADER, replica.leader_hint)
-        else:
-            self._reply(client_id, command, _RETRY, node_id)
+        node.core.command(command, (client_id, command), self._clock(node))
+        self._drain(node)
 
     def _reply(self, client_id: int, command: bytes, status: int, detail: int | None) -> None:
         if self.faulty and self.rng.random() < self.loss:
@@ -564,7 +589,7 @@ class Simulation:
         """The dead-letter queues' content, from the replica furthest ahead (the checker has
         seen every slot it has applied)."""
         ahead = max(
-            (node for node in self.nodes if node.replica is not None),
+            (node for node in self.nodes if node.core is not None),
             key=lambda node: node.machine.slots,
         )
         for topic in self.workload.dead_letter_topics():
@@ -576,18 +601,6 @@ class Simulation:
 
     def _clock(self, node: _Node) -> int:
         return max(0, int(self.now * node.clock_rate + node.clock_offset_ms))
-
-    def _stamp(self, node: _Node) -> None:
-        """The leader proposes its clock as a time entry (if it still leads)."""
-        if node.replica.role is not Role.LEADER:
-            return
-        node.stamp_seq += 1
-        now = self._clock(node)
-        stamp = time_command(node.id, node.stamp_seq, now)
-        self.history.on_propose(stamp)
-        if node.replica.propose(stamp) is ProposeResult.QUEUED:
-            node.stamped_ms = now
-            self.stats.stamps += 1
 
     def _check_results(self, node: _Node, slot: int, value, results: list[object]) -> None:
         """Every replica computes the same results for a slot (determinism); the first one
@@ -623,9 +636,9 @@ class Simulation:
         leaders = [
             node
             for node in self.nodes
-            if node.replica is not None and node.replica.role is Role.LEADER
+            if node.core is not None and node.core.replica.role is Role.LEADER
         ]
-        return max(leaders, key=lambda node: node.replica.ballot).id if leaders else None
+        return max(leaders, key=lambda node: node.core.replica.ballot).id if leaders else None
 
     def _full_links(self) -> list[list[bool]]:
         n = self.settings.nodes
@@ -698,7 +711,7 @@ class Simulation:
             return
         faults = self.settings.faults
         rng = self.rng
-        alive = [node.id for node in self.nodes if node.replica is not None]
+        alive = [node.id for node in self.nodes if node.core is not None]
         leader = self._leader()
         if alive:
             victim = leader if leader is not None and rng.random() < 0.5 else rng.choice(alive)
@@ -715,13 +728,14 @@ class Simulation:
         self.faulty = False
         self.loss = self.duplicate = self.long_delay = 0.0
         self.crash_after_sync = self.crash_after_promise = 0.0
+        self.write_fail = self.corrupt_read = 0.0
         self.link = self._full_links()
         n = len(self.nodes)
         self.held_down = set(self.rng.sample(range(n), self.rng.randint(0, (n - 1) // 2)))
         for node in self.nodes:
             if node.id in self.held_down:
                 self._stop(node)
-            elif node.replica is None:
+            elif node.core is None:
                 self._start(node)
         down = sorted(self.held_down)
         self.stats.held_down = len(down)
@@ -764,7 +778,7 @@ class Simulation:
         self._check_converged()
         self._learn_dead_letters()
         self.oracle.check_drained(readers)
-        machines = [node.machine for node in self.nodes]
+        machines = [node.machine.inner for node in self.nodes]
         states = {b"".join(write_snapshot(machine, 1 << 20)) for machine in machines}
         if len(states) != 1:
             raise Violation("determinism", "replicas at the same slot hold different machines")
@@ -783,7 +797,7 @@ class Simulation:
             raise Violation("liveness", "no command issued after the heal was acknowledged")
 
     def _check_converged(self) -> None:
-        commits = [node.replica.commit for node in self.nodes]
+        commits = [node.core.replica.commit for node in self.nodes]
         lengths = [len(node.applied) for node in self.nodes]
         if len(set(commits)) != 1 or len(set(lengths)) != 1:
             raise Violation(
@@ -810,22 +824,10 @@ def _read_all(machine: QueueMachine, topic: str, start: int = 0) -> list[dict]:
         start = page["next"]
 
 
-def _join(applied: list[bytes], machine: list[bytes]) -> list[bytes]:
-    """A sim snapshot: [how many applied slots follow], the applied slots (the checkers' copy
-    of the log), then the machine's chunks."""
-    return [cbor2.dumps(len(applied)), *applied, *machine]
-
-
-def _split(chunks: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-    if not chunks:
-        return [], []
-    count = cbor2.loads(chunks[0])
-    return list(chunks[1 : 1 + count]), list(chunks[1 + count :])
-
-
 def run_seed(
     settings: SimSettings,
     replica_factory: ReplicaFactory | None = None,
     machine_factory: MachineFactory | None = None,
+    core_factory: CoreFactory | None = None,
 ) -> SimResult:
-    return Simulation(settings, replica_factory, machine_factory).run()
+    return Simulation(settings, replica_factory, machine_factory, core_factory).run()

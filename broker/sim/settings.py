@@ -33,10 +33,17 @@ class Faults:
     crash_after_promise: float
     #: each replica's tick runs at a rate in [1 - skew, 1 + skew] of the nominal one
     clock_skew: float
+    #: a write (journal batch or snapshot) completes after up to this long, in order; the
+    #: node goes on taking inputs meanwhile, and a crash loses what was not yet synced
+    write_ms_max: float
+    #: chance that a write fails (the node stops, as production does, and restarts later),
+    #: and that a restart finds a stored entry damaged (it must refuse to start)
+    write_fail: float
+    corrupt_read: float
 
     @classmethod
     def none(cls) -> Faults:
-        return cls(0.0, 0.0, 1.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return cls(0.0, 0.0, 1.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,9 @@ class SimSettings:
                 crash_after_sync=rng.choice((0.0002, 0.001, 0.003, 0.01, 0.03)),
                 crash_after_promise=rng.choice((0.01, 0.05, 0.2, 0.5)),
                 clock_skew=rng.uniform(0.0, 0.5),
+                write_ms_max=rng.choice((0.2, 1.0, 3.0, 10.0)),
+                write_fail=rng.choice((0.0002, 0.001, 0.003)),
+                corrupt_read=rng.choice((0.05, 0.2, 0.5)),
             )
             if faults
             else Faults.none()
