@@ -1,4 +1,5 @@
-"""Known protocol bugs, planted from the tests by subclassing the real replica.
+"""Known protocol bugs, planted from the tests by subclassing the real replica, node core,
+transfer or machine.
 
 Production code has no switch for any of these: each subclass overrides one decision.
 """
@@ -8,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from paxq.broker.machine import MachineError, QueueMachine
-from paxq.broker.paxos import ZERO, Replica
+from paxq.broker.node.core import NodeCore
+from paxq.broker.node.transfer import Assembler
+from paxq.broker.paxos import ZERO, Accepted, Replica
 from paxq.client.wire import ErrorCode
 from paxq.storage import KeySpace
 
@@ -37,6 +40,57 @@ class IgnoresPhaseOneValues(Replica):
             src: promise._replace(entries=()) for src, promise in self._promises.items()
         }
         super()._maybe_win()
+
+
+class CountsOwnVoteEarly(Replica):
+    """A leader that counts its own vote for a slot as soon as it proposes it, before its
+    accept is durable."""
+
+    def _propose_slot(self, slot, value) -> None:
+        super()._propose_slot(slot, value)
+        inflight = self._inflight.get(slot)
+        if inflight is not None:
+            self._count_vote(slot, inflight, self.id)
+
+
+class AcceptedBeforeWrite(Replica):
+    """An acceptor that answers Accepted at once, before its write of the accept is durable."""
+
+    def _send(self, to, message) -> None:
+        if type(message) is Accepted:
+            self._out.messages.append((to, message))
+        else:
+            super()._send(to, message)
+
+
+# --------------------------------------------------------------------------- the node core
+
+
+class SkipsTheSync(NodeCore):
+    """Writes promises and accepts without a sync, and takes them for durable once written."""
+
+    def _write(self, records, batch, sync, snapshot=None):
+        write = super()._write(records, batch, sync, snapshot)
+        if batch is not None:
+            write.sync = False
+        return write
+
+
+class EarlyAssembler(Assembler):
+    """Hands a received snapshot over once all but its last chunk have arrived."""
+
+    def _complete(self, current):
+        if current.count > 1 and len(current.chunks) == current.count - 1:
+            self.current = None
+            current.chunks = [chunk for chunk in current.chunks if chunk]
+            return current
+        return super()._complete(current)
+
+
+class InstallsEarly(NodeCore):
+    """Installs a snapshot before its last chunk has arrived."""
+
+    assembler_type = EarlyAssembler
 
 
 # ----------------------------------------------------------------------------- the machine

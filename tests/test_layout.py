@@ -96,3 +96,48 @@ def test_the_machine_imports_neither_paxos_nor_node_nor_io() -> None:
         assert not any(module == f or module.startswith(f + ".") for f in forbidden), (
             f"{path.name} imports {module}"
         )
+
+
+def _defined(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and not node.name.startswith("__")
+    }
+
+
+def test_the_node_core_is_sans_io() -> None:
+    forbidden = (
+        "trio",
+        "anyio",
+        "socket",
+        "time",
+        "datetime",
+        "asyncio",
+        "os",
+        "threading",
+        "selectors",
+        "paxq.storage.rocks",
+        "paxq.broker.node.runtime",
+        "paxq.broker.node.peers",
+        "paxq.broker.sim",
+    )
+    for path, module in _imports("broker/node"):
+        if path.name == "core.py":
+            assert not any(module == f or module.startswith(f + ".") for f in forbidden), (
+                f"core.py imports {module}"
+            )
+
+
+def test_one_implementation_of_the_per_turn_logic() -> None:
+    """The simulator and the trio runtime drive the node core; neither grows its own copy."""
+    core = _defined(ROOT / "broker/node/core.py")
+    assert {"step", "tick", "command", "persisted", "take"} <= core
+    sim_imports = {module for _, module in _imports("broker/sim")}
+    assert "paxq.broker.node.core" in sim_imports, "the simulator drives the node core"
+    drivers = [*(ROOT / "broker/sim").glob("*.py"), ROOT / "broker/node/runtime.py"]
+    for path in drivers:
+        copied = _defined(path) & core
+        assert not copied, f"{path.relative_to(ROOT)} defines the core's {sorted(copied)}"

@@ -66,6 +66,7 @@ _PARTITION = 7
 _CRASH = 8
 _RESTART = 9  # payload: unused
 _WRITTEN = 10  # a write of `target` completes; payload (incarnation, write, position)
+_CRASH_NODE = 11  # `target` crashes (a write in flight); payload: its incarnation then
 
 _OK, _NOT_LEADER, _RETRY = 0, 1, 2
 
@@ -200,6 +201,7 @@ class Simulation:
         self.draining = False
         self.dead_read: dict[str, int] = {}  # dead-letter topic -> next offset to learn
         self.history = History()
+        self.durable_slots: set[int] = set()  # acknowledged slots found durable at a quorum
         self.stats = SimStats()
         self.now = 0.0
         self.trace: deque[tuple] = deque(maxlen=settings.trace_events)
@@ -213,6 +215,7 @@ class Simulation:
         self.crash_after_promise = faults.crash_after_promise
         self.write_fail = faults.write_fail
         self.corrupt_read = faults.corrupt_read
+        self.crash_in_flight = faults.crash_in_flight
         self.faulty = True
         self.issuing = True
         #: from this time on (set by the liveness phase) no command may go unanswered
@@ -251,6 +254,8 @@ class Simulation:
             self._liveness_phase()
         except Violation as caught:
             violation = caught
+        except Exception as error:  # a node's code failed: as much a finding as a violation
+            violation = Violation("node error", f"{type(error).__name__}: {error}")
         self.stats.wall_s = time.perf_counter() - started
         self.stats.sim_ms = self.now
         for node in self.nodes:
@@ -324,6 +329,10 @@ class Simulation:
             self._on_partition()
         elif kind == _CRASH:
             self._on_crash()
+        elif kind == _CRASH_NODE:
+            node = self.nodes[target]
+            if node.core is not None and node.incarnation == payload and self.faulty:
+                self._crash(node)
         elif kind == _RESTART:
             node = self.nodes[target]
             if node.core is None and target not in self.held_down:
@@ -401,6 +410,7 @@ class Simulation:
             for waiter, outcome, result, slot in effects.replies:
                 client_id, command = waiter
                 if outcome == OK:
+                    self._check_durable_quorum(slot)
                     self._reply(client_id, command, _OK, (slot, result))
                 elif outcome == NOT_LEADER:
                     self._reply(client_id, command, _NOT_LEADER, core.replica.leader_hint)
@@ -478,6 +488,10 @@ class Simulation:
         )
         node.written_at = done
         self._push(done - self.now, _WRITTEN, node.id, (node.incarnation, write, position))
+        if self.faulty and self.rng.random() < self.crash_in_flight:
+            self._push(
+                self.rng.uniform(0.0, done - self.now), _CRASH_NODE, node.id, node.incarnation
+            )
 
     def _on_written(self, node: _Node, payload) -> None:
         incarnation, write, position = payload
@@ -499,6 +513,22 @@ class Simulation:
                 crash = self.crash_after_promise
             if self.rng.random() < crash:
                 self._crash(node)
+
+    def _check_durable_quorum(self, slot: int) -> None:
+        """A client hears "ok" only once its slot is durable on a majority of disks (the
+        synced part of each disk, looked at directly): the commit rule, checked at the
+        moment of the answer."""
+        if slot in self.durable_slots:
+            return
+        value = self.history.chosen[slot]
+        held = sum(1 for node in self.nodes if _durably_holds(node.disk, slot, value))
+        if held < self.config.quorum:
+            raise Violation(
+                "durability",
+                f"slot {slot} was acknowledged while durable on {held} of {len(self.nodes)} "
+                f"disks (a majority is {self.config.quorum})",
+            )
+        self.durable_slots.add(slot)
 
     def _retire(self, core: NodeCore) -> None:
         self.stats.snapshots_taken += core.snapshots_taken
@@ -728,7 +758,7 @@ class Simulation:
         self.faulty = False
         self.loss = self.duplicate = self.long_delay = 0.0
         self.crash_after_sync = self.crash_after_promise = 0.0
-        self.write_fail = self.corrupt_read = 0.0
+        self.write_fail = self.corrupt_read = self.crash_in_flight = 0.0
         self.link = self._full_links()
         n = len(self.nodes)
         self.held_down = set(self.rng.sample(range(n), self.rng.randint(0, (n - 1) // 2)))
@@ -822,6 +852,27 @@ def _read_all(machine: QueueMachine, topic: str, start: int = 0) -> list[dict]:
         if page["next"] >= page["end"]:
             return out
         start = page["next"]
+
+
+def _durably_holds(disk: MemoryDisk, slot: int, value: Value) -> bool:
+    """Does the synced part of `disk` hold `value` at `slot` (or a snapshot covering it)?
+    The unsynced writes are undone in thought: the first undo of each item, oldest first,
+    names its durable state."""
+    entry = disk.state.entries.get(slot)
+    snapshot_slot = disk.state.snapshot_slot
+    entry_known = snapshot_known = False
+    for undo in disk.unsynced:
+        for item in undo:
+            what = item[0]
+            if what == "entry" and item[1] == slot and not entry_known:
+                entry, entry_known = item[2], True
+            elif what == "start" and slot in item[2] and not entry_known:
+                entry, entry_known = item[2][slot], True
+            elif what == "snapshot" and not snapshot_known:
+                snapshot_slot, snapshot_known = item[1], True
+    if slot < snapshot_slot:
+        return True
+    return entry is not None and (entry[1] is value or entry[1] == value)
 
 
 def run_seed(

@@ -40,10 +40,13 @@ class Faults:
     #: and that a restart finds a stored entry damaged (it must refuse to start)
     write_fail: float
     corrupt_read: float
+    #: chance, per write, that the node crashes while that write is still in flight: where
+    #: a vote sent or counted before its write is durable is lost
+    crash_in_flight: float
 
     @classmethod
     def none(cls) -> Faults:
-        return cls(0.0, 0.0, 1.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0)
+        return cls(0.0, 0.0, 1.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -96,9 +99,10 @@ class SimSettings:
                 crash_after_sync=rng.choice((0.0002, 0.001, 0.003, 0.01, 0.03)),
                 crash_after_promise=rng.choice((0.01, 0.05, 0.2, 0.5)),
                 clock_skew=rng.uniform(0.0, 0.5),
-                write_ms_max=rng.choice((0.2, 1.0, 3.0, 10.0)),
+                write_ms_max=rng.choice((0.2, 1.0, 3.0, 10.0, 30.0)),
                 write_fail=rng.choice((0.0002, 0.001, 0.003)),
                 corrupt_read=rng.choice((0.05, 0.2, 0.5)),
+                crash_in_flight=rng.choice((0.001, 0.005, 0.02)),
             )
             if faults
             else Faults.none()
