@@ -69,9 +69,11 @@ class Cluster:
             log = open(self.data / f"node{node}.log", "ab")  # noqa: SIM115 (the child writes it)
             self.procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "paxq.ops.cli", "node", "--cluster", "bench"]
-                    + ["--id", str(node), "--data", str(self.data / f"node{node}")]
-                    + ["--peers", self.peers, "--clients", self.clients],
+                    [
+                        *(sys.executable, "-m", "paxq.ops.cli", "node", "--cluster", "bench"),
+                        *("--id", str(node), "--data", str(self.data / f"node{node}")),
+                        *("--peers", self.peers, "--clients", self.clients),
+                    ],
                     stdout=log,
                     stderr=log,
                     env=self.env,
