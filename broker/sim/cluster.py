@@ -128,6 +128,7 @@ class _Node:
         "incarnation",
         "journal",
         "led",
+        "queued_done",
         "shipments",
         "tick_ms",
         "written_at",
@@ -145,7 +146,8 @@ class _Node:
         self.core: NodeCore | None = None
         self.incarnation = 0
         self.led = None  # last ballot this node led (to count elections)
-        self.written_at = 0.0  # when the last write handed to the disk completes
+        self.written_at = 0.0  # when the write the disk is doing completes
+        self.queued_done: float | None = None  # and the one gathering the writes meanwhile
         #: peer -> (slot, count, the chunks, the window sent and not yet acknowledged)
         self.shipments: dict[int, tuple[int, int, object, dict[int, bytes]]] = {}
 
@@ -348,6 +350,7 @@ class Simulation:
         node.led = None
         node.shipments = {}
         node.written_at = self.now
+        node.queued_done = None
         disk = node.disk
         journal = node.journal = MemoryJournal(disk, Identity("sim", node.id))
         if self.faulty and disk.state.entries and self.rng.random() < self.corrupt_read:
@@ -483,15 +486,26 @@ class Simulation:
         else:
             position = node.journal.append(write.batch)
         self.stats.writes += 1
-        done = max(node.written_at, self.now) + self.rng.uniform(
-            0.0, self.settings.faults.write_ms_max
-        )
-        node.written_at = done
+        done = self._completion(node)
         self._push(done - self.now, _WRITTEN, node.id, (node.incarnation, write, position))
         if self.faulty and self.rng.random() < self.crash_in_flight:
             self._push(
                 self.rng.uniform(0.0, done - self.now), _CRASH_NODE, node.id, node.incarnation
             )
+
+    def _completion(self, node: _Node) -> float:
+        """When a write issued now completes. As the runtime's writer does, one write runs
+        at a time and everything issued meanwhile goes into the next one (group commit)."""
+        now = self.now
+        if node.queued_done is not None and now >= node.written_at:
+            node.written_at, node.queued_done = node.queued_done, None
+        latency = self.rng.uniform(0.0, self.settings.faults.write_ms_max)
+        if now >= node.written_at:
+            node.written_at = now + latency
+            return node.written_at
+        if node.queued_done is None:
+            node.queued_done = node.written_at + latency
+        return node.queued_done
 
     def _on_written(self, node: _Node, payload) -> None:
         incarnation, write, position = payload

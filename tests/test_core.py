@@ -1,0 +1,184 @@
+"""The node core on its own: no sockets, threads or clocks. A test plays the driver, holding
+every write until it says the write is done, so it sees exactly what waits for what."""
+
+from __future__ import annotations
+
+from random import Random
+
+from paxq.broker.machine import command
+from paxq.broker.node.core import OK, CoreSettings, NodeCore, Write
+from paxq.broker.node.machines import LogMachine
+from paxq.broker.node.transfer import SnapshotChunk
+from paxq.broker.paxos import Accept, Accepted, CommitRecord, Config, Prepare, Role
+from paxq.storage import Identity, JournalState, MemoryDisk, MemoryJournal
+
+
+class Driver:
+    """Three cores; messages and writes move only when the test says so."""
+
+    def __init__(self, size: int = 3, **settings) -> None:
+        self.config = Config(nodes=tuple(range(size)))
+        self.settings = CoreSettings(**settings)
+        self.disks = [MemoryDisk() for _ in range(size)]
+        self.journals = [MemoryJournal(d, Identity("t", i)) for i, d in enumerate(self.disks)]
+        self.cores = [self._core(i) for i in range(size)]
+        self.writes: list[list[Write]] = [[] for _ in range(size)]
+        self.network: list[tuple[int, int, object]] = []
+        self.replies: list[tuple[object, str, object, int | None]] = []
+        self.ships: dict[int, tuple[int, int, list[bytes]]] = {}
+
+    def _core(self, node: int) -> NodeCore:
+        return NodeCore(
+            node, self.config, self.settings, Random(node), JournalState(), (0, []), LogMachine
+        )
+
+    def drain(self, node: int) -> None:
+        core = self.cores[node]
+        while (effects := core.take()) is not None:
+            self.writes[node] += effects.writes
+            self.network += [(node, dst, m) for dst, m in effects.send]
+            self.replies += effects.replies
+            for peer in effects.ship_open:
+                view = self.journals[node].snapshot_view()
+                count, chunks = LogMachine.shipped(view, 1 << 20)
+                self.ships[peer] = (view.slot, count, list(chunks))
+                core.ship_opened(peer, view.slot, count)
+            for peer, first, count, _ in effects.ship_chunks:
+                slot, total, chunks = self.ships[peer]
+                for index in range(first, first + count):
+                    chunk = SnapshotChunk(node, slot, index, total, chunks[index])
+                    self.network.append((node, peer, chunk))
+
+    def finish_writes(self, node: int) -> None:
+        """The node's disk completes every write handed to it so far."""
+        pending, self.writes[node] = self.writes[node], []
+        for write in pending:
+            if write.snapshot is not None:
+                self.journals[node].save_snapshot(*write.snapshot)
+            else:
+                self.journals[node].write(write.batch, write.sync)
+        if pending:
+            self.cores[node].persisted(pending[-1].id)
+            self.drain(node)
+
+    def deliver(self, kind: type | None = None, to: int | None = None) -> int:
+        chosen = [
+            e
+            for e in self.network
+            if (kind is None or type(e[2]) is kind) and (to is None or e[1] == to)
+        ]
+        self.network = [e for e in self.network if e not in chosen]
+        for _, dst, message in chosen:
+            self.cores[dst].step(message)
+            self.drain(dst)
+        return len(chosen)
+
+    def settle(self) -> None:
+        for _ in range(200):
+            for node in range(len(self.cores)):
+                self.finish_writes(node)
+            if not self.deliver():
+                return
+        raise AssertionError("did not settle")
+
+    def elect(self, node: int = 0) -> NodeCore:
+        self.cores[node].replica.campaign()
+        self.drain(node)
+        self.settle()
+        assert self.cores[node].replica.role is Role.LEADER
+        return self.cores[node]
+
+
+def test_a_candidate_sends_its_prepares_only_once_its_promise_is_durable() -> None:
+    d = Driver()
+    d.cores[0].replica.campaign()
+    d.drain(0)
+    assert not [m for _, _, m in d.network if type(m) is Prepare]
+    assert d.writes[0] and d.writes[0][0].sync
+    d.finish_writes(0)
+    assert len([m for _, _, m in d.network if type(m) is Prepare]) == 2
+
+
+def test_the_leader_sends_accepts_while_its_own_write_runs_and_votes_once_it_is_durable() -> None:
+    d = Driver()
+    leader = d.elect(0)
+    leader.command(command(b"s" * 8, 1, "noop", {}), "waiter", 1000)
+    d.drain(0)
+    accepts = [(dst, m) for _, dst, m in d.network if type(m) is Accept]
+    assert sorted(dst for dst, _ in accepts) == [1, 2], "accepts leave before the write is done"
+    assert d.writes[0], "the leader's own accept is being written"
+    slot = accepts[0][1].slot
+    # Follower 1 writes its accept; its Accepted waits for the write.
+    d.deliver(Accept, to=1)
+    assert not [m for _, _, m in d.network if type(m) is Accepted]
+    d.finish_writes(1)
+    d.deliver(Accepted, to=0)
+    # One follower's vote is not a majority while the leader's own write is not durable.
+    assert leader.replica.commit <= slot and not [r for r in d.replies if r[1] == OK]
+    d.finish_writes(0)
+    assert leader.replica.commit == slot + 1
+    assert [(w, outcome) for w, outcome, _, _ in d.replies] == [("waiter", OK)]
+
+
+def test_a_commit_point_alone_is_written_without_a_sync() -> None:
+    d = Driver()
+    leader = d.elect(0)
+    leader.command(command(b"s" * 8, 1, "noop", {}), "w", 1000)
+    d.drain(0)
+    d.deliver(Accept)
+    for node in range(3):
+        d.finish_writes(node)
+    d.deliver(Accepted)
+    assert leader.replica.commit == 1 and d.cores[1].replica.commit == 0
+    for _ in range(d.config.heartbeat_ticks):  # the heartbeat carries the commit point
+        leader.tick(0)
+    d.drain(0)
+    d.deliver(to=1)
+    commit_only = [w for w in d.writes[1] if all(type(r) is CommitRecord for r in w.records)]
+    assert commit_only and not any(w.sync for w in commit_only)
+
+
+def test_waiters_are_told_apart_by_token_even_for_equal_commands() -> None:
+    d = Driver()
+    leader = d.elect(0)
+    same = command(b"s" * 8, 7, "noop", {})
+    leader.command(same, "first", 1000)
+    leader.command(same, "second", 1000)
+    d.drain(0)
+    d.settle()
+    answered = sorted((w, outcome) for w, outcome, _, _ in d.replies)
+    assert answered == [("first", OK), ("second", OK)]
+
+
+def test_a_lagging_follower_receives_the_snapshot_in_chunks_and_installs_it() -> None:
+    d = Driver(snapshot_every_slots=4, snapshot_keep_slots=0)
+    leader = d.elect(0)
+    d.network = [e for e in d.network if e[1] != 2]
+    for seq in range(12):
+        leader.command(command(b"s" * 8, seq, "noop", {}), seq, 1000)
+        d.drain(0)
+        for node in (0, 1):
+            d.finish_writes(node)
+        d.network = [e for e in d.network if e[1] != 2]
+        d.deliver()
+    d.settle()
+    assert leader.snapshot_at >= 4 and leader.replica.log_start > 0
+    for _ in range(d.config.heartbeat_ticks):
+        leader.tick(0)
+    d.drain(0)
+    d.settle()
+    follower = d.cores[2]
+    assert follower.snapshots_installed == 1
+    assert follower.replica.commit == leader.replica.commit
+    assert follower.machine.length == leader.machine.length
+    assert leader.snapshots_sent >= 1
+
+
+def test_a_stopped_core_answers_every_waiter_unknown() -> None:
+    d = Driver()
+    leader = d.elect(0)
+    leader.command(command(b"s" * 8, 1, "noop", {}), "w", 1000)
+    d.drain(0)
+    leader.stop()
+    d.drain(0)
+    assert [(w, outcome) for w, outcome, _, _ in d.replies] == [("w", "unknown")]
