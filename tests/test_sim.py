@@ -116,7 +116,7 @@ def first_core_violation(core: type, seeds: int, nodes: int = 3, steps: int = 4_
     [
         # Measured at 3 nodes, 4,000 steps over seeds 0-19 (0-39 for the second): a leader
         # counting its own vote early is caught in 9 of 20 (an answer while the slot is
-        # durable on one disk), Accepted before the write in 27 of 40, an unsynced write
+        # durable on one disk), Accepted before the write in 26 of 40, an unsynced write
         # taken for durable in 20 of 20, an install before the last chunk in 6 of 20 (a
         # payload missing when the machine reads it).
         (CountsOwnVoteEarly, 10, {"durability", "agreement"}),
