@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test sim lint clean
+.PHONY: dev test sim sweep bench-single lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ test: $(STAMP)
 # One simulator seed (override: make sim ARGS="--seed 7 --nodes 5 --steps 20000").
 sim: $(STAMP)
 	$(VENV)/bin/paxq sim $(ARGS)
+
+# The long sweep: 1,000 seeds of 20,000 steps at 5 replicas, every fault on (about 1.5 h on 2 cores).
+sweep: $(STAMP)
+	$(VENV)/bin/paxq sim --seeds 1000 --nodes 5 --steps 20000 $(ARGS)
+
+# Single publishes against another commit's tree: make bench-single BASE=/tmp/base
+bench-single: $(STAMP)
+	$(VENV)/bin/python benchmarks/single_publish.py --baseline-tree $(BASE) $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -48,16 +48,13 @@ def _imports(folder: str) -> list[tuple[Path, str]]:
     return out
 
 
+#: what a sans-IO module never imports: no event loop, sockets, clocks, threads or files
+NO_IO = ("trio", "anyio", "socket", "time", "datetime", "asyncio", "os", "threading", "selectors")
+
+
 def test_the_paxos_core_is_sans_io() -> None:
     forbidden = (
-        "trio",
-        "socket",
-        "time",
-        "datetime",
-        "asyncio",
-        "os",
-        "threading",
-        "selectors",
+        *NO_IO,
         "paxq.storage",
         "paxq.broker.machine",
         "paxq.broker.node",
@@ -110,15 +107,7 @@ def _defined(path: Path) -> set[str]:
 
 def test_the_node_core_is_sans_io() -> None:
     forbidden = (
-        "trio",
-        "anyio",
-        "socket",
-        "time",
-        "datetime",
-        "asyncio",
-        "os",
-        "threading",
-        "selectors",
+        *NO_IO,
         "paxq.storage.rocks",
         "paxq.broker.node.runtime",
         "paxq.broker.node.peers",

@@ -54,19 +54,14 @@ class NodeSettings:
     inbox_max: int = 8192
     #: a command whose slot is not applied within this long is answered "unknown outcome"
     command_timeout_s: float = 10.0
-    #: snapshot the machine every this many applied slots (0: never) and drop the log below,
-    #: keeping this many slots behind the snapshot so a peer that lags a little catches up
-    #: from the log instead of receiving the whole snapshot
+    # The core's settings (`core.CoreSettings` says what each one means), in seconds where
+    # the core counts ticks.
     snapshot_every_slots: int = 2048
     snapshot_keep_slots: int = 256
-    #: snapshots travel in chunks of about this size, this many ahead of the acknowledgement
     snapshot_chunk_bytes: int = 1 << 20
     snapshot_window_chunks: int = 4
-    #: a transfer whose receiver acknowledges nothing for this long is abandoned
     snapshot_ack_timeout_s: float = 5.0
-    #: a received snapshot larger than this is refused
     snapshot_bytes_max: int = 1 << 30
-    #: with leases or aged messages due and no traffic, the leader stamps time this often
     stamp_idle_ms: int = 100
 
     def __post_init__(self) -> None:
