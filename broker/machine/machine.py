@@ -814,17 +814,18 @@ class QueueMachine:
             self.keys.delete_range(start, end)
 
     def restore(self, chunks: list[bytes]) -> None:
+        """Adopt a snapshot. Payloads it no longer covers (whose deletion a crash kept from
+        becoming durable: everything of topics that are gone, and below each topic's first
+        offset) go at the next `snapshot_saved`, once this snapshot is stored: deleted
+        before, a crash could leave the older stored snapshot without payloads it needs."""
         read_snapshot(self, chunks)
         self.keys.flush()
-        # Payloads a crash kept from being deleted (their deletion was not yet durable):
-        # everything of topics that are gone, and below each topic's first offset.
         low = 0
         for topic_id in sorted(self.by_id):
-            self.keys.delete_range(
-                topic_range(low)[0], payload_key(topic_id, self.by_id[topic_id].first)
-            )
+            first = payload_key(topic_id, self.by_id[topic_id].first)
+            self._releasable.append((topic_range(low)[0], first))
             low = topic_id + 1
-        self.keys.delete_range(topic_range(low)[0], topic_range(self.next_topic_id)[0])
+        self._releasable.append((topic_range(low)[0], topic_range(self.next_topic_id)[0]))
 
     def absorb(self, chunk: bytes) -> bool:
         """A chunk of a snapshot being received: payloads are stored at once (False),

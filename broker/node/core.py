@@ -201,6 +201,8 @@ class NodeCore:
         # start, and slots the snapshot covers are skipped when applied.
         slot, chunks = snapshot
         self.machine = self._restored(slot, chunks) if slot else machine_factory()
+        if slot:
+            self.machine.snapshot_saved()  # that snapshot is the stored one
         self.snapshot_at = slot
         self.replica = replica_factory(node_id, config, rng, durable_state(state))
         self._assembler = self.assembler_type(
@@ -223,6 +225,7 @@ class NodeCore:
         self._stamped_ms = 0
         self._stamp_seq = rng.getrandbits(32)
         self._saving: tuple[Write, Machine] | None = None  # our own snapshot being stored
+        self._installing: tuple[Write, Machine] | None = None  # a received one being stored
         self._shipping: dict[int, _Shipment] = {}
         self._assembled_tick = 0  # when the transfer being received last made progress
         self._role = Role.FOLLOWER
@@ -298,6 +301,11 @@ class NodeCore:
                 self.replica.persisted(write.records)
             if self._saving is not None and self._saving[0] is write:
                 self._saved(write, self._saving[1])
+            elif self._installing is not None and self._installing[0] is write:
+                machine = self._installing[1]
+                self._installing = None
+                if machine is self.machine:
+                    machine.snapshot_saved()  # what the received snapshot made garbage may go
         if self._sync_pending <= write_id:
             self._sync_pending = 0
         held = self._held
@@ -310,8 +318,7 @@ class NodeCore:
         """The driver opened the stored snapshot (up to `slot`, `count` chunks) for `peer`."""
         shipment = self._shipping.get(peer)
         if shipment is None or shipment.count is not None:
-            self._out.ship_close.append((peer, False))
-            return
+            return  # closed meanwhile (the close went out with it), or opened already
         shipment.slot, shipment.count = slot, count
         shipment.progress_tick = self._tick
         self._pump(peer, shipment)
@@ -523,9 +530,8 @@ class NodeCore:
             return
         # What is stored is the machine's own snapshot: a shipped one may carry payloads,
         # which restore() has put in the key space already.
-        self._write(
-            [], None, True, (slot, machine.snapshot(self.settings.snapshot_chunk_bytes), slot)
-        )
+        stored = machine.snapshot(self.settings.snapshot_chunk_bytes)
+        self._installing = (self._write([], None, True, (slot, stored, slot)), machine)
         self.machine = machine
         self.snapshot_at = slot
         for covered in [s for s in self._by_slot if s < slot]:
@@ -577,7 +583,9 @@ class NodeCore:
                 shipment.resent_tick = tick
                 unacked = shipment.sent - shipment.acked
                 self._out.ship_chunks.append((peer, shipment.acked, unacked, shipment.acked))
-            if tick - shipment.progress_tick > limit:
+            # Opening reads the whole key space once (to count the chunks): it gets longer.
+            opened = shipment.count is not None
+            if tick - shipment.progress_tick > (limit if opened else 4 * limit):
                 # A lost chunk or a reconnect stalls the acks: give up; the peer's next
                 # catch-up request starts a fresh transfer.
                 self._out.notices.append(

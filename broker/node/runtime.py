@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import trio
 
 from paxq.client.wire import FrameTooLarge
-from paxq.storage import Batch, CorruptRecord, Identity, Journal
+from paxq.storage import Batch, CorruptRecord, Identity, Journal, StorageError
 
 from ..paxos import Accept, Config, Role
 from .codec import Decoder, TracedAccept
@@ -383,10 +383,8 @@ class Node:
     # ---------------------------------------------------------------------------- shipping
 
     def _ship(self, effects: Effects) -> None:
-        for peer in effects.ship_open:
-            if self._nursery is not None:
-                shipment = self._shipments[peer] = _Shipment()
-                self._nursery.start_soon(self._open_shipment, peer, shipment)
+        # Chunks (for transfers opened earlier), then closes, then new transfers: a
+        # stalled transfer's close and a new one's open may come together.
         for peer, first, count, acked in effects.ship_chunks:
             shipment = self._shipments.get(peer)
             if shipment is not None:
@@ -396,6 +394,10 @@ class Node:
             shipment = self._shipments.pop(peer, None)
             if shipment is not None:
                 shipment.scope.cancel()
+        for peer in effects.ship_open:
+            if self._nursery is not None:
+                shipment = self._shipments[peer] = _Shipment()
+                self._nursery.start_soon(self._open_shipment, peer, shipment)
 
     async def _open_shipment(self, peer: int, shipment: _Shipment) -> None:
         """Read the stored snapshot's chunks (in a thread: they come from disk) and send
@@ -406,6 +408,8 @@ class Node:
                 count, chunks = await trio.to_thread.run_sync(
                     self.machine.shipped, view, self.settings.snapshot_chunk_bytes
                 )
+                if shipment.scope.cancel_called:
+                    return  # closed while the thread ran (a thread is not interrupted)
                 self.core.ship_opened(peer, view.slot, count)
                 self._carry_out()
                 window: dict[int, bytes] = {}  # sent and not yet acknowledged
@@ -417,13 +421,17 @@ class Node:
                     for done in [i for i in window if i < acked]:
                         del window[done]
                     if index not in window:
-                        window[index] = await trio.to_thread.run_sync(next, chunks)
+                        data = await trio.to_thread.run_sync(next, chunks, None)
+                        if data is None:
+                            log.error("the snapshot for node %d ends before chunk %d", peer, index)
+                            return
+                        window[index] = data
                     chunk = SnapshotChunk(self.id, view.slot, index, count, window[index])
                     self.peers.send_frame(peer, self.peers.frame(chunk))
             except FrameTooLarge:
                 log.error("snapshot chunk for node %d exceeds the frame bound", peer)
-            except StopIteration:
-                log.error("the snapshot for node %d ended before its last chunk", peer)
+            except StorageError as error:  # this transfer fails; the node goes on
+                log.error("cannot read the snapshot for node %d: %s", peer, error)
 
     # ------------------------------------------------------------------------------- views
 

@@ -107,19 +107,25 @@ class SimSettings:
             if faults
             else Faults.none()
         )
+        clients, outstanding = rng.randint(1, 8), rng.randint(1, 8)
+        window, batch = rng.randint(1, 16), rng.randint(1, 64)
+        # One pipeline's worth of slots carries every command the clients may have out (and
+        # a time entry per batch): else the cluster is overloaded by construction and no
+        # bound on the answer time could hold in the liveness phase.
+        batch = max(batch, -(-(clients * outstanding) // window) + 1)
         return cls(
             seed=seed,
             nodes=nodes,
             steps=steps,
             faults=fault_settings,
-            clients=rng.randint(1, 8),
-            client_outstanding_max=rng.randint(1, 8),
+            clients=clients,
+            client_outstanding_max=outstanding,
             client_think_ms=rng.uniform(0.5, 20.0),
             client_timeout_ms=rng.uniform(200.0, 2_000.0),
             client_wander=rng.choice((0.0, 0.05, 0.2)),
             tick_ms=10.0,
-            window_slots_max=rng.randint(1, 16),
-            batch_count_max=rng.randint(1, 64),
+            window_slots_max=window,
+            batch_count_max=batch,
             pending_count_max=rng.choice((16, 256, 4096)),
             catchup_slots_max=rng.choice((32, 64, 256)),
             snapshot_every=rng.choice((0, 8, 32, 128)),
