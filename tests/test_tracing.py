@@ -50,13 +50,25 @@ async def test_one_publish_is_one_trace_through_every_stage(tmp_path: Path) -> N
                 exporter.clear()
                 offset = await client.publish("traced", b"follow me")
                 while True:  # the slot span ends after its apply; followers' when persisted
-                    names = [s.name for s in exporter.get_finished_spans()]
-                    if "paxq.slot" in names and names.count("paxq.replicate") >= 2:
+                    done = exporter.get_finished_spans()
+                    slots = [s for s in done if s.name == "paxq.slot"]
+                    mine = [
+                        s
+                        for s in done
+                        if s.name == "paxq.replicate"
+                        and slots
+                        and s.context.trace_id == slots[-1].context.trace_id
+                    ]
+                    if slots and len({s.attributes["paxq.node"] for s in mine}) == 2:
                         break
                     await trio.sleep(0.01)
     finished = exporter.get_finished_spans()
-    replicas = [s for s in finished if s.name == "paxq.replicate"]
     spans = {s.name: s for s in finished}
+    replicas = [  # an earlier request's follower spans may end after the clear
+        s
+        for s in finished
+        if s.name == "paxq.replicate" and s.context.trace_id == spans["paxq.slot"].context.trace_id
+    ]
     request = spans["publish traced"]
     receive, batch, reply = spans["paxq.receive"], spans["paxq.batch"], spans["paxq.reply"]
     slot = spans["paxq.slot"]
