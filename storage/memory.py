@@ -67,20 +67,15 @@ class MemoryDisk:
     def _put_back(self, item: tuple) -> None:
         what = item[0]
         state = self.state
-        if what == "key":
+        if what == "key" or what == "entry":
             _, key, old = item
+            place = self.keys if what == "key" else state.entries
             if old is None:
-                self.keys.pop(key, None)
+                place.pop(key, None)  # it was not there before the write
             else:
-                self.keys[key] = old
+                place[key] = old
         elif what == "keys":
             self.keys.update(item[1])
-        elif what == "entry":
-            _, slot, old = item
-            if old is None:
-                state.entries.pop(slot, None)
-            else:
-                state.entries[slot] = old
         elif what == "commit":
             state.commit = item[1]
         elif what == "promised":

@@ -606,7 +606,3 @@ class NodeCore:
     @property
     def waiting_count(self) -> int:
         return len(self._waiting)
-
-    @property
-    def writes_outstanding(self) -> int:
-        return len(self._writes)
