@@ -177,7 +177,7 @@ def paxq_cluster(batch: int = 1024, window: int = 32, extra: tuple[str, ...] = (
                     [
                         *(sys.executable, "-m", "paxq.ops.cli", "node", "--cluster", "bench"),
                         *("--id", str(node), "--data", str(data / f"node{node}")),
-                        *("--peers", peers, "--clients", clients),
+                        *("--peers", peers, "--clients", clients, "--bootstrap"),
                         *("--batch-max", str(batch), "--window", str(window), *extra),
                     ],
                     stdout=log,

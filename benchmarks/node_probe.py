@@ -39,7 +39,7 @@ async def probe(concurrency: int, commands: int, size: int) -> tuple[float, int,
     nodes = []
     async with trio.open_nursery() as nursery:
         for i in range(3):
-            journal = RocksJournal.open(data / f"n{i}", Identity("probe", i))
+            journal = RocksJournal.open(data / f"n{i}", Identity("probe", i), True)
             node = Node(NodeSettings(PeerSettings("probe", i, addresses), config), journal)
             nodes.append(node)
             await nursery.start(node.run)

@@ -5,6 +5,13 @@ from __future__ import annotations
 import subprocess
 
 
+def tree_commit(tree: object) -> str:
+    """The short hash of HEAD in another checkout (a baseline tree)."""
+    return subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+
+
 def git_commit() -> str:
     """The short hash of HEAD, marked when the tree has uncommitted changes."""
     head = subprocess.run(

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import trio
-from provenance import git_commit
+from provenance import git_commit, tree_commit
 
 from paxq.client import Client
 from paxq.ops.admin import gather_status
@@ -52,8 +52,13 @@ def _import_root(tree: Path, scratch: Path) -> Path:
 
 
 class Cluster:
-    def __init__(self, name: str, data: Path, pythonpath: Path | None) -> None:
+    def __init__(
+        self, name: str, data: Path, pythonpath: Path | None, tree: Path | None = None
+    ) -> None:
         self.name = name
+        # Trees from before the explicit bootstrap start a new cluster without the flag.
+        cli = (tree or Path(__file__).resolve().parents[1]) / "ops" / "cli.py"
+        self.bootstrap = ("--bootstrap",) if "--bootstrap" in cli.read_text() else ()
         self.data = data
         ports = _ports(6)
         self.peers = ",".join(f"{i}=127.0.0.1:{ports[i]}" for i in range(3))
@@ -65,20 +70,25 @@ class Cluster:
         self.procs: list[subprocess.Popen] = []
 
     def start(self) -> None:
-        for node in range(3):
-            log = open(self.data / f"node{node}.log", "ab")  # noqa: SIM115 (the child writes it)
-            self.procs.append(
-                subprocess.Popen(
-                    [
-                        *(sys.executable, "-m", "paxq.ops.cli", "node", "--cluster", "bench"),
-                        *("--id", str(node), "--data", str(self.data / f"node{node}")),
-                        *("--peers", self.peers, "--clients", self.clients),
-                    ],
-                    stdout=log,
-                    stderr=log,
-                    env=self.env,
-                )
-            )
+        self.procs = [self._spawn(node) for node in range(3)]
+
+    def restart(self, node: int) -> None:
+        """Start `node` again on its data (after it was killed)."""
+        self.procs[node] = self._spawn(node)
+
+    def _spawn(self, node: int) -> subprocess.Popen:
+        log = open(self.data / f"node{node}.log", "ab")  # noqa: SIM115 (the child writes it)
+        return subprocess.Popen(
+            [
+                *(sys.executable, "-m", "paxq.ops.cli", "node", "--cluster", "bench"),
+                *("--id", str(node), "--data", str(self.data / f"node{node}")),
+                *("--peers", self.peers, "--clients", self.clients),
+                *self.bootstrap,  # the first start of the cluster (moot on a restart)
+            ],
+            stdout=log,
+            stderr=log,
+            env=self.env,
+        )
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -135,17 +145,14 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=400, help="publishes per round")
     args = parser.parse_args()
     base_tree = args.baseline_tree.resolve()
-    base_commit = subprocess.run(
-        ["git", "-C", str(base_tree), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    base_commit = tree_commit(base_tree)
     scratch = Path(tempfile.mkdtemp(prefix="paxq-single-"))
     try:
         builds = {
             f"baseline {base_commit}": _import_root(base_tree, scratch),
             f"this {git_commit()}": None,
         }
+        trees = {f"baseline {base_commit}": base_tree}
         figures: dict[str, list[float]] = {name: [] for name in builds}
         syncs: dict[str, dict[str, list[float]]] = {name: {} for name in builds}
         print(f"single publish, 100 B, 3 nodes, {args.rounds} rounds x {args.count} each")
@@ -154,7 +161,7 @@ def main() -> None:
             for name in order:
                 data = scratch / f"{name.split()[0]}-{round_}"
                 data.mkdir()
-                cluster = Cluster(name, data, builds[name])
+                cluster = Cluster(name, data, builds[name], trees.get(name))
                 cluster.start()
                 try:
                     latencies, per = trio.run(_round, cluster, args.count)

@@ -7,7 +7,15 @@ from collections.abc import Iterable
 
 from paxq.storage import Batch, JournalState
 
-from .paxos import AcceptRecord, Ballot, CommitRecord, DurableState, PromiseRecord, Record
+from .paxos import (
+    AcceptRecord,
+    Ballot,
+    CommitRecord,
+    DurableState,
+    PromiseRecord,
+    Record,
+    VotingRecord,
+)
 
 
 def batch_of(records: Iterable[Record]) -> Batch:
@@ -23,6 +31,8 @@ def batch_of(records: Iterable[Record]) -> Batch:
             batch.commit = record.commit
         elif kind is PromiseRecord:
             batch.promised = record.ballot
+        elif kind is VotingRecord:
+            batch.voting = record.voting
         else:
             raise TypeError(f"not a paxos record: {record!r}")
     return batch
@@ -39,4 +49,5 @@ def durable_state(state: JournalState) -> DurableState:
         log={slot: (Ballot(*ballot), value) for slot, (ballot, value) in state.entries.items()},
         commit=max(state.commit, state.snapshot_slot),
         log_start=state.log_start,
+        voting=state.voting,
     )

@@ -374,6 +374,12 @@ class Client:
                         if retry is Retry.NEVER:
                             raise error
                         sent = True
+                        # A deposed leader answers at once, naming its successor if it
+                        # knows one: resend there without a pause.
+                        hint = reply.get("leader")
+                        if hint is not None and self._follow(connection, hint) and redirects < 3:
+                            redirects += 1
+                            pause = False
                     elif not isinstance(error, Overloaded):
                         if (
                             sent

@@ -17,7 +17,7 @@ from anyio.abc import ByteStream, TaskGroup
 
 from .errors import PaxqError, UnsupportedVersion, error_from_reply
 from .wire import FRAME_BYTES_MAX, FrameDecoder, WireError, encode_frame
-from .wire.protocol import HELLO
+from .wire.protocol import HELLO, PING
 
 Address = tuple[str, int]
 
@@ -62,6 +62,10 @@ _ABANDONED_MAX = 1024
 _SETTLE_S = 10.0
 #: the most bytes read from the socket at once
 _READ_BYTES = 1 << 16
+#: a connection with requests waiting that hears nothing for this long is taken for dead (a
+#: paused or cut-off node keeps its socket open and answers nothing); a ping goes out after
+#: a third of it, so a node that is only slow to commit says so in time
+SILENCE_S = 1.5
 #: errors that mean the connection is gone
 _BROKEN = (
     anyio.EndOfStream,
@@ -77,7 +81,13 @@ class Connection:
     ConnectionLost if the connection ends first. A reader task (in the task group given to
     `open`) hands replies to their requests."""
 
-    def __init__(self, stream: ByteStream, address: Address, frame_bytes_max: int) -> None:
+    def __init__(
+        self,
+        stream: ByteStream,
+        address: Address,
+        frame_bytes_max: int,
+        silence_s: float | None = SILENCE_S,
+    ) -> None:
         self.address = address
         self.node: int | None = None
         self.leader: str | None = None  # the node's leader when it said hello, if known
@@ -94,6 +104,9 @@ class Connection:
         self._abandoned: OrderedDict[int, tuple[str, dict]] = OrderedDict()
         self.on_orphan: Callable[[str, dict, dict], Awaitable[None]] | None = None
         self._group: TaskGroup | None = None
+        #: None: never give up on a silent node (tools that wait on one node on purpose)
+        self.silence_s = silence_s
+        self._heard = 0.0  # when the node last sent anything, or the first request waited
 
     @classmethod
     async def open(
@@ -103,13 +116,14 @@ class Connection:
         *,
         timeout_s: float = 5.0,
         frame_bytes_max: int = FRAME_BYTES_MAX,
+        silence_s: float | None = SILENCE_S,
     ) -> Connection:
         """Connect and say hello within `timeout_s`; raises OSError, TimeoutError or a
         PaxqError (e.g. UnsupportedVersion, Overloaded) if the node refuses. The reader
         starts in `task_group` (without one: call `start` before the first request)."""
         with anyio.fail_after(timeout_s):
             stream = await anyio.connect_tcp(*address)
-            connection = cls(stream, address, frame_bytes_max)
+            connection = cls(stream, address, frame_bytes_max, silence_s)
             try:
                 await stream.send(encode_frame(HELLO))
                 answer = await connection._first_frame()
@@ -134,6 +148,36 @@ class Connection:
     def start(self, task_group: TaskGroup) -> None:
         self._group = task_group
         task_group.start_soon(self._read)
+        if self.silence_s is not None:
+            task_group.start_soon(self._watch, self.silence_s)
+
+    async def _watch(self, silence_s: float) -> None:
+        """Fail the connection once it has requests waiting and the node has said nothing
+        for `silence_s`; ping it first, so that a busy node is not taken for a dead one."""
+        step = silence_s / 3
+        pinged = float("-inf")
+        while not self._closed:
+            await anyio.sleep(step)
+            if not self._pending:
+                continue
+            now = anyio.current_time()
+            quiet = now - self._heard
+            if quiet >= silence_s:
+                self._fail(
+                    f"{format_address(self.address)} answered nothing for {quiet:.1f}s "
+                    f"(silence_s={silence_s}): the node is paused, overloaded or cut off"
+                )
+                await anyio.aclose_forcefully(self._stream)
+                return
+            if quiet >= step and pinged <= self._heard:  # the last ping was answered
+                pinged = now
+                frame = encode_frame({"id": next(self._ids), "op": PING})
+                with anyio.move_on_after(step):
+                    try:
+                        async with self._send_lock:
+                            await self._stream.send(frame)
+                    except _BROKEN as error:
+                        self._fail(f"sending failed: {error!r}")
 
     async def _first_frame(self) -> object:
         while True:
@@ -158,6 +202,8 @@ class Connection:
             raise ConnectionLost(self.error or "the connection is closed")
         rid = next(self._ids)
         frame = encode_frame({**fields, "id": rid, "op": op}, self.frame_bytes_max)
+        if not self._pending:
+            self._heard = anyio.current_time()  # silence counts from the first waiting one
         pending = self._pending[rid] = _Pending()
         sending = False
         try:
@@ -213,6 +259,7 @@ class Connection:
         try:
             while True:
                 data = await self._stream.receive(_READ_BYTES)
+                self._heard = anyio.current_time()
                 for reply in self._decoder.feed(data):
                     if not isinstance(reply, dict):
                         raise ConnectionLost(f"unexpected frame {reply!r}")

@@ -62,7 +62,7 @@ def _node(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as error:
         print(f"paxq node: {error}", file=sys.stderr)
         return 2
-    return run(config)
+    return run(config, bootstrap=args.bootstrap)
 
 
 def _traces(args: argparse.Namespace) -> int:
@@ -161,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
         "or a TOML file (--config); flags win.",
     )
     node.add_argument("--config", type=Path, help="a TOML file of settings")
+    node.add_argument(
+        "--bootstrap",
+        action="store_true",
+        help="the first start of a new cluster: a node whose data directory is created now "
+        "votes at once. Without it, a node that finds no data learns from its peers and "
+        "votes only once it has caught up (it may have lost promises it made). Has no "
+        "effect on an existing data directory",
+    )
     node.add_argument("--cluster", help="the cluster's name (default paxq-dev)")
     node.add_argument("--id", type=int, help="this node's id")
     node.add_argument("--data", help="this node's data directory")

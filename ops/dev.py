@@ -92,6 +92,8 @@ def _spawn(
             "--clients",
             clients,
             *(("--metrics", metrics) if metrics else ()),
+            # Its first run creates the cluster; later ones find the data and resume.
+            *(() if (data / f"node{node}").exists() else ("--bootstrap",)),
             *flags,
         ]
         return subprocess.Popen(command, stdout=log, stderr=log)

@@ -35,7 +35,7 @@ def _fewer_malloc_arenas() -> None:
     libc.mallopt(m_arena_max, 2)
 
 
-def run(config: NodeConfig) -> int:
+def run(config: NodeConfig, bootstrap: bool = False) -> int:
     _fewer_malloc_arenas()
     logging.basicConfig(
         level=logging.INFO,
@@ -43,7 +43,7 @@ def run(config: NodeConfig) -> int:
         stream=sys.stderr,
     )
     try:
-        journal = RocksJournal.open(config.data, Identity(config.cluster, config.id))
+        journal = RocksJournal.open(config.data, Identity(config.cluster, config.id), bootstrap)
     except StorageError as error:
         log.error("refusing to start: %s", error)
         return 2

@@ -41,18 +41,22 @@ class JournalState:
     log_start: int = 0
     #: the stored snapshot covers every slot below this one (0: there is none)
     snapshot_slot: int = 0
+    #: False: this node started with no data and was not told to bootstrap a new cluster;
+    #: it may have forgotten promises and votes, so it learns and does not vote yet
+    voting: bool = True
 
 
 class Batch:
     """Writes for one group commit. Later writes to the same item in one batch win."""
 
-    __slots__ = ("commit", "entries", "promised", "truncate_below")
+    __slots__ = ("commit", "entries", "promised", "truncate_below", "voting")
 
     def __init__(self) -> None:
         self.promised: BallotPair | None = None
         self.entries: dict[int, tuple[BallotPair, Value]] = {}
         self.commit: int | None = None
         self.truncate_below: int | None = None
+        self.voting: bool | None = None
 
     def promise(self, ballot: BallotPair) -> None:
         self.promised = ballot
@@ -73,6 +77,7 @@ class Batch:
             or bool(self.entries)
             or self.commit is not None
             or self.truncate_below is not None
+            or self.voting is not None
         )
 
 

@@ -80,6 +80,8 @@ class MemoryDisk:
             state.commit = item[1]
         elif what == "promised":
             state.promised = item[1]
+        elif what == "voting":
+            state.voting = item[1]
         elif what == "start":
             _, log_start, removed = item
             state.log_start = log_start
@@ -97,9 +99,12 @@ class MemoryDisk:
 
 
 class MemoryJournal:
-    def __init__(self, disk: MemoryDisk, identity: Identity) -> None:
+    def __init__(self, disk: MemoryDisk, identity: Identity, bootstrap: bool = False) -> None:
+        """On a blank disk, `bootstrap` says whether this is the first start of a new
+        cluster (the node votes at once) or a node that lost its data (it learns first)."""
         if disk.identity is None:
             disk.identity = identity
+            disk.state.voting = bootstrap
         elif disk.identity != identity:
             raise WrongDataDirectory(f"this disk belongs to {disk.identity}, not to {identity}")
         self.identity = identity
@@ -114,7 +119,12 @@ class MemoryJournal:
                     f"memory:{self.identity}", b"entry %d" % slot, "checksum mismatch"
                 )
         return JournalState(
-            state.promised, dict(state.entries), state.commit, state.log_start, state.snapshot_slot
+            state.promised,
+            dict(state.entries),
+            state.commit,
+            state.log_start,
+            state.snapshot_slot,
+            state.voting,
         )
 
     def write(self, batch: Batch, sync: bool = True) -> None:
@@ -141,6 +151,9 @@ class MemoryJournal:
         if batch.commit is not None:
             undo.append(("commit", state.commit))
             state.commit = batch.commit
+        if batch.voting is not None:
+            undo.append(("voting", state.voting))
+            state.voting = batch.voting
         return disk.log(undo)
 
     def save_snapshot(self, slot: int, chunks: Sequence[bytes], truncate_below: int) -> None:

@@ -6,6 +6,7 @@ Layout (raw byte keys):
     promise         [round, node]
     commit          commit point
     start           first slot still in the log
+    voting          false while a node that started without data may not vote yet
     e + slot(8 BE)  [round, node, [command, ...]]
     snapshot        [slot, chunk count]
     k + index(4 BE) one chunk of the snapshot (bytes)
@@ -41,6 +42,7 @@ from .journal import (
 from .keyspace import seal, unseal
 
 _META, _PROMISE, _COMMIT, _START = b"meta", b"promise", b"commit", b"start"
+_VOTING = b"voting"
 _ENTRY = b"e"
 _SNAPSHOT, _CHUNK = b"snapshot", b"k"
 _APP = b"P"  # sorts before every journal key: the log scan (from b"e") never meets it
@@ -76,7 +78,12 @@ class RocksJournal:
         self._snapshot: tuple[int, int] = (0, 0)  # slot, chunk count
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], identity: Identity) -> RocksJournal:
+    def open(
+        cls, path: str | os.PathLike[str], identity: Identity, bootstrap: bool = False
+    ) -> RocksJournal:
+        """Open (or create) the journal at `path`. Creating one, `bootstrap` says whether
+        this is the first start of a new cluster (the node votes at once) or a node whose
+        data is gone (it must learn before it votes); on an existing journal it is moot."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise WrongDataDirectory(f"{path} is not a directory")
@@ -96,7 +103,7 @@ class RocksJournal:
             raise StorageUnavailable(f"cannot open the journal at {path}: {error}") from error
         journal = cls(db, path, identity)
         try:
-            journal._check_identity(fresh)
+            journal._check_identity(fresh, bootstrap)
             # Writes before any load() must still know where the log and snapshot stand.
             journal._log_start = journal._read_int(_START)
             journal._snapshot = journal._snapshot_meta()
@@ -105,7 +112,7 @@ class RocksJournal:
             raise
         return journal
 
-    def _check_identity(self, fresh: bool) -> None:
+    def _check_identity(self, fresh: bool, bootstrap: bool) -> None:
         stored = self._read(_META)
         if stored is None:
             if not fresh:
@@ -113,6 +120,7 @@ class RocksJournal:
             meta = {"format": FORMAT, "cluster": self.identity.cluster, "node": self.identity.node}
             batch = WriteBatch(raw_mode=True)
             batch.put(_META, _seal(_META, meta))
+            batch.put(_VOTING, _seal(_VOTING, bootstrap))
             self._commit_batch(batch)
             return
         if not isinstance(stored, dict) or stored.get("format") != FORMAT:
@@ -134,6 +142,10 @@ class RocksJournal:
             state.promised = self._ballot(_PROMISE, promised)
         state.commit = self._read_int(_COMMIT)
         state.log_start = self._read_int(_START)
+        voting = self._read(_VOTING)
+        if voting is not None and type(voting) is not bool:
+            raise CorruptRecord(str(self.path), _VOTING, f"not a boolean: {voting!r}")
+        state.voting = voting is not False  # absent: a journal from before the rule, voting
         self._snapshot = self._snapshot_meta()
         state.snapshot_slot = self._snapshot[0]
         try:
@@ -270,6 +282,8 @@ class RocksJournal:
                 out.put(key, _seal(key, [round_, node, list(value)]))
         if batch.commit is not None:
             out.put(_COMMIT, _seal(_COMMIT, batch.commit))
+        if batch.voting is not None:
+            out.put(_VOTING, _seal(_VOTING, batch.voting))
         self._commit_batch(out, sync)
         self._log_start = start
 

@@ -82,6 +82,11 @@ class Cluster:
         self[node].campaign()
         self._drain(node)
 
+    def inject(self, node: int, message: Message) -> None:
+        """Hand `node` a message no replica of this cluster sent."""
+        self[node].step(message)
+        self._drain(node)
+
     def propose(self, node: int, *commands: bytes) -> None:
         for command in commands:
             assert self[node].propose(command) is ProposeResult.QUEUED

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from paxq.broker.machine import MachineError, QueueMachine
 from paxq.broker.node.core import NodeCore
 from paxq.broker.node.transfer import Assembler
-from paxq.broker.paxos import ZERO, Accepted, Replica
+from paxq.broker.paxos import ZERO, Accepted, Replica, Role
 from paxq.client.wire import ErrorCode
 from paxq.storage import KeySpace
 
@@ -124,3 +124,22 @@ def expiring_on_local_clock(keys: KeySpace, clock: Callable[[], int]) -> QueueMa
             super().advance(clock())
 
     return LocalClock(keys)
+
+
+class CampaignsRegardless(Replica):
+    """Campaigns on every election timeout, without asking for a pre-vote first: a node cut
+    off from a healthy leader raises its round and deposes the leader once healed."""
+
+    def _on_election_timeout(self) -> None:
+        if self.role is Role.CANDIDATE:
+            self._failed_campaigns += 1
+        self._campaign()
+
+
+class VotesAtOnce(Replica):
+    """A replica that lost its data and votes at once, promises and acceptances it made
+    before forgotten (no learning first)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.voting = True

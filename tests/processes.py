@@ -27,7 +27,10 @@ class Cluster:
         self.created = False
         self.extra: list[str] = []  # more flags for every node
 
-    def start(self, node: int) -> None:
+    def start(self, node: int, bootstrap: bool | None = None) -> None:
+        """`bootstrap` None: on the node's first start here (as `paxq dev` does)."""
+        if bootstrap is None:
+            bootstrap = not (self.data / f"node{node}").exists()
         log = open(self.data / f"node{node}.log", "ab")  # noqa: SIM115 (the child writes it)
         self.procs[node] = subprocess.Popen(
             [
@@ -45,6 +48,7 @@ class Cluster:
                 self.peers,
                 "--clients",
                 self.clients,
+                *(("--bootstrap",) if bootstrap else ()),
                 *self.extra,
             ],
             stdout=log,

@@ -31,7 +31,7 @@ async def serving(
     nodes, ports = {}, {}
     async with trio.open_nursery() as nursery:
         for i in range(size):
-            journal = RocksJournal.open(tmp_path / f"n{i}", Identity("t", i))
+            journal = RocksJournal.open(tmp_path / f"n{i}", Identity("t", i), True)
             settings = NodeSettings(PeerSettings("t", i, peers), config, command_timeout_s=0.3)
             nodes[i] = Node(
                 settings,

@@ -5,6 +5,7 @@ Each phase is bounded in time; every process started is stopped by pid at the en
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 
 import pytest
@@ -134,3 +135,41 @@ async def test_a_follower_behind_a_snapshot_catches_up_after_a_restart(cluster) 
         status = {s["node"]: s for s in await cluster.statuses() if "node" in s}[follower]
     assert status["snapshots"]["installed"] >= 1
     assert status["snapshot"] > behind
+
+
+async def test_a_node_whose_data_is_gone_learns_and_votes_only_once_it_may(cluster) -> None:
+    acked: dict[int, bytes] = {}
+    for node in range(3):
+        cluster.start(node)
+    with trio.fail_after(PHASE_S):
+        leader = await cluster.leader()
+        await write_under_load(cluster, acked, 40, "a")
+    wiped, other = (leader + 1) % 3, (leader + 2) % 3
+    cluster.kill(wiped)
+    cluster.kill(other)
+    shutil.rmtree(cluster.data / f"node{wiped}")  # its disk replaced by a blank one
+    cluster.start(wiped, bootstrap=False)
+    with trio.fail_after(PHASE_S):
+        while True:
+            statuses = {s["node"]: s for s in await cluster.statuses() if "node" in s}
+            if wiped in statuses and statuses[wiped]["leader"] == leader:
+                break
+            await trio.sleep(0.05)
+    assert statuses[wiped]["role"] == "learner" and statuses[wiped]["voting"] is False
+    # The leader and a node that lost its data are not a majority: nothing is acknowledged.
+    with trio.fail_after(PHASE_S):
+        assert await cluster.append(b"no quorum") is None
+        statuses = {s["node"]: s for s in await cluster.statuses() if "node" in s}
+    assert statuses[wiped]["voting"] is False, "it voted before it had learned"
+    log = (cluster.data / f"node{wiped}.log").read_text()
+    assert "does not vote until it has seen new slots chosen" in log
+    # The third node returns: slots are chosen again, the learner catches up and votes.
+    cluster.start(other)
+    with trio.fail_after(PHASE_S):
+        await write_under_load(cluster, acked, 40, "b")
+        await all_hold(cluster, acked)
+        while not {s["node"]: s for s in await cluster.statuses() if "node" in s}[wiped].get(
+            "voting"
+        ):
+            await trio.sleep(0.05)
+    assert "voting from now on" in (cluster.data / f"node{wiped}.log").read_text()

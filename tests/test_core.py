@@ -9,7 +9,15 @@ from paxq.broker.machine import command
 from paxq.broker.node.core import OK, CoreSettings, NodeCore, Write
 from paxq.broker.node.machines import LogMachine
 from paxq.broker.node.transfer import SnapshotChunk
-from paxq.broker.paxos import Accept, Accepted, CommitRecord, Config, Prepare, Role
+from paxq.broker.paxos import (
+    Accept,
+    Accepted,
+    CatchupRequest,
+    CommitRecord,
+    Config,
+    Prepare,
+    Role,
+)
 from paxq.storage import Identity, JournalState, MemoryDisk, MemoryJournal
 
 
@@ -26,6 +34,7 @@ class Driver:
         self.network: list[tuple[int, int, object]] = []
         self.replies: list[tuple[object, str, object, int | None]] = []
         self.ships: dict[int, tuple[int, int, list[bytes]]] = {}
+        self.opened: list[tuple[int, int]] = []  # (sender, receiver) of each transfer
 
     def _core(self, node: int) -> NodeCore:
         return NodeCore(
@@ -39,6 +48,7 @@ class Driver:
             self.network += [(node, dst, m) for dst, m in effects.send]
             self.replies += effects.replies
             for peer in effects.ship_open:
+                self.opened.append((node, peer))
                 view = self.journals[node].snapshot_view()
                 count, chunks = LogMachine.shipped(view, 1 << 20)
                 self.ships[peer] = (view.slot, count, list(chunks))
@@ -150,7 +160,8 @@ def test_waiters_are_told_apart_by_token_even_for_equal_commands() -> None:
     assert answered == [("first", OK), ("second", OK)]
 
 
-def test_a_lagging_follower_receives_the_snapshot_in_chunks_and_installs_it() -> None:
+def _behind_a_snapshot() -> tuple[Driver, NodeCore]:
+    """Node 2 hears nothing while 12 commands are chosen and the leader compacts its log."""
     d = Driver(snapshot_every_slots=4, snapshot_keep_slots=0)
     leader = d.elect(0)
     d.network = [e for e in d.network if e[1] != 2]
@@ -162,6 +173,11 @@ def test_a_lagging_follower_receives_the_snapshot_in_chunks_and_installs_it() ->
         d.network = [e for e in d.network if e[1] != 2]
         d.deliver()
     d.settle()
+    return d, leader
+
+
+def test_a_lagging_follower_receives_the_snapshot_in_chunks_and_installs_it() -> None:
+    d, leader = _behind_a_snapshot()
     assert leader.snapshot_at >= 4 and leader.replica.log_start > 0
     for _ in range(d.config.heartbeat_ticks):
         leader.tick(0)
@@ -172,6 +188,42 @@ def test_a_lagging_follower_receives_the_snapshot_in_chunks_and_installs_it() ->
     assert follower.replica.commit == leader.replica.commit
     assert follower.machine.length == leader.machine.length
     assert leader.snapshots_sent >= 1
+
+
+def test_a_request_sent_before_the_install_starts_no_second_transfer() -> None:
+    d, leader = _behind_a_snapshot()
+    for _ in range(d.config.heartbeat_ticks):
+        leader.tick(0)
+    d.drain(0)
+    d.deliver(to=2)
+    follower = d.cores[2]
+    for _ in range(d.config.catchup_retry_ticks):  # unanswered so far: it asks again
+        follower.tick(0)
+    d.drain(2)
+    requests = [e for e in d.network if type(e[2]) is CatchupRequest]
+    assert len(requests) == 2
+    d.network = [e for e in d.network if e is not requests[1]]
+    d.settle()
+    assert follower.snapshots_installed == 1 and d.opened == [(0, 2)]
+    d.network.append(requests[1])  # the late one arrives after the install
+    d.settle()
+    assert d.opened == [(0, 2)], "one transfer per need"
+    assert follower.replica.commit == leader.replica.commit
+
+
+def test_a_deposed_leader_answers_its_waiters_at_once() -> None:
+    d = Driver()
+    leader = d.elect(0)
+    leader.command(command(b"s" * 8, 1, "noop", {}), "w", 1000)
+    d.drain(0)
+    d.network.clear()  # its accepts are lost: the slot may or may not be chosen later
+    d.cores[1].replica.campaign()
+    d.drain(1)
+    d.finish_writes(1)
+    d.deliver(Prepare, to=0)
+    assert leader.replica.role is not Role.LEADER
+    assert [(w, outcome) for w, outcome, _, _ in d.replies] == [("w", "unknown")]
+    assert leader.waiting_count == 0
 
 
 def test_a_stopped_core_answers_every_waiter_unknown() -> None:

@@ -36,7 +36,7 @@ async def running(data: Path, addresses: dict, nodes: list[int] | None = None, *
     started: dict[int, Node] = {}
     async with trio.open_nursery() as nursery:
         for node_id in ids:
-            journal = RocksJournal.open(data / f"node{node_id}", Identity("test", node_id))
+            journal = RocksJournal.open(data / f"node{node_id}", Identity("test", node_id), True)
             settings = NodeSettings(PeerSettings("test", node_id, addresses), config, **overrides)
             node = Node(settings, journal, log_machine)
             started[node_id] = node
@@ -152,7 +152,7 @@ async def test_a_node_behind_a_compacted_log_gets_the_snapshot_then_the_tail(
 
 async def test_a_stored_snapshot_that_does_not_match_its_slot_is_refused(tmp_path: Path) -> None:
     addresses = await free_addresses(1)
-    journal = RocksJournal.open(tmp_path / "node0", Identity("test", 0))
+    journal = RocksJournal.open(tmp_path / "node0", Identity("test", 0), True)
     journal.save_snapshot(5, LogMachine().snapshot(1 << 20), truncate_below=0)  # ends at 0
     settings = NodeSettings(PeerSettings("test", 0, addresses), Config(nodes=(0,)))
     with pytest.raises(CorruptRecord, match="ends at slot 0, not at 5"):

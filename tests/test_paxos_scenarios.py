@@ -6,6 +6,8 @@ protocol: who may lead, what a new leader must propose again, when a slot counts
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from harness import Cluster, between, of, to
 
@@ -19,8 +21,12 @@ from paxq.broker.paxos import (
     CatchupRequest,
     Config,
     ConfigError,
+    DurableState,
     Heartbeat,
+    Message,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     ProposeResult,
     Reject,
@@ -49,9 +55,64 @@ def test_a_campaign_with_a_majority_of_promises_elects_a_leader() -> None:
 def test_a_follower_campaigns_after_its_randomized_election_timeout() -> None:
     c = Cluster(3, election_ticks_base=10)
     c.tick(1, 9)
-    assert not c.messages(Prepare), "no campaign before the base timeout"
+    assert not c.messages(PreVote), "no campaign before the base timeout"
     c.tick(1, 11)  # the timeout is drawn from [base, 2 * base)
+    assert sorted(dst for _, dst, _ in c.messages(PreVote)) == [0, 2], "a pre-vote first"
+    assert c[1].role is Role.FOLLOWER and c[1].promised == Ballot(0, -1), "nothing raised yet"
+    c.deliver(of(PreVote))
+    c.deliver(of(PreVoteReply))  # nobody hears a leader: granted
     assert c[1].role is Role.CANDIDATE
+    c.stabilize()
+    assert c[1].role is Role.LEADER
+
+
+def _isolate(node: int) -> Callable[[int, int, Message], bool]:
+    return lambda src, dst, m: src == node or dst == node
+
+
+def test_a_node_cut_off_from_a_live_leader_never_raises_its_round() -> None:
+    c = Cluster(3, election_ticks_base=10)
+    c.elect(0)
+    ballot = c[0].ballot
+    for _ in range(300):  # node 2 alone: its pre-votes and the leader's heartbeats are lost
+        for node in range(3):
+            c.tick(node)
+        c.drop(_isolate(2))
+        c.stabilize()
+    assert c[2].promised == ballot, "its failed pre-votes raised nothing"
+    assert c[2].role is Role.FOLLOWER
+    for _ in range(50):  # healed: it follows again, and deposes nobody
+        for node in range(3):
+            c.tick(node)
+        c.stabilize()
+    assert c[0].role is Role.LEADER and c[0].ballot == ballot
+    assert c[2].leader_hint == 0
+
+
+def test_a_bridge_partition_keeps_its_leader() -> None:
+    """Leader 0 and node 2 cannot reach each other; node 1 reaches both. Node 2 asks for a
+    pre-vote, node 1 still hears the leader and refuses: nobody campaigns."""
+    c = Cluster(3, election_ticks_base=10)
+    c.elect(0)
+    ballot = c[0].ballot
+    cut = between(0, 2)
+    for _ in range(300):
+        for node in range(3):
+            c.tick(node)
+        c.drop(cut)
+        c.stabilize()
+    assert c[0].role is Role.LEADER and c[0].ballot == ballot
+    assert c[1].promised == c[2].promised == ballot
+
+
+def test_a_pre_vote_learns_the_promises_it_must_campaign_above() -> None:
+    c = Cluster(3, election_ticks_base=10)
+    c.inject(2, Prepare(0, Ballot(7, 0), 0))  # node 2 promised a round node 1 never saw
+    c.drop(lambda src, dst, m: True)
+    c.tick(1, 20)
+    c.deliver(of(PreVote))
+    c.deliver(lambda src, dst, m: isinstance(m, PreVoteReply) and src == 2)
+    assert c[1].role is Role.CANDIDATE and c[1].ballot == Ballot(8, 1)
     c.stabilize()
     assert c[1].role is Role.LEADER
 
@@ -420,7 +481,7 @@ def test_compacted_slots_are_answered_with_a_snapshot_request() -> None:
         c[0].compact(99)
     c[0].step(CatchupRequest(2, 0))
     ready = c[0].ready()
-    assert ready is not None and ready.snapshot_requests == [(2, 2)]
+    assert ready is not None and ready.snapshot_requests == [(2, 0)]
     # The runtime ships the snapshot; the replica then resumes from its end.
     c.applied[2] = c.applied[0][:2]
     c[2].install_snapshot(2)
@@ -718,3 +779,46 @@ def test_duplicated_catch_up_replies_do_not_multiply_requests() -> None:
         if c[2].commit == 40:
             break
     assert c[2].commit == 40 and c.applied[2] == c.applied[0]
+
+
+# ------------------------------------------------------------------------ a lost disk
+
+
+def test_a_replica_that_lost_its_data_learns_before_it_votes() -> None:
+    c = Cluster(3, election_ticks_base=10, window_slots_max=4)
+    c.elect(0)
+    c.propose(0, b"a", b"b")
+    c.stabilize()
+    c.disks[2] = DurableState(voting=False)  # its disk replaced by a blank one
+    c.restart(2)
+    learner = c[2]
+    assert not learner.voting
+    # No vote of any kind: no promise to a candidate, no grant, no campaign of its own.
+    c.inject(2, Prepare(1, Ballot(9, 1), 0))
+    c.inject(2, PreVote(1, Ballot(9, 1)))
+    assert not c.messages(Promise) and not [m for _, _, m in c.messages(PreVoteReply) if m.granted]
+    c.drop(lambda src, dst, m: True)
+    c.tick(2, 100)
+    assert learner.role is Role.FOLLOWER and not c.messages(PreVote)
+    # It follows the leader and learns; it acknowledges no accept while it learns.
+    c.propose(0, b"c")
+    c.deliver(of(Accept))
+    assert not [m for src, _, m in c.messages(Accepted) if src == 2]
+    # Idle, the leader proposes no-ops for it until slots begun after its restart are
+    # chosen; then it votes again, and says so durably.
+    for _ in range(200):
+        for node in range(3):
+            c.tick(node)
+        c.stabilize()
+        if learner.voting:
+            break
+    assert learner.voting and c.disks[2].voting
+    # Past a whole window beyond the commit point it heard of first (1: slot 0 held "a b").
+    assert c[0].commit >= learner.commit > 1 + c.config.window_slots_max
+    for _ in range(2):  # the last learning ack may ask for one more no-op
+        c.tick(0, c.config.heartbeat_ticks)
+        c.stabilize()
+    assert c.applied[2] == c.applied[0]
+    c.propose(0, b"d")
+    c.deliver(of(Accept))
+    assert [m for src, _, m in c.messages(Accepted) if src == 2], "it votes again"

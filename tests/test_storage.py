@@ -19,6 +19,7 @@ from paxq.broker.paxos import (
     CommitRecord,
     DurableState,
     PromiseRecord,
+    VotingRecord,
 )
 from paxq.broker.persist import batch_of, durable_state
 from paxq.storage import (
@@ -43,8 +44,10 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     """Opens the journal of one node; calling it again reopens the same data."""
     if request.param == "memory":
         disk = MemoryDisk()
-        return lambda identity=ME: MemoryJournal(disk, identity)
-    return lambda identity=ME: RocksJournal.open(tmp_path / "journal", identity)
+        return lambda identity=ME, bootstrap=True: MemoryJournal(disk, identity, bootstrap)
+    return lambda identity=ME, bootstrap=True: RocksJournal.open(
+        tmp_path / "journal", identity, bootstrap
+    )
 
 
 def batch(**items) -> Batch:
@@ -62,6 +65,27 @@ def batch(**items) -> Batch:
 
 def test_a_fresh_journal_is_empty(opener: Opener) -> None:
     assert opener().load() == JournalState(NO_BALLOT, {}, 0, 0)
+
+
+def test_a_journal_created_without_bootstrap_does_not_vote_until_told(opener: Opener) -> None:
+    journal = opener(bootstrap=False)
+    assert journal.load().voting is False
+    batch = Batch()
+    batch.voting = True
+    journal.write(batch)
+    journal.close()
+    assert opener(bootstrap=False).load().voting is True, "bootstrap matters only at creation"
+
+
+def test_a_rocks_journal_from_before_the_voting_rule_votes(tmp_path: Path) -> None:
+    from rocksdict import Rdict
+
+    path = tmp_path / "journal"
+    RocksJournal.open(path, ME, bootstrap=False).close()
+    raw = Rdict(str(path))
+    del raw[b"voting"]
+    raw.close()
+    assert RocksJournal.open(path, ME).load().voting is True
 
 
 def test_what_was_written_survives_a_close_and_reopen(opener: Opener) -> None:
@@ -288,11 +312,13 @@ def test_records_through_the_journal_rebuild_what_replaying_them_would() -> None
         CommitRecord(2),
         PromiseRecord(Ballot(5, 0)),
         AcceptRecord(2, Ballot(5, 0), ()),
+        VotingRecord(True),
     ]
-    replayed = DurableState()
+    replayed = DurableState(voting=False)
     for record in records:
         replayed.apply(record)
-    journal = MemoryJournal(MemoryDisk(), ME)
+    journal = MemoryJournal(MemoryDisk(), ME)  # a node that lost its data, learning
+    assert durable_state(journal.load()).voting is False
     journal.write(batch_of(records[:4]))
     journal.write(batch_of(records[4:]))
     assert durable_state(journal.load()) == replayed

@@ -23,6 +23,8 @@ from paxq.broker.paxos import (
     Heartbeat,
     HeartbeatAck,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     Reject,
 )
@@ -102,6 +104,8 @@ slots = st.integers(0, 1 << 40)
 ballot = st.builds(Ballot, st.integers(0, 1 << 40), st.integers(0, 2))
 value = st.lists(st.binary(max_size=8), max_size=8).map(tuple)
 messages = st.one_of(
+    st.builds(PreVote, nodes, ballot),
+    st.builds(PreVoteReply, nodes, ballot, st.booleans(), ballot),
     st.builds(Prepare, nodes, ballot, slots),
     st.builds(
         Promise,
@@ -114,7 +118,7 @@ messages = st.one_of(
     st.builds(Accepted, nodes, ballot, slots),
     st.builds(Reject, nodes, ballot, ballot),
     st.builds(Heartbeat, nodes, ballot, slots),
-    st.builds(HeartbeatAck, nodes, ballot, slots),
+    st.builds(HeartbeatAck, nodes, ballot, slots, st.booleans()),
     st.builds(CatchupRequest, nodes, slots),
     st.builds(CatchupReply, nodes, slots, st.lists(value, max_size=4).map(tuple), slots),
     st.integers(1, 50).flatmap(
@@ -155,6 +159,7 @@ def test_every_message_round_trips_through_a_frame(message) -> None:
         ([10, 0, 5, 0, 0, b"x"], "chunk count"),
         ([10, 0, 5, 0, 1, "text"], "byte string"),
         ([11, 0, 5, -1], "received"),
+        ([14, 0, 1, 0, 1, 1, 0], "granted must be a boolean"),
     ],
 )
 def test_malformed_peer_messages_are_refused_with_a_typed_error(body, complaint) -> None:
@@ -171,7 +176,7 @@ def test_arbitrary_input_decodes_to_a_message_or_a_typed_error(body) -> None:
 
 
 @given(
-    st.integers(1, 11).flatmap(
+    st.integers(1, 14).flatmap(
         lambda tag: st.tuples(
             st.just(tag),
             st.lists(

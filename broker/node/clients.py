@@ -34,7 +34,7 @@ from collections.abc import Callable
 import trio
 
 from paxq.client.wire import ErrorCode, FrameDecoder, FrameTooLarge, WireError, encode_frame
-from paxq.client.wire.protocol import COMMANDS, PROTOCOL_VERSION, WAIT_MS_MAX
+from paxq.client.wire.protocol import COMMANDS, PING, PROTOCOL_VERSION, WAIT_MS_MAX
 
 from ..machine import MachineError
 from ..machine import command as command_bytes
@@ -229,6 +229,9 @@ class ClientPort:
         if op == "cancel":
             self._cancel(session, rid, request)
             return
+        if op == PING:
+            session.answer({"id": rid, "ok": True, "result": {}})
+            return
         if op not in COMMANDS:
             session.answer(self._handle(rid, request))
             return
@@ -267,7 +270,11 @@ class ClientPort:
             return _encode({"id": rid, "ok": True, "result": value}, self.frame_bytes_max)
         reply = _error(rid, _FAILURES[kind], kind)
         leader = self.node.replica.leader_hint
-        if kind == "not leader" and leader in self.client_addresses:
+        if (
+            kind in ("not leader", "unknown")
+            and leader != self.node.id
+            and leader in self.client_addresses
+        ):
             host, port = self.client_addresses[leader]
             reply["leader"] = f"{host}:{port}"
         return encode_frame(reply)

@@ -7,11 +7,13 @@
     Accepted       [4, src, round, node, slot]
     Reject         [5, src, round, node, promised_round, promised_node]
     Heartbeat      [6, src, round, node, commit]
-    HeartbeatAck   [7, src, round, node, commit]
+    HeartbeatAck   [7, src, round, node, commit, voting]
     CatchupRequest [8, src, from_slot]
     CatchupReply   [9, src, from_slot, [value, ...], commit]
     SnapshotChunk  [10, src, slot, index, count, data]      (node level: see transfer.py)
     SnapshotAck    [11, src, slot, received]
+    PreVote        [13, src, round, node]
+    PreVoteReply   [14, src, round, node, granted, promised_round, promised_node]
 
 where value = [command bytes, ...]. The core trusts message fields (it tolerates crashes, not
 lies), so decoding checks every type and range, and every batch against the configured bounds,
@@ -37,6 +39,8 @@ from ..paxos import (
     HeartbeatAck,
     Message,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     Reject,
     Value,
@@ -72,7 +76,8 @@ def encode(message: PeerMessage) -> list:
     if kind is Heartbeat:
         return [6, message.src, message.ballot.round, message.ballot.node, message.commit]
     if kind is HeartbeatAck:
-        return [7, message.src, message.ballot.round, message.ballot.node, message.commit]
+        m = message
+        return [7, m.src, m.ballot.round, m.ballot.node, m.commit, m.voting]
     if kind is Prepare:
         return [1, message.src, message.ballot.round, message.ballot.node, message.from_slot]
     if kind is Promise:
@@ -82,6 +87,12 @@ def encode(message: PeerMessage) -> list:
     if kind is Reject:
         m = message
         return [5, m.src, m.rejected.round, m.rejected.node, m.promised.round, m.promised.node]
+    if kind is PreVote:
+        return [13, message.src, message.ballot.round, message.ballot.node]
+    if kind is PreVoteReply:
+        m = message
+        b, p = m.ballot, m.promised
+        return [14, m.src, b.round, b.node, m.granted, p.round, p.node]
     if kind is CatchupRequest:
         return [8, message.src, message.from_slot]
     if kind is CatchupReply:
@@ -108,12 +119,14 @@ class Decoder:
             4: (5, self._accepted),
             5: (6, self._reject),
             6: (5, self._heartbeat),
-            7: (5, self._heartbeat_ack),
+            7: (6, self._heartbeat_ack),
             8: (3, self._catchup_request),
             9: (5, self._catchup_reply),
             10: (6, self._snapshot_chunk),
             11: (4, self._snapshot_ack),
             12: (8, self._traced_accept),
+            13: (4, self._pre_vote),
+            14: (7, self._pre_vote_reply),
         }
 
     def decode(self, body: object) -> PeerMessage:
@@ -168,6 +181,16 @@ class Decoder:
 
     # -------------------------------------------------------------------------- messages
 
+    def _pre_vote(self, b: list) -> PreVote:
+        return PreVote(self._src(b[1]), self._ballot(b[2], b[3]))
+
+    def _pre_vote_reply(self, b: list) -> PreVoteReply:
+        if type(b[4]) is not bool:
+            raise MalformedMessage(f"granted must be a boolean, got {b[4]!r}")
+        return PreVoteReply(
+            self._src(b[1]), self._ballot(b[2], b[3]), b[4], self._ballot(b[5], b[6])
+        )
+
     def _prepare(self, b: list) -> Prepare:
         return Prepare(self._src(b[1]), self._ballot(b[2], b[3]), self._slot(b[4], "from_slot"))
 
@@ -211,7 +234,11 @@ class Decoder:
         return Heartbeat(self._src(b[1]), self._ballot(b[2], b[3]), self._slot(b[4], "commit"))
 
     def _heartbeat_ack(self, b: list) -> HeartbeatAck:
-        return HeartbeatAck(self._src(b[1]), self._ballot(b[2], b[3]), self._slot(b[4], "commit"))
+        if type(b[5]) is not bool:
+            raise MalformedMessage(f"voting must be a boolean, got {b[5]!r}")
+        return HeartbeatAck(
+            self._src(b[1]), self._ballot(b[2], b[3]), self._slot(b[4], "commit"), b[5]
+        )
 
     def _catchup_request(self, b: list) -> CatchupRequest:
         return CatchupRequest(self._src(b[1]), self._slot(b[2], "from_slot"))

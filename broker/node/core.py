@@ -227,8 +227,19 @@ class NodeCore:
         self._saving: tuple[Write, Machine] | None = None  # our own snapshot being stored
         self._installing: tuple[Write, Machine] | None = None  # a received one being stored
         self._shipping: dict[int, _Shipment] = {}
+        self._shipped: dict[int, tuple[int, int]] = {}  # peer -> (slot, tick) of the last done
         self._assembled_tick = 0  # when the transfer being received last made progress
         self._role = Role.FOLLOWER
+        self._voting = self.replica.voting
+        if not self._voting:
+            self._out.notices.append(
+                (
+                    "warning",
+                    "this node has no data of an existing cluster (a new or emptied data "
+                    "directory, not started with --bootstrap): it catches up from its peers "
+                    "and does not vote until it has seen new slots chosen",
+                )
+            )
         self.stopped = False
         #: optional: called (slot, False) before and (slot, True) after a slot is applied
         self.on_apply: Callable[[int, bool], None] | None = None
@@ -343,11 +354,18 @@ class NodeCore:
                 self._carry(ready)
             role = self.replica.role
             if role is not self._role:
+                if self._role is Role.LEADER:
+                    self._deposed()
                 self._role = role
                 if role is Role.CANDIDATE:
                     self.campaigns += 1
                 elif role is Role.LEADER:
                     self.elections_won += 1
+            if self.replica.voting is not self._voting:
+                self._voting = self.replica.voting
+                self._out.notices.append(
+                    ("info", f"caught up to slot {self.replica.commit}: voting from now on")
+                )
         out = self._out
         if not out:
             return None
@@ -374,13 +392,23 @@ class NodeCore:
             waiter = self._waiting.pop(token, None)
             if waiter is not None:
                 out.replies.append((waiter, NOT_LEADER, None, None))
-        for peer, _ in ready.snapshot_requests:
-            if peer not in self._shipping and self.snapshot_at:
+        for peer, from_slot in ready.snapshot_requests:
+            if peer not in self._shipping and self.snapshot_at and not self._has(peer, from_slot):
                 self._shipping[peer] = _Shipment(self._tick)
                 out.ship_open.append(peer)
         every = self.settings.snapshot_every_slots
         if every and self._saving is None and self.machine.slots - self.snapshot_at >= every:
             self._take_snapshot()
+
+    def _has(self, peer: int, from_slot: int) -> bool:
+        """Did `peer` ask before the transfer it has just received reached it? (Catch-up
+        requests repeat while a transfer runs; the late ones must not start another.)"""
+        done = self._shipped.get(peer)
+        return (
+            done is not None
+            and from_slot < done[0]
+            and self._tick - done[1] < self.settings.snapshot_ack_timeout_ticks
+        )
 
     @staticmethod
     def _needs_sync(records: list[Record]) -> bool:
@@ -447,6 +475,15 @@ class NodeCore:
                 waiter = waiting.pop(token, None)
                 if waiter is not None:
                     replies.append((waiter, NOT_LEADER, None, None))
+
+    def _deposed(self) -> None:
+        """Leadership is lost: its batches may still be chosen (a new leader proposes what
+        phase 1 finds) or not. Their waiters hear "unknown" now rather than at their
+        deadline, so that clients resend at once to the new leader: sequenced commands are
+        answered, not applied again, and the rest are harmless or reported."""
+        by_slot, self._by_slot = self._by_slot, {}
+        for _, tokens in by_slot.values():
+            self._answer_unknown(tokens)
 
     def _answer_unknown(self, tokens: tuple[object, ...]) -> None:
         for token in tokens:
@@ -552,6 +589,7 @@ class NodeCore:
             shipment.progress_tick = self._tick
             if shipment.acked >= shipment.count:
                 self.snapshots_sent += 1
+                self._shipped[ack.src] = (shipment.slot, self._tick)
                 self._out.notices.append(
                     (
                         "info",

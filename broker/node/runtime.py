@@ -456,7 +456,8 @@ class Node:
         core = self.core
         return {
             "node": self.id,
-            "role": r.role.name.lower(),
+            "role": r.role.name.lower() if r.voting else "learner",
+            "voting": r.voting,
             "ballot": [r.ballot.round, r.ballot.node] if r.role is not Role.FOLLOWER else None,
             "leader": r.leader_hint,
             "commit": r.commit,

@@ -17,12 +17,21 @@ from .messages import (
     HeartbeatAck,
     Message,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     Reject,
     Value,
     value_bytes,
 )
-from .records import AcceptRecord, CommitRecord, DurableState, PromiseRecord, Record
+from .records import (
+    AcceptRecord,
+    CommitRecord,
+    DurableState,
+    PromiseRecord,
+    Record,
+    VotingRecord,
+)
 from .replica import ProposeResult, Ready, Replica, Role
 
 __all__ = [
@@ -42,6 +51,8 @@ __all__ = [
     "Heartbeat",
     "HeartbeatAck",
     "Message",
+    "PreVote",
+    "PreVoteReply",
     "Prepare",
     "Promise",
     "PromiseRecord",
@@ -52,5 +63,6 @@ __all__ = [
     "Replica",
     "Role",
     "Value",
+    "VotingRecord",
     "value_bytes",
 ]

@@ -14,6 +14,24 @@ Value = tuple[bytes, ...]
 NOOP: Value = ()
 
 
+class PreVote(NamedTuple):
+    """Would you promise `ballot`? Asked before a campaign (etcd's PreVote, Raft thesis 9.6);
+    it changes nothing at the receiver, so a node cut off from the rest never raises rounds."""
+
+    src: int
+    ballot: Ballot
+
+
+class PreVoteReply(NamedTuple):
+    """`granted`: the sender hears no live leader (it would promise); `promised` lets the
+    candidate pick a round above every promise it will meet."""
+
+    src: int
+    ballot: Ballot
+    granted: bool
+    promised: Ballot
+
+
 class Prepare(NamedTuple):
     """Phase 1a for every slot from `from_slot` on."""
 
@@ -67,11 +85,13 @@ class Heartbeat(NamedTuple):
 
 
 class HeartbeatAck(NamedTuple):
-    """A follower still follows `ballot` (the leader counts these to keep its quorum)."""
+    """A follower still follows `ballot` (the leader counts these to keep its quorum);
+    `voting` False: it lost its data and learns, and needs new slots chosen to vote again."""
 
     src: int
     ballot: Ballot
     commit: int
+    voting: bool = True
 
 
 class CatchupRequest(NamedTuple):
@@ -91,7 +111,9 @@ class CatchupReply(NamedTuple):
 
 
 Message = (
-    Prepare
+    PreVote
+    | PreVoteReply
+    | Prepare
     | Promise
     | Accept
     | Accepted

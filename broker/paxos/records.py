@@ -28,7 +28,13 @@ class CommitRecord(NamedTuple):
     commit: int
 
 
-Record = PromiseRecord | AcceptRecord | CommitRecord
+class VotingRecord(NamedTuple):
+    """A replica that started without its data has caught up and votes from now on."""
+
+    voting: bool
+
+
+Record = PromiseRecord | AcceptRecord | CommitRecord | VotingRecord
 
 
 @dataclass(slots=True)
@@ -40,6 +46,8 @@ class DurableState:
     commit: int = 0
     #: first slot still in the log; below it a snapshot stands (filled by the snapshot issue)
     log_start: int = 0
+    #: False: started without its data (it may have forgotten votes): learn, do not vote
+    voting: bool = True
 
     def apply(self, record: Record) -> None:
         if type(record) is AcceptRecord:
@@ -49,8 +57,10 @@ class DurableState:
             self.commit = max(self.commit, record.commit)
         elif type(record) is PromiseRecord:
             self.promised = max(self.promised, record.ballot)
+        elif type(record) is VotingRecord:
+            self.voting = record.voting
         else:
             raise TypeError(f"not a paxos record: {record!r}")
 
     def copy(self) -> DurableState:
-        return DurableState(self.promised, dict(self.log), self.commit, self.log_start)
+        return DurableState(self.promised, dict(self.log), self.commit, self.log_start, self.voting)

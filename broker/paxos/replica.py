@@ -17,6 +17,22 @@ Protocol notes (the why behind the code):
   own entry at s was accepted in the leader's current ballot (a leader proposes one value per slot
   per ballot) or was learned chosen; otherwise it asks for the chosen value (catch-up).
 - Promise changes are persisted as their own record; an accepted entry and the commit point too.
+- A stable leader (etcd's PreVote): a follower whose election timer runs out first asks its
+  peers whether they would promise (`PreVote`); only with a majority of grants does it raise
+  its round and campaign. A peer grants only if it has heard no leader for a whole base
+  timeout, so a node cut off from a healthy leader (isolated, or on the far side of a bridge)
+  never raises its round and deposes nobody when it is healed. It changes who campaigns and
+  when, never what a promise or a vote means, so safety is untouched.
+- A replica that lost its data (it started with an empty disk, not told to bootstrap a new
+  cluster) may have forgotten promises and acceptances it made; voting now could let a second
+  value be chosen. It learns instead (Paxos Made Live, section 5.1): it stores what leaders
+  propose and learns what is chosen, but sends no Promise, Accepted, Reject or pre-vote grant
+  and never campaigns, until it has seen an instance that began after it restarted end
+  chosen: a slot at least a whole pipeline window past the highest commit point it had heard
+  of once it had been up for a base election timeout. Every slot anyone proposed before it
+  restarted is below that, so it holds each of them as chosen before it votes, and the
+  campaigns running then have timed out. A leader that hears a learner (`HeartbeatAck.voting`)
+  proposes no-ops while it has nothing else to propose, so an idle cluster lets it finish.
 - Only what depends on a record waits for it (etcd's `msgsAfterAppend`): a leader's Accepts leave
   while its own accept is written, and its own vote counts only once `persisted` says that
   write is durable; a candidate's own promise likewise. Promise, Accepted and Prepare go in
@@ -41,12 +57,21 @@ from .messages import (
     HeartbeatAck,
     Message,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     Reject,
     Value,
     value_bytes,
 )
-from .records import AcceptRecord, CommitRecord, DurableState, PromiseRecord, Record
+from .records import (
+    AcceptRecord,
+    CommitRecord,
+    DurableState,
+    PromiseRecord,
+    Record,
+    VotingRecord,
+)
 
 
 class Role(enum.IntEnum):
@@ -91,7 +116,8 @@ class Ready:
         self.dropped: list[object] = []
         #: (slot, value, tokens): batches cut from the queue, the token of each command
         self.proposed: list[tuple[int, Value, tuple[object, ...]]] = []
-        #: peers that asked for slots this replica has compacted away: send them a snapshot
+        #: (peer, first slot asked for) of requests for slots this replica has compacted
+        #: away: send them a snapshot
         self.snapshot_requests: list[tuple[int, int]] = []
 
     def __bool__(self) -> bool:
@@ -151,6 +177,9 @@ class Replica:
         self.log_start: int = state.log_start
         #: next slot to hand to the application; after a restart the log is applied again
         self.applied: int = state.log_start
+        #: False while it learns after losing its data (see the module docstring)
+        self.voting: bool = state.voting
+        self._witness: int | None = None  # the slot whose choice lets it vote
 
         self.role = Role.FOLLOWER
         self.ballot: Ballot = ZERO  # the ballot this replica campaigns or leads with
@@ -161,6 +190,9 @@ class Replica:
         self._failed_campaigns = 0
         self._election_timeout = self._draw_election_timeout()
 
+        # Pre-vote state: the ballot asked about, and who granted it.
+        self._probe: Ballot | None = None
+        self._grants: set[int] = set()
         # Candidate state.
         self._promises: dict[int, Promise] = {}
         # Leader state.
@@ -173,6 +205,7 @@ class Replica:
         self._pending_bytes = 0
         self._heartbeat_elapsed = 0
         self._heard: dict[int, int] = {}  # peer -> tick we last heard it follow our ballot
+        self._learners: set[int] = set()  # peers that said they learn, since the heartbeat
         self._quorum_check_elapsed = 0
         # Catch-up state (any role).
         self._known_commit = self.commit
@@ -185,6 +218,8 @@ class Replica:
 
         self._out = Ready()
         self._handlers = {
+            PreVote: self._on_pre_vote,
+            PreVoteReply: self._on_pre_vote_reply,
             Prepare: self._on_prepare,
             Promise: self._on_promise,
             Accept: self._on_accept,
@@ -211,14 +246,14 @@ class Replica:
     def tick(self) -> None:
         """Advance logical time by one tick."""
         self._tick += 1
+        if not self.voting:
+            self._check_learned()
         if self.role is Role.LEADER:
             self._leader_tick()
         else:
             self._election_elapsed += 1
             if self._election_elapsed >= self._election_timeout:
-                if self.role is Role.CANDIDATE:
-                    self._failed_campaigns += 1  # phase 1 found no quorum in time
-                self._campaign()
+                self._on_election_timeout()
         if (
             self._catchup_sent_tick is not None
             and self._tick - self._catchup_sent_tick >= self.config.catchup_retry_ticks
@@ -248,8 +283,10 @@ class Replica:
         return ProposeResult.QUEUED
 
     def campaign(self) -> None:
-        """Start phase 1 now (the runtime or a test may force an election)."""
-        self._campaign()
+        """Start phase 1 now, without a pre-vote (a test or an operator forces an election).
+        A learner does not campaign."""
+        if self.voting:
+            self._campaign()
 
     def ready(self) -> Ready | None:
         """Cut batches into free pipeline slots, then hand over this turn's output (or None)."""
@@ -330,9 +367,39 @@ class Replica:
         self._election_elapsed = 0
         self._election_timeout = self._draw_election_timeout()
 
+    def _on_election_timeout(self) -> None:
+        """No leader heard for a whole timeout: ask whether a campaign could win."""
+        if not self.voting:
+            self._reset_election_timer()
+            return
+        if self.role is Role.CANDIDATE or self._probe is not None:
+            self._failed_campaigns += 1  # phase 1 or the pre-vote found no quorum in time
+        if self.role is Role.CANDIDATE:
+            self._step_down()
+        self._probe = Ballot(max(self._round_seen, self.promised.round) + 1, self.id)
+        self._grants = {self.id}
+        self._reset_election_timer()
+        if len(self._grants) >= self.quorum:
+            self._campaign()
+            return
+        message = PreVote(self.id, self._probe)
+        send = self._out.messages.append
+        for peer in self.peers:
+            send((peer, message))
+
+    def _hears_leader(self) -> bool:
+        """Has a leader been heard within a whole base timeout (or is this one)?"""
+        if self.role is Role.LEADER:
+            return True
+        return (
+            self.leader_hint is not None
+            and self._election_elapsed < self.config.election_ticks_base
+        )
+
     def _campaign(self) -> None:
         if self.role is Role.LEADER:
             self._step_down()
+        self._probe = None
         self.role = Role.CANDIDATE
         self.leader_hint = None
         self._round_seen = max(self._round_seen, self.promised.round) + 1
@@ -413,7 +480,8 @@ class Replica:
     def _admit_leader(self, m: Accept | Heartbeat) -> bool:
         """Refuse a leader below our promise (telling it why); follow one at or above it."""
         if m.ballot < self.promised:
-            self._send(m.src, Reject(self.id, m.ballot, self.promised))
+            if self.voting:
+                self._send(m.src, Reject(self.id, m.ballot, self.promised))
             return False
         self._follow(m.ballot)
         return True
@@ -422,6 +490,7 @@ class Replica:
         """A leader at `ballot` (>= our promise) is active: follow it."""
         if self.role is not Role.FOLLOWER and ballot != self.ballot:
             self._step_down()
+        self._probe = None
         self.leader_hint = ballot.node
         self._election_elapsed = 0
         if self._failed_campaigns:  # the backoff ends once a leader is heard
@@ -430,7 +499,22 @@ class Replica:
 
     # ------------------------------------------------------------------------ handlers
 
+    def _on_pre_vote(self, m: PreVote) -> None:
+        granted = self.voting and not self._hears_leader()
+        self._send(m.src, PreVoteReply(self.id, m.ballot, granted, self.promised))
+
+    def _on_pre_vote_reply(self, m: PreVoteReply) -> None:
+        if m.promised.round > self._round_seen:
+            self._round_seen = m.promised.round
+        if m.ballot != self._probe or not m.granted or self.role is Role.LEADER:
+            return
+        self._grants.add(m.src)
+        if len(self._grants) >= self.quorum:
+            self._campaign()
+
     def _on_prepare(self, m: Prepare) -> None:
+        if not self.voting:
+            return  # it may have promised more than it remembers: no answer at all
         if m.ballot < self.promised:
             self._send(m.src, Reject(self.id, m.ballot, self.promised))
             return
@@ -438,6 +522,7 @@ class Replica:
             self._step_down()
         self._raise_promise(m.ballot)
         self.leader_hint = None
+        self._probe = None  # another campaign is under way
         self._reset_election_timer()  # give the candidate time to finish
         self._send(m.src, self._promise_for(m.ballot, m.from_slot))
 
@@ -449,8 +534,11 @@ class Replica:
     def _on_accept(self, m: Accept) -> None:
         if not self._admit_leader(m):
             return
-        self._raise_promise(m.ballot)
         slot = m.slot
+        if not self.voting:
+            self._learn(m, slot)
+            return
+        self._raise_promise(m.ballot)
         if slot >= self.log_start:
             current = self.log.get(slot)
             # Below the commit point the entry is the chosen value: keep it. A LEARNED entry is
@@ -473,6 +561,28 @@ class Replica:
         if inflight is not None:
             self._count_vote(m.slot, inflight, m.src)
 
+    # ------------------------------------------------------------------------ learning
+
+    def _learn(self, m: Accept, slot: int) -> None:
+        """A learner keeps what the leader proposes (so the commit point on later messages
+        tells it what is chosen) and votes for none of it."""
+        if slot >= max(self.log_start, self.commit):
+            current = self.log.get(slot)
+            if current is None or current[0] < m.ballot:
+                self.log[slot] = (m.ballot, m.value)
+                self._out.persist.append(AcceptRecord(slot, m.ballot, m.value))
+        self._learn_commit(m.ballot, m.commit, m.src)
+        self._set_witness()
+
+    def _set_witness(self) -> None:
+        if self._witness is None and self._tick >= self.config.election_ticks_base:
+            self._witness = self.known_commit + self.config.window_slots_max
+
+    def _check_learned(self) -> None:
+        if self._witness is not None and self.commit > self._witness:
+            self.voting = True
+            self._out.persist.append(VotingRecord(True))
+
     def _count_vote(self, slot: int, inflight: _InFlight, voter: int) -> None:
         inflight.acks.add(voter)
         if len(inflight.acks) >= self.quorum:
@@ -493,19 +603,23 @@ class Replica:
     def _on_heartbeat(self, m: Heartbeat) -> None:
         if not self._admit_leader(m):
             return
-        self._send(m.src, HeartbeatAck(self.id, m.ballot, self.commit))
+        self._send(m.src, HeartbeatAck(self.id, m.ballot, self.commit, self.voting))
         self._learn_commit(m.ballot, m.commit, m.src)
+        if not self.voting:
+            self._set_witness()
 
     def _on_heartbeat_ack(self, m: HeartbeatAck) -> None:
         if self.role is Role.LEADER and m.ballot == self.ballot:
             self._heard[m.src] = self._tick
+            if not m.voting:
+                self._learners.add(m.src)
             self._note_commit(m.commit, m.src)  # a new leader may lag its followers
 
     def _on_catchup_request(self, m: CatchupRequest) -> None:
         if m.from_slot >= self.commit:
             return
         if m.from_slot < self.log_start:
-            self._out.snapshot_requests.append((m.src, self.log_start))
+            self._out.snapshot_requests.append((m.src, m.from_slot))
             return
         values: list[Value] = []
         size = 0
@@ -693,6 +807,11 @@ class Replica:
                 self._step_down()
 
     def _broadcast_heartbeat(self) -> None:
+        if self._learners and not self._inflight and not self._pending:
+            # Learners vote again only once slots begun after their restart are chosen.
+            self._propose_slot(self.next_slot, NOOP)
+            self.next_slot += 1
+        self._learners.clear()
         self._heartbeat_elapsed = 0
         message = Heartbeat(self.id, self.ballot, self.commit)
         send = self._out.messages.append

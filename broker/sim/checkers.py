@@ -53,6 +53,12 @@ class History:
         if ballot > highest:
             self.promised[node] = ballot
 
+    def on_wipe(self, node: int) -> None:
+        """`node` lost its disk. Its next votes are checked against what it says from now on
+        (it cannot know what it promised before); what it said Accepted before still binds
+        its promises (`on_promise`): a learner votes only past every such slot."""
+        self.promised.pop(node, None)
+
     def on_accepted(self, node: int, ballot: Ballot, slot: int) -> None:
         votes = self.accepted.setdefault(node, {})
         if votes.get(slot, ZERO) < ballot:

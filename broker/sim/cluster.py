@@ -23,7 +23,7 @@ from paxq.storage import CorruptRecord, Identity, KeySpace, MemoryDisk, MemoryJo
 
 from ..machine import QueueMachine
 from ..machine.snapshots import write_snapshot
-from ..node.core import NOT_LEADER, OK, CoreSettings, NodeCore
+from ..node.core import NOT_LEADER, OK, UNKNOWN, CoreSettings, NodeCore
 from ..node.machines import SnapshotInvalid
 from ..node.transfer import SnapshotChunk
 from ..paxos import (
@@ -68,7 +68,7 @@ _RESTART = 9  # payload: unused
 _WRITTEN = 10  # a write of `target` completes; payload (incarnation, write, position)
 _CRASH_NODE = 11  # `target` crashes (a write in flight); payload: its incarnation then
 
-_OK, _NOT_LEADER, _RETRY = 0, 1, 2
+_OK, _NOT_LEADER, _RETRY, _UNKNOWN = 0, 1, 2, 3
 
 
 @dataclass
@@ -100,6 +100,8 @@ class SimStats:
     #: restarts refused because a stored record failed its checksum
     corrupt_refused: int = 0
     snapshot_chunks: int = 0
+    #: crashes that also replaced the disk with a blank one
+    wipes: int = 0
 
     @property
     def deliveries_per_s(self) -> float:
@@ -131,6 +133,7 @@ class _Node:
         "queued_done",
         "shipments",
         "tick_ms",
+        "wiped",
         "written_at",
     )
 
@@ -145,6 +148,7 @@ class _Node:
         self.journal: MemoryJournal | None = None
         self.core: NodeCore | None = None
         self.incarnation = 0
+        self.wiped = False  # its disk was replaced by a blank one at least once
         self.led = None  # last ballot this node led (to count elections)
         self.written_at = 0.0  # when the write the disk is doing completes
         self.queued_done: float | None = None  # and the one gathering the writes meanwhile
@@ -218,6 +222,7 @@ class Simulation:
         self.write_fail = faults.write_fail
         self.corrupt_read = faults.corrupt_read
         self.crash_in_flight = faults.crash_in_flight
+        self.wipe = faults.wipe
         self.write_ms_max = faults.write_ms_max
         self.faulty = True
         self.issuing = True
@@ -353,7 +358,9 @@ class Simulation:
         node.written_at = self.now
         node.queued_done = None
         disk = node.disk
-        journal = node.journal = MemoryJournal(disk, Identity("sim", node.id))
+        # The cluster's first start bootstraps; a wiped disk restarts as a learner.
+        identity = Identity("sim", node.id)
+        journal = node.journal = MemoryJournal(disk, identity, bootstrap=not node.wiped)
         if self.faulty and disk.state.entries and self.rng.random() < self.corrupt_read:
             disk.damage(self.rng.choice(sorted(disk.state.entries)))
         try:
@@ -418,7 +425,9 @@ class Simulation:
                     self._reply(client_id, command, _OK, (slot, result))
                 elif outcome == NOT_LEADER:
                     self._reply(client_id, command, _NOT_LEADER, core.replica.leader_hint)
-                elif outcome != "unknown":  # overloaded, too large: never got a slot
+                elif outcome == UNKNOWN:  # a deposed leader answers at once
+                    self._reply(client_id, command, _UNKNOWN, core.replica.leader_hint)
+                else:  # overloaded, too large: never got a slot
                     self._reply(client_id, command, _RETRY, node.id)
             for stamp in effects.stamps:
                 self.history.on_propose(stamp)
@@ -538,11 +547,14 @@ class Simulation:
             return
         value = self.history.chosen[slot]
         held = sum(1 for node in self.nodes if _durably_holds(node.disk, slot, value))
-        if held < self.config.quorum:
+        # A replica whose disk was wiped (one at a time) may have voted just before: its vote
+        # counted, then its copy went with the disk. It learns the slot before it votes again.
+        wiped = sum(1 for node in self.nodes if not node.disk.state.voting)
+        if held + wiped < self.config.quorum:
             raise Violation(
                 "durability",
                 f"slot {slot} was acknowledged while durable on {held} of {len(self.nodes)} "
-                f"disks (a majority is {self.config.quorum})",
+                f"disks (a majority is {self.config.quorum}; {wiped} wiped and learning)",
             )
         self.durable_slots.add(slot)
 
@@ -565,10 +577,23 @@ class Simulation:
 
     def _crash(self, node: _Node) -> None:
         self._stop(node)
+        others = [other for other in self.nodes if other is not node]
+        if self.rng.random() < self.wipe and all(other.disk.state.voting for other in others):
+            self._wipe(node)
         self.stats.crashes += 1
         self.trace.append((self.now, node.id, "crash"))
         restart_ms = self.rng.uniform(0, self.settings.faults.restart_ms_max)
         self._push(restart_ms, _RESTART, node.id, None)
+
+    def _wipe(self, node: _Node) -> None:
+        """The crashed replica's disk is replaced by a blank one (a node rebuilt after its
+        disk died): only one at a time, so the rest still hold every chosen slot."""
+        node.disk = MemoryDisk()
+        node.disk.state.voting = False  # what the journal will find: it learns first
+        node.wiped = True
+        self.history.on_wipe(node.id)
+        self.stats.wipes += 1
+        self.trace.append((self.now, node.id, "disk wiped"))
 
     # --------------------------------------------------------------------------- clients
 
@@ -626,6 +651,17 @@ class Simulation:
             self.history.on_ack(command, slot, issued, self.now)
             op, args = client.ops.pop(command)
             client.app.on_result(op, args, result)
+            return
+        if status == _UNKNOWN:
+            # It may have been chosen: give it up and let the application decide, as the
+            # client library does (a sequenced command is sent again under its producer
+            # sequence, which the machine answers rather than applies twice).
+            del client.outstanding[command]
+            del client.attempts[command]
+            client.app.on_unknown(*client.ops.pop(command))
+            self.stats.commands_abandoned += 1
+            if detail is not None:
+                client.guess = detail
             return
         # Never given a slot: safe to send the same command again.
         client.guess = detail if detail is not None else self.rng.randrange(len(self.nodes))
@@ -774,14 +810,21 @@ class Simulation:
         self.faulty = False
         self.loss = self.duplicate = self.long_delay = 0.0
         self.crash_after_sync = self.crash_after_promise = 0.0
-        self.write_fail = self.corrupt_read = self.crash_in_flight = 0.0
+        self.write_fail = self.corrupt_read = self.crash_in_flight = self.wipe = 0.0
         # A slow disk is a fault too: a healthy one syncs within a millisecond. (At 30 ms a
         # sync, one slot in flight of one command serves about 40 commands a second, less
         # than the clients ask for: no bound on the answer time could hold.)
         self.write_ms_max = min(self.write_ms_max, 1.0)
         self.link = self._full_links()
         n = len(self.nodes)
-        self.held_down = set(self.rng.sample(range(n), self.rng.randint(0, (n - 1) // 2)))
+        held = set(self.rng.sample(range(n), self.rng.randint(0, (n - 1) // 2)))
+        # A replica still learning after a wipe does not vote: keep a majority of voters up.
+        for node_id in sorted(held):
+            up = [node for node in self.nodes if node.id not in held]
+            if sum(node.disk.state.voting for node in up) >= self.config.quorum:
+                break
+            held.discard(node_id)
+        self.held_down = held
         for node in self.nodes:
             if node.id in self.held_down:
                 self._stop(node)
@@ -810,7 +853,52 @@ class Simulation:
         logs = [node.applied for node in self.nodes]
         self.history.check_durable(logs)
         self.history.check_linearizable()
+        self._stability_phase(event_cap)
         self._drain_phase(event_cap)
+
+    def _stability_phase(self, event_cap: int) -> None:
+        """A stable leader: while it reaches a majority, a replica cut off from it (alone, then
+        across a bridge: cut from the leader only) starts no election, during the cut or
+        after the heal, and the commands issued meanwhile are all answered."""
+        settings = self.settings
+        for node in self.nodes:
+            node.tick_ms = settings.tick_ms  # timers at one rate: heartbeats arrive in time
+        leader = self._leader()
+        if leader is None:
+            raise Violation("liveness", "no leader after the cluster healed and converged")
+        ballot = self.nodes[leader].core.replica.ballot
+        campaigns = [node.core.campaigns for node in self.nodes]
+        cut_ms = 6 * self.config.election_ticks_base * settings.tick_ms
+        self.issuing = True
+        self.settled_at = self.now
+        followers = [i for i in range(len(self.nodes)) if i != leader]
+        alone, bridged = self.rng.choice(followers), self.rng.choice(followers)
+        side = [0] * len(self.nodes)
+        side[alone] = 1
+        bridge = self._full_links()
+        bridge[leader][bridged] = bridge[bridged][leader] = False
+        for links, what in ((self._split(side), f"{alone} alone"), (bridge, "a bridge")):
+            self.link = links
+            self.trace.append((self.now, -1, f"stability: {what}, {self._describe_links()}"))
+            self._run_events(event_cap, until_ms=self.now + cut_ms)
+            self.link = self._full_links()
+            self.trace.append((self.now, -1, "stability: heal"))
+            self._run_events(event_cap, until_ms=self.now + cut_ms)
+            now = [node.core.campaigns for node in self.nodes]
+            if now != campaigns or self._leader() != leader:
+                started = [i for i in range(len(now)) if now[i] != campaigns[i]]
+                raise Violation(
+                    "stability",
+                    f"with {what} while leader {leader} (ballot {ballot}) reached a majority, "
+                    f"replicas {started} campaigned; the leader is now {self._leader()}",
+                )
+        self.issuing = False
+        self._run_events(event_cap, until_ms=self.now + settings.client_timeout_ms + 1_000.0)
+        self._check_liveness()
+        self.settled_at = float("inf")
+        # The replicas that were cut off catch up (a snapshot, maybe) before the drain.
+        self._run_events(event_cap, until_ms=self.now + settings.liveness_settle_ms)
+        self._check_converged()
 
     def _drain_phase(self, event_cap: int) -> None:
         """Consumers work the queue and the subscriptions empty (no faults): every message

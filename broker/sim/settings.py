@@ -43,6 +43,9 @@ class Faults:
     #: chance, per write, that the node crashes while that write is still in flight: where
     #: a vote sent or counted before its write is durable is lost
     crash_in_flight: float
+    #: chance that a crash also wipes the replica's disk (one replica at a time): it restarts
+    #: with no data, as a node whose disk was replaced, and must learn before it votes
+    wipe: float = 0.0
 
     @classmethod
     def none(cls) -> Faults:
@@ -103,6 +106,7 @@ class SimSettings:
                 write_fail=rng.choice((0.0002, 0.001, 0.003)),
                 corrupt_read=rng.choice((0.05, 0.2, 0.5)),
                 crash_in_flight=rng.choice((0.001, 0.005, 0.02)),
+                wipe=rng.choice((0.02, 0.05, 0.2)),
             )
             if faults
             else Faults.none()

@@ -24,8 +24,10 @@ COMMANDS = frozenset(
 )
 #: operations any node answers from its applied state (a follower's may lag the leader's)
 QUERIES = frozenset({"status", "list", "describe", "read"})
-#: `cancel` ({"request": id}) ends a claim or read of the same connection that is waiting
-CONTROL = frozenset({"cancel"})
+#: `cancel` ({"request": id}) ends a claim or read of the same connection that is waiting;
+#: `ping` is answered at once (a client checks that a quiet node is still there)
+PING = "ping"
+CONTROL = frozenset({"cancel", PING})
 #: commands that may carry `producer` and `seq`, so that a retry is answered, not re-applied
 IDEMPOTENT = frozenset({"publish", "ack", "nack", "extend"})
 #: the longest a claim or read may wait for a message (`wait_ms`)
