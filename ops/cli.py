@@ -203,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
         "their client's decision",
     )
     node.add_argument(
+        "--clock-offset-ms-max",
+        dest="clock_offset_ms_max",
+        type=int,
+        help="refuse to lead while this node's clock is further than this from a majority's "
+        "(default 500; 0: no bound). Leases are stamped with the leader's clock",
+    )
+    node.add_argument(
         "--snapshot-keep",
         dest="snapshot_keep",
         type=int,

@@ -59,6 +59,8 @@ class NodeConfig:
     #: span exporter: none (tracing off), console, otlp, drop; and the ratio of new traces
     tracing: str = "none"
     trace_sample: float = 0.01
+    #: a node whose clock is further than this from a majority's refuses to lead (0: no bound)
+    clock_offset_ms_max: int = 500
 
 
 KEYS = (
@@ -77,6 +79,7 @@ KEYS = (
     "metrics",
     "tracing",
     "trace_sample",
+    "clock_offset_ms_max",
 )
 
 
@@ -129,6 +132,7 @@ def load(
         metrics = _address(raw["metrics"]) if raw.get("metrics") else None
         tracing = str(raw.get("tracing", "none"))
         trace_sample = float(raw.get("trace_sample", 0.01))
+        clock_offset_ms_max = int(raw.get("clock_offset_ms_max", 500))
     except (TypeError, ValueError) as error:
         raise ConfigError(str(error)) from error
     if node_id not in peers:
@@ -143,6 +147,10 @@ def load(
         raise ConfigError(f"tracing is one of {', '.join(EXPORTERS)}")
     if not 0.0 <= trace_sample <= 1.0:
         raise ConfigError("trace_sample must be between 0 and 1")
+    if not 0 <= clock_offset_ms_max <= 60_000:
+        raise ConfigError(
+            f"clock_offset_ms_max must be between 0 (no bound) and 60000, got {clock_offset_ms_max}"
+        )
     if not (1 <= batch_max <= 65536 and 1 <= window <= 1024):
         raise ConfigError("batch_max must be in [1, 65536] and window in [1, 1024]")
     return NodeConfig(
@@ -161,6 +169,7 @@ def load(
         metrics=metrics,
         tracing=tracing,
         trace_sample=trace_sample,
+        clock_offset_ms_max=clock_offset_ms_max,
     )
 
 

@@ -60,6 +60,7 @@ def run(config: NodeConfig, bootstrap: bool = False) -> int:
             tick_s=config.tick_ms / 1000,
             snapshot_every_slots=config.snapshot_every,
             snapshot_keep_slots=config.snapshot_keep,
+            clock_offset_ms_max=config.clock_offset_ms_max,
         )
         metrics = NodeMetrics(config.cluster, config.id) if config.metrics else None
         traces = tracer_provider(

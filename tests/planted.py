@@ -143,3 +143,12 @@ class VotesAtOnce(Replica):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.voting = True
+
+
+class IgnoresClockBound(NodeCore):
+    """Measures the peers' clocks but leads whatever its own reads (a node restarted with
+    its clock seconds off stamps the log with it)."""
+
+    def _check_clock(self) -> None:
+        super()._check_clock()
+        self.replica.may_lead = True

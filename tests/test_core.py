@@ -6,6 +6,7 @@ from __future__ import annotations
 from random import Random
 
 from paxq.broker.machine import command
+from paxq.broker.node.clocks import ClockEcho, ClockProbe
 from paxq.broker.node.core import OK, CoreSettings, NodeCore, Write
 from paxq.broker.node.machines import LogMachine
 from paxq.broker.node.transfer import SnapshotChunk
@@ -26,7 +27,8 @@ class Driver:
 
     def __init__(self, size: int = 3, **settings) -> None:
         self.config = Config(nodes=tuple(range(size)))
-        self.settings = CoreSettings(**settings)
+        # No clock bound unless a test sets one: its ticks read no real clock.
+        self.settings = CoreSettings(**{"clock_offset_ms_max": 0, **settings})
         self.disks = [MemoryDisk() for _ in range(size)]
         self.journals = [MemoryJournal(d, Identity("t", i)) for i, d in enumerate(self.disks)]
         self.cores = [self._core(i) for i in range(size)]
@@ -234,3 +236,24 @@ def test_a_stopped_core_answers_every_waiter_unknown() -> None:
     leader.stop()
     d.drain(0)
     assert [(w, outcome) for w, outcome, _, _ in d.replies] == [("w", "unknown")]
+
+
+def test_a_node_whose_clock_is_off_from_a_majority_does_not_lead() -> None:
+    d = Driver(clock_offset_ms_max=500)
+    notices: list[tuple[str, str]] = []
+    for step in range(3):  # probes on the first tick, echoes meanwhile, verdicts on the next
+        for node, core in enumerate(d.cores):
+            core.tick(10_000 + 100 * step + (5_000 if node == 0 else 0))
+            effects = core.take()
+            if effects is not None:
+                notices += [n for n in effects.notices if node == 0]
+                d.network += [(node, dst, m) for dst, m in effects.send]
+        d.deliver(ClockProbe)
+        d.deliver(ClockEcho)
+    assert d.cores[0].clocks.from_majority_ms(d.cores[0].ticks) == 5_000
+    assert not d.cores[0].replica.may_lead and d.cores[1].replica.may_lead
+    assert any(level == "error" and "refusing to lead" in text for level, text in notices)
+    d.cores[0].replica.campaign()
+    d.drain(0)
+    assert d.cores[0].replica.role is Role.FOLLOWER, "it starts no campaign"
+    d.elect(1)  # the others lead as usual, and node 0 still votes

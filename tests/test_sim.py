@@ -12,6 +12,7 @@ from planted import (
     CountsOwnVoteEarly,
     ForgetsPromise,
     ForgetsSettles,
+    IgnoresClockBound,
     IgnoresPhaseOneValues,
     InstallsEarly,
     QuorumTooSmall,
@@ -136,6 +137,8 @@ def test_votes_that_run_ahead_of_their_write_are_caught(bug, seeds, invariants) 
     [
         (SkipsTheSync, 3, {"durability", "acceptor memory", "agreement"}),
         (InstallsEarly, 12, {"node error", "determinism", "liveness", "snapshot"}),
+        # A node restarted with its clock seconds off leads anyway: seeds 3 and 5 of 0-5.
+        (IgnoresClockBound, 6, {"clock"}),
     ],
 )
 def test_planted_node_core_bugs_are_caught(core, seeds, invariants) -> None:
@@ -152,10 +155,17 @@ def test_a_node_that_campaigns_without_a_pre_vote_is_caught_deposing_a_leader() 
 
 
 def test_a_wiped_replica_that_votes_at_once_is_caught() -> None:
-    # Measured at 3 nodes, 4,000 steps: caught in 5 of the first 30 seeds (acceptor memory
-    # in four, agreement in one: a second value chosen at a slot), first at seed 6.
-    result = first_violation(VotesAtOnce, 10)
-    assert result is not None, "a replica voting with a wiped disk survived 10 seeds"
+    # Measured at 3 nodes, 4,000 steps, half the crashes wiping the disk: caught in seeds 6
+    # and 11 of 0-11 (acceptor memory: a promise that forgets an acceptance of its former
+    # self; at the default wipe rates, agreement too, a second value chosen at a slot).
+    for seed in range(12):
+        settings = SimSettings.from_seed(seed, 3, 4_000)
+        settings = settings.with_faults(dataclasses.replace(settings.faults, wipe=0.5))
+        result = run_seed(settings, VotesAtOnce)
+        if not result.ok:
+            break
+    else:
+        raise AssertionError("a replica voting with a wiped disk survived 12 seeds")
     assert result.stats.wipes >= 1
     assert result.violation.invariant in {"acceptor memory", "agreement", "promise"}, report(result)
 

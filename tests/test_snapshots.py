@@ -48,13 +48,20 @@ def chunk(index: int, data: bytes = b"d", *, src: int = 1, slot: int = 10, count
 def test_chunks_are_taken_in_order_and_acknowledged() -> None:
     assembler = Assembler(node_id=0, bytes_max=100)
     assert assembler.on_chunk(chunk(0, b"a"), commit=4) == (SnapshotAck(0, 10, 1), None)
-    # A chunk out of order is not taken; the ack says where the receiver stands.
+    # A chunk ahead of its turn is held, not taken; the ack says where the receiver stands.
     assert assembler.on_chunk(chunk(2, b"c"), commit=4) == (SnapshotAck(0, 10, 1), None)
-    assert assembler.on_chunk(chunk(1, b"b"), commit=4) == (SnapshotAck(0, 10, 2), None)
-    assert assembler.on_chunk(chunk(1, b"b"), commit=4) == (SnapshotAck(0, 10, 2), None)
-    ack, done = assembler.on_chunk(chunk(2, b"c"), commit=4)
+    assert assembler.on_chunk(chunk(0, b"a"), commit=4) == (SnapshotAck(0, 10, 1), None)
+    ack, done = assembler.on_chunk(chunk(1, b"b"), commit=4)  # and the held one follows it
     assert ack == SnapshotAck(0, 10, 3)
     assert done is not None and done.chunks == [b"a", b"b", b"c"] and done.slot == 10
+
+
+def test_chunks_too_far_ahead_are_not_held() -> None:
+    assembler = Assembler(node_id=0, bytes_max=100, early_max=1)
+    assembler.on_chunk(chunk(0, b"a", count=4), commit=4)
+    assembler.on_chunk(chunk(3, b"d", count=4), commit=4)  # two ahead of its turn: dropped
+    assembler.on_chunk(chunk(2, b"c", count=4), commit=4)  # one ahead: held
+    assert assembler.on_chunk(chunk(1, b"b", count=4), commit=4) == (SnapshotAck(0, 10, 3), None)
 
 
 def test_a_snapshot_the_receiver_is_past_or_one_too_large_is_refused() -> None:
@@ -66,10 +73,21 @@ def test_a_snapshot_the_receiver_is_past_or_one_too_large_is_refused() -> None:
     assert assembler.on_chunk(chunk(2, b"c"), commit=4) == (None, None)
 
 
-def test_a_newer_transfer_replaces_an_older_one_but_not_the_reverse() -> None:
+def test_a_newer_transfer_from_its_sender_replaces_an_older_one_but_not_the_reverse() -> None:
     assembler = Assembler(node_id=0, bytes_max=100)
     assembler.on_chunk(chunk(0, slot=10), commit=4)
-    assembler.on_chunk(chunk(0, slot=20, src=2), commit=4)
+    assembler.on_chunk(chunk(0, slot=20), commit=4)
     assert assembler.current is not None and assembler.current.slot == 20
     assert assembler.on_chunk(chunk(0, slot=10), commit=4) == (None, None)
     assert assembler.on_chunk(chunk(1, slot=10), commit=4) == (None, None)
+
+
+def test_another_nodes_newer_snapshot_waits_for_the_transfer_under_way() -> None:
+    """Peers that snapshot often would otherwise reset each other's transfers for ever."""
+    assembler = Assembler(node_id=0, bytes_max=100)
+    assembler.on_chunk(chunk(0, slot=10, src=1), commit=4)
+    assert assembler.on_chunk(chunk(0, slot=20, src=2), commit=4) == (None, None)
+    assert assembler.current is not None and assembler.current.slot == 10
+    assembler.abandon()  # stalled: the core gives up on it
+    assembler.on_chunk(chunk(0, slot=20, src=2), commit=4)
+    assert assembler.current is not None and assembler.current.slot == 20

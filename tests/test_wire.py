@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paxq.broker.node import Decoder, encode
+from paxq.broker.node.clocks import ClockEcho, ClockProbe
 from paxq.broker.node.transfer import SnapshotAck, SnapshotChunk
 from paxq.broker.paxos import (
     LEARNED,
@@ -127,6 +128,8 @@ messages = st.one_of(
         )
     ),
     st.builds(SnapshotAck, nodes, slots, st.integers(0, 1 << 20)),
+    st.builds(ClockProbe, nodes, st.integers(0, 1 << 50)),
+    st.builds(ClockEcho, nodes, st.integers(0, 1 << 50), st.integers(0, 1 << 50)),
 )
 
 
@@ -160,6 +163,7 @@ def test_every_message_round_trips_through_a_frame(message) -> None:
         ([10, 0, 5, 0, 1, "text"], "byte string"),
         ([11, 0, 5, -1], "received"),
         ([14, 0, 1, 0, 1, 1, 0], "granted must be a boolean"),
+        ([16, 0, 5, -1], "echo_ms"),
     ],
 )
 def test_malformed_peer_messages_are_refused_with_a_typed_error(body, complaint) -> None:
@@ -176,7 +180,7 @@ def test_arbitrary_input_decodes_to_a_message_or_a_typed_error(body) -> None:
 
 
 @given(
-    st.integers(1, 14).flatmap(
+    st.integers(1, 16).flatmap(
         lambda tag: st.tuples(
             st.just(tag),
             st.lists(

@@ -14,6 +14,8 @@
     SnapshotAck    [11, src, slot, received]
     PreVote        [13, src, round, node]
     PreVoteReply   [14, src, round, node, granted, promised_round, promised_node]
+    ClockProbe     [15, src, sent_ms]                       (node level: see clocks.py)
+    ClockEcho      [16, src, sent_ms, echo_ms]
 
 where value = [command bytes, ...]. The core trusts message fields (it tolerates crashes, not
 lies), so decoding checks every type and range, and every batch against the configured bounds,
@@ -45,6 +47,7 @@ from ..paxos import (
     Reject,
     Value,
 )
+from .clocks import ClockEcho, ClockProbe
 from .transfer import SnapshotAck, SnapshotChunk
 
 
@@ -56,13 +59,14 @@ class TracedAccept(NamedTuple):
     trace: str
 
 
-PeerMessage = Message | SnapshotChunk | SnapshotAck | TracedAccept
+PeerMessage = Message | SnapshotChunk | SnapshotAck | TracedAccept | ClockProbe | ClockEcho
 #: the longest traceparent taken ("00-" 32 hex "-" 16 hex "-" 2 hex is 55)
 _TRACE_CHARS_MAX = 128
 
 _SLOT_MAX = 1 << 62  # far beyond any real log; refuses absurd slot numbers outright
 _NODE_MAX = 1 << 16
 _CHUNKS_MAX = 1 << 20
+_MS_MAX = 1 << 53  # wall clock readings in ms: far beyond any real date
 
 
 def encode(message: PeerMessage) -> list:
@@ -102,6 +106,10 @@ def encode(message: PeerMessage) -> list:
         return [10, *message]
     if kind is SnapshotAck:
         return [11, *message]
+    if kind is ClockProbe:
+        return [15, *message]
+    if kind is ClockEcho:
+        return [16, *message]
     if kind is TracedAccept:
         return [12, *encode(message.accept)[1:], message.trace]
     raise TypeError(f"not a paxos message: {message!r}")
@@ -127,6 +135,8 @@ class Decoder:
             12: (8, self._traced_accept),
             13: (4, self._pre_vote),
             14: (7, self._pre_vote_reply),
+            15: (3, self._clock_probe),
+            16: (4, self._clock_echo),
         }
 
     def decode(self, body: object) -> PeerMessage:
@@ -257,6 +267,16 @@ class Decoder:
             raise MalformedMessage("a snapshot chunk's data is a byte string")
         return SnapshotChunk(
             self._src(b[1]), self._slot(b[2]), self._int(b[3], 0, count - 1, "index"), count, b[5]
+        )
+
+    def _clock_probe(self, b: list) -> ClockProbe:
+        return ClockProbe(self._src(b[1]), self._int(b[2], 0, _MS_MAX, "sent_ms"))
+
+    def _clock_echo(self, b: list) -> ClockEcho:
+        return ClockEcho(
+            self._src(b[1]),
+            self._int(b[2], 0, _MS_MAX, "sent_ms"),
+            self._int(b[3], 0, _MS_MAX, "echo_ms"),
         )
 
     def _snapshot_ack(self, b: list) -> SnapshotAck:

@@ -45,6 +45,7 @@ from ..paxos import (
     Value,
 )
 from ..persist import batch_of, durable_state
+from .clocks import ClockEcho, ClockOffsets, ClockProbe
 from .machines import Machine, SnapshotInvalid
 from .transfer import Assembler, Incoming, SnapshotAck, SnapshotChunk
 
@@ -78,6 +79,10 @@ class CoreSettings:
     snapshot_bytes_max: int = 1 << 30
     #: with leases or aged messages due and no traffic, the leader stamps time this often
     stamp_idle_ms: int = 100
+    #: every this many ticks each peer's clock is probed; a node whose clock is further than
+    #: `clock_offset_ms_max` from a majority's refuses to lead (0: no bound)
+    clock_probe_ticks: int = 25
+    clock_offset_ms_max: int = 500
 
 
 class Write:
@@ -229,6 +234,11 @@ class NodeCore:
         self._shipping: dict[int, _Shipment] = {}
         self._shipped: dict[int, tuple[int, int]] = {}  # peer -> (slot, tick) of the last done
         self._assembled_tick = 0  # when the transfer being received last made progress
+        self._now_ms = 0  # the driver's last clock reading
+        self._clock_refused = False  # said so in the log
+        self.clocks = ClockOffsets(
+            self.replica.peers, self.replica.quorum, 4 * settings.clock_probe_ticks
+        )
         self._role = Role.FOLLOWER
         self._voting = self.replica.voting
         if not self._voting:
@@ -261,6 +271,10 @@ class NodeCore:
             self._on_chunk(message)
         elif kind is SnapshotAck:
             self._on_ack(message)
+        elif kind is ClockProbe:
+            self._out.send.append((message.src, ClockEcho(self.id, message.sent_ms, self._now_ms)))
+        elif kind is ClockEcho:
+            self.clocks.on_echo(message, self._now_ms, self._tick)
         else:
             self.replica.step(message)
 
@@ -269,6 +283,8 @@ class NodeCore:
         if self.stopped:
             return
         self._tick += 1
+        self._now_ms = now_ms
+        self._check_clock()
         self.replica.tick()
         self._expire()
         if self._shipping:
@@ -292,6 +308,7 @@ class NodeCore:
         if self.stopped:
             self._out.replies.append((waiter, UNKNOWN, None, None))
             return
+        self._now_ms = now_ms
         if now_ms > self._stamped_ms:
             self._stamp(now_ms)  # the leader's clock, for the commands that follow
         self._token += 1
@@ -501,6 +518,35 @@ class NodeCore:
             if waiter is not None:
                 self._out.replies.append((waiter, UNKNOWN, None, None))
 
+    def _check_clock(self) -> None:
+        """Probe the peers' clocks now and then; lead only within the bound of a majority's
+        (and not before that is known: a node restarted with its clock off must not lead
+        on it meanwhile)."""
+        if self._tick % self.settings.clock_probe_ticks == 1:
+            probe = ClockProbe(self.id, self._now_ms)
+            self._out.send.extend((peer, probe) for peer in self.replica.peers)
+        bound = self.settings.clock_offset_ms_max
+        if not bound:
+            return
+        off = self.clocks.from_majority_ms(self._tick)
+        self.replica.may_lead = off is not None and off <= bound
+        if off is None:
+            return
+        if off > bound and not self._clock_refused:
+            self._clock_refused = True
+            self._out.notices.append(
+                (
+                    "error",
+                    f"clock {off:.0f} ms from a majority's, beyond clock_offset_ms_max "
+                    f"{bound}: refusing to lead (its time stamps would move every lease "
+                    "deadline as much); fix this machine's time sync",
+                )
+            )
+        elif off <= bound and self._clock_refused:
+            self._clock_refused = False
+            text = f"clock within {bound} ms of a majority's ({off:.0f} ms): may lead"
+            self._out.notices.append(("info", text))
+
     def _stamp(self, now_ms: int) -> None:
         if self.replica.role is not Role.LEADER:
             return
@@ -640,6 +686,10 @@ class NodeCore:
         self._out.ship_close.append((peer, completed))
 
     # ------------------------------------------------------------------------------ views
+
+    @property
+    def ticks(self) -> int:
+        return self._tick
 
     @property
     def waiting_count(self) -> int:

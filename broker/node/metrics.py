@@ -234,6 +234,25 @@ def watch_node(metrics: NodeMetrics, node: object) -> None:
         "times this node stood for leader",
         lambda: node.core.campaigns,  # type: ignore[attr-defined]
     )
+
+    def core() -> object:
+        return node.core  # type: ignore[attr-defined]
+
+    metrics.observe(
+        "paxq.clock.offset",
+        "ms",
+        "each peer's wall clock less this node's, from probe round trips",
+        lambda: [
+            ({"peer": str(peer)}, offset)
+            for peer, offset in core().clocks.offsets(core().ticks).items()
+        ],
+    )
+    metrics.observe(
+        "paxq.clock.from_majority",
+        "ms",
+        "how far this node's clock is from a majority's; past clock_offset_ms_max it does not lead",
+        lambda: core().clocks.from_majority_ms(core().ticks) or 0.0,
+    )
     metrics.count(
         "paxq.lease.expiries",
         "{lease}",

@@ -63,6 +63,8 @@ class NodeSettings:
     snapshot_ack_timeout_s: float = 5.0
     snapshot_bytes_max: int = 1 << 30
     stamp_idle_ms: int = 100
+    clock_probe_s: float = 0.5
+    clock_offset_ms_max: int = 500
 
     def __post_init__(self) -> None:
         # Every peer message must fit a frame: the largest are a promise carrying a window of
@@ -95,6 +97,8 @@ class NodeSettings:
             snapshot_ack_timeout_ticks=max(1, math.ceil(self.snapshot_ack_timeout_s / self.tick_s)),
             snapshot_bytes_max=self.snapshot_bytes_max,
             stamp_idle_ms=self.stamp_idle_ms,
+            clock_probe_ticks=max(1, math.ceil(self.clock_probe_s / self.tick_s)),
+            clock_offset_ms_max=self.clock_offset_ms_max,
         )
 
 
@@ -477,6 +481,14 @@ class Node:
             "pipeline": r.in_flight_slots,
             "replica_lag": max(0, r.known_commit - r.applied),
             "elections": {"started": core.campaigns, "won": core.elections_won},
+            "clock": {
+                "offsets_ms": {
+                    peer: round(offset, 1)
+                    for peer, offset in core.clocks.offsets(core.ticks).items()
+                },
+                "from_majority_ms": core.clocks.from_majority_ms(core.ticks),
+                "may_lead": r.may_lead,
+            },
             **(self.metrics.summary() if self.metrics is not None else {}),
         }
 

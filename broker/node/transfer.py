@@ -42,15 +42,23 @@ class Incoming:
     count: int
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
+    #: chunks that came ahead of their turn (the network reorders), by index
+    early: dict[int, bytes] = field(default_factory=dict)
 
 
 class Assembler:
     """Receiving side: accepts chunks in order from one transfer at a time, within bounds."""
 
     def __init__(
-        self, node_id: int, bytes_max: int, keep: Callable[[bytes], bool] = lambda chunk: True
+        self,
+        node_id: int,
+        bytes_max: int,
+        keep: Callable[[bytes], bool] = lambda chunk: True,
+        early_max: int = 8,
     ) -> None:
         self.node_id = node_id
+        #: chunks held that came ahead of their turn, at most (about the sender's window)
+        self.early_max = early_max
         #: called on each chunk in order; False: its content is stored already (payloads),
         #: so it is neither held in memory nor counted against the bound
         self.keep = keep
@@ -64,12 +72,13 @@ class Assembler:
             current = self.current
             if m.slot <= commit:
                 return None, None  # we are past it
-            if current is None or m.slot > current.slot:
+            if current is None or (m.slot > current.slot and m.src == current.src):
                 self.current = Incoming(m.src, m.slot, m.count)
-            # Else an older snapshot, or this one from another node while a transfer of it
-            # is under way (peers answer catch-up in turn: they would reset each other), or
-            # a duplicate: answered below with where we stand, so a restarted sender
-            # resumes there.
+            # Else another node's snapshot while a transfer is under way (peers answer
+            # catch-up in turn: were a newer one to win, peers that snapshot often would
+            # reset each other's transfers for ever; a stalled one is abandoned instead),
+            # an older one, or a duplicate: answered below with where we stand, so a
+            # restarted sender resumes there.
         current = self.current
         if current is None or (m.src, m.slot, m.count) != (
             current.src,
@@ -77,24 +86,33 @@ class Assembler:
             current.count,
         ):
             return None, None
-        if m.index == len(current.chunks):
-            if not self.keep(m.data):
-                current.chunks.append(b"")
-                return SnapshotAck(self.node_id, current.slot, len(current.chunks)), (
-                    self._complete(current)
-                )
-            current.size += len(m.data)
-            if current.size > self.bytes_max:
-                log.error(
-                    "refusing a snapshot from node %d: more than %d bytes", m.src, self.bytes_max
-                )
-                self.current = None
-                self.refused += 1
-                return None, None
-            current.chunks.append(m.data)
+        if len(current.chunks) < m.index <= len(current.chunks) + self.early_max:
+            current.early[m.index] = m.data  # its turn comes once the ones before it arrive
+        elif m.index == len(current.chunks):
+            data: bytes | None = m.data
+            while data is not None:
+                if not self._take(current, data):
+                    return None, None
+                data = current.early.pop(len(current.chunks), None)
         # A duplicate or early chunk is answered with where we stand, so the sender resumes.
         ack = SnapshotAck(self.node_id, current.slot, len(current.chunks))
         return ack, self._complete(current)
+
+    def _take(self, current: Incoming, data: bytes) -> bool:
+        """The next chunk in order; False: the snapshot is over the byte bound (refused)."""
+        if not self.keep(data):
+            current.chunks.append(b"")  # its content is stored already
+            return True
+        current.size += len(data)
+        if current.size > self.bytes_max:
+            log.error(
+                "refusing a snapshot from node %d: more than %d bytes", current.src, self.bytes_max
+            )
+            self.current = None
+            self.refused += 1
+            return False
+        current.chunks.append(data)
+        return True
 
     def abandon(self) -> None:
         """The transfer under way made no progress for too long: the next one may start."""

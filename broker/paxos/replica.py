@@ -180,6 +180,9 @@ class Replica:
         #: False while it learns after losing its data (see the module docstring)
         self.voting: bool = state.voting
         self._witness: int | None = None  # the slot whose choice lets it vote
+        #: False: the runtime forbids leading (its clock is off): no campaign, and a leader
+        #: steps down at its next tick; it still votes
+        self.may_lead = True
 
         self.role = Role.FOLLOWER
         self.ballot: Ballot = ZERO  # the ballot this replica campaigns or leads with
@@ -285,7 +288,7 @@ class Replica:
     def campaign(self) -> None:
         """Start phase 1 now, without a pre-vote (a test or an operator forces an election).
         A learner does not campaign."""
-        if self.voting:
+        if self.voting and self.may_lead:
             self._campaign()
 
     def ready(self) -> Ready | None:
@@ -369,7 +372,7 @@ class Replica:
 
     def _on_election_timeout(self) -> None:
         """No leader heard for a whole timeout: ask whether a campaign could win."""
-        if not self.voting:
+        if not self.voting or not self.may_lead:
             self._reset_election_timer()
             return
         if self.role is Role.CANDIDATE or self._probe is not None:
@@ -777,6 +780,9 @@ class Replica:
 
     def _leader_tick(self) -> None:
         cfg = self.config
+        if not self.may_lead:
+            self._step_down()
+            return
         self._heartbeat_elapsed += 1
         if self._heartbeat_elapsed >= cfg.heartbeat_ticks:
             self._broadcast_heartbeat()

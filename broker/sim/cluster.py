@@ -69,6 +69,8 @@ _WRITTEN = 10  # a write of `target` completes; payload (incarnation, write, pos
 _CRASH_NODE = 11  # `target` crashes (a write in flight); payload: its incarnation then
 
 _OK, _NOT_LEADER, _RETRY, _UNKNOWN = 0, 1, 2, 3
+#: the wall clocks start here (a real date), so that no offset makes one read below zero
+_EPOCH_MS = 1_700_000_000_000
 
 
 @dataclass
@@ -122,6 +124,7 @@ class SimResult:
 
 class _Node:
     __slots__ = (
+        "clock_base_ms",
         "clock_offset_ms",
         "clock_rate",
         "core",
@@ -143,6 +146,7 @@ class _Node:
         # The replica's wall clock: skewed in rate and offset. Only a leader's stamps in the
         # log may carry it into the machine.
         self.clock_rate = rate
+        self.clock_base_ms = offset_ms  # where time sync keeps it
         self.clock_offset_ms = offset_ms
         self.disk = MemoryDisk()  # survives crashes; the journal on it does not
         self.journal: MemoryJournal | None = None
@@ -223,6 +227,8 @@ class Simulation:
         self.corrupt_read = faults.corrupt_read
         self.crash_in_flight = faults.crash_in_flight
         self.wipe = faults.wipe
+        self.clock_off = faults.clock_off
+        self.clock_bound_ms = self.core_settings.clock_offset_ms_max
         self.write_ms_max = faults.write_ms_max
         self.faulty = True
         self.issuing = True
@@ -237,8 +243,9 @@ class Simulation:
         self.nodes = []
         for i in range(settings.nodes):
             tick_ms = settings.tick_ms * self.rng.uniform(1 - skew, 1 + skew)
-            offset_ms = self.rng.uniform(-1000.0, 1000.0) * skew
-            self.nodes.append(_Node(i, tick_ms, settings.tick_ms / tick_ms, offset_ms))
+            rate = 1.0 + self.rng.uniform(-0.001, 0.001) * skew
+            offset_ms = self.rng.uniform(-200.0, 200.0) * skew
+            self.nodes.append(_Node(i, tick_ms, rate, offset_ms))
         self.clients = [
             _Client(c, self.rng.randrange(settings.nodes), Consumer(c, self.workload.setup()))
             for c in range(settings.clients)
@@ -358,6 +365,13 @@ class Simulation:
         node.written_at = self.now
         node.queued_done = None
         disk = node.disk
+        node.clock_offset_ms = node.clock_base_ms
+        # One clock off at a time: time sync keeps a majority right, or no one could tell.
+        synced = all(n.clock_offset_ms == n.clock_base_ms for n in self.nodes if n is not node)
+        if self.rng.random() < self.clock_off and node.incarnation > 1 and synced:
+            jump = self.rng.uniform(600.0, 6_000.0) * self.rng.choice((-1, 1))
+            node.clock_offset_ms += jump
+            self.trace.append((self.now, node.id, f"restarts with its clock {jump:+.0f} ms off"))
         # The cluster's first start bootstraps; a wiped disk restarts as a learner.
         identity = Identity("sim", node.id)
         journal = node.journal = MemoryJournal(disk, identity, bootstrap=not node.wiped)
@@ -457,6 +471,7 @@ class Simulation:
                 node.led = replica.ballot
                 self.stats.elections += 1
                 self.trace.append((self.now, node.id, f"leads with ballot {replica.ballot}"))
+                self._check_leader_clock(node)
 
     def _send(self, node: _Node, messages: list) -> None:
         rng = self.rng
@@ -557,6 +572,23 @@ class Simulation:
                 f"disks (a majority is {self.config.quorum}; {wiped} wiped and learning)",
             )
         self.durable_slots.add(slot)
+
+    def _check_leader_clock(self, leader: _Node) -> None:
+        """A leader's clock is within the bound (less what measuring can miss: a round trip
+        and a tick each way) of the true time, which time sync keeps most clocks close to:
+        a replica restarted with its clock off must not lead."""
+        if not self.clock_bound_ms:
+            return
+        off = abs(self._clock(leader) - (_EPOCH_MS + self.now))
+        slack = self.settings.faults.delay_ms_max + 2 * max(n.tick_ms for n in self.nodes) + 200
+        if off > self.clock_bound_ms + slack:
+            others = {n.id: round(n.clock_offset_ms) for n in self.nodes if n.core is not None}
+            raise Violation(
+                "clock",
+                f"node {leader.id} leads with its clock {off:.0f} ms off (the bound is "
+                f"{self.clock_bound_ms} ms; live replicas' offsets {others}): its stamps move "
+                "every lease deadline as much",
+            )
 
     def _retire(self, core: NodeCore) -> None:
         self.stats.snapshots_taken += core.snapshots_taken
@@ -682,7 +714,7 @@ class Simulation:
                     self.dead_read[topic] = message["offset"] + 1
 
     def _clock(self, node: _Node) -> int:
-        return max(0, int(self.now * node.clock_rate + node.clock_offset_ms))
+        return int(_EPOCH_MS + self.now * node.clock_rate + node.clock_offset_ms)
 
     def _check_results(self, node: _Node, slot: int, value, results: list[object]) -> None:
         """Every replica computes the same results for a slot (determinism); the first one
@@ -811,6 +843,9 @@ class Simulation:
         self.loss = self.duplicate = self.long_delay = 0.0
         self.crash_after_sync = self.crash_after_promise = 0.0
         self.write_fail = self.corrupt_read = self.crash_in_flight = self.wipe = 0.0
+        self.clock_off = 0.0
+        for node in self.nodes:
+            node.clock_offset_ms = node.clock_base_ms  # time sync is right again
         # A slow disk is a fault too: a healthy one syncs within a millisecond. (At 30 ms a
         # sync, one slot in flight of one command serves about 40 commands a second, less
         # than the clients ask for: no bound on the answer time could hold.)

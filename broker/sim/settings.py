@@ -31,7 +31,8 @@ class Faults:
     #: are rare next to accepts, so turns that synced a promise have a chance of their own.
     crash_after_sync: float
     crash_after_promise: float
-    #: each replica's tick runs at a rate in [1 - skew, 1 + skew] of the nominal one
+    #: each replica's tick runs at a rate in [1 - skew, 1 + skew] of the nominal one; its
+    #: wall clock is off by up to 200 ms x skew and drifts by up to 1% x skew
     clock_skew: float
     #: a write (journal batch or snapshot) completes after up to this long, in order; the
     #: node goes on taking inputs meanwhile, and a crash loses what was not yet synced
@@ -46,6 +47,9 @@ class Faults:
     #: chance that a crash also wipes the replica's disk (one replica at a time): it restarts
     #: with no data, as a node whose disk was replaced, and must learn before it votes
     wipe: float = 0.0
+    #: chance that a restarted replica's wall clock is off by 0.6 to 6 s (beyond the bound
+    #: on clock offsets: it must not lead until its clock is right again)
+    clock_off: float = 0.0
 
     @classmethod
     def none(cls) -> Faults:
@@ -107,6 +111,7 @@ class SimSettings:
                 corrupt_read=rng.choice((0.05, 0.2, 0.5)),
                 crash_in_flight=rng.choice((0.001, 0.005, 0.02)),
                 wipe=rng.choice((0.02, 0.05, 0.2)),
+                clock_off=rng.choice((0.05, 0.2, 0.5)),
             )
             if faults
             else Faults.none()
