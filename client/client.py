@@ -36,6 +36,7 @@ from opentelemetry.trace import Tracer
 
 from .batching import Batcher, Job, Sequencer
 from .connection import (
+    SILENCE_S,
     Address,
     Connection,
     ConnectionLost,
@@ -102,6 +103,7 @@ class Client:
         *,
         request_timeout_s: float = 30.0,
         connect_timeout_s: float = 3.0,
+        silence_s: float | None = SILENCE_S,
         backoff_initial_s: float = 0.02,
         backoff_max_s: float = 1.0,
         publish_linger_s: float = 0.0,
@@ -127,6 +129,9 @@ class Client:
             raise ValueError(f"publish_batch_messages is 1 to {PUBLISH_MESSAGES_MAX}")
         self.request_timeout_s = request_timeout_s
         self.connect_timeout_s = connect_timeout_s
+        #: a connection with requests waiting that hears nothing this long is left (None:
+        #: never; the node may be paused, cut off or wedged)
+        self.silence_s = silence_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.publish_linger_s = publish_linger_s
@@ -215,6 +220,7 @@ class Client:
                     self.task_group,
                     timeout_s=timeout_s,
                     frame_bytes_max=self.frame_bytes_max,
+                    silence_s=self.silence_s,
                 )
                 connection.on_orphan = self._orphan
                 self._connections[address] = connection

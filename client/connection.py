@@ -172,12 +172,17 @@ class Connection:
             if quiet >= step and pinged <= self._heard:  # the last ping was answered
                 pinged = now
                 frame = encode_frame({"id": next(self._ids), "op": PING})
-                with anyio.move_on_after(step):
+                with anyio.move_on_after(step) as scope:
                     try:
                         async with self._send_lock:
                             await self._stream.send(frame)
                     except _BROKEN as error:
                         self._fail(f"sending failed: {error!r}")
+                if scope.cancelled_caught:
+                    # Part of the frame may be out: the stream can no longer be framed.
+                    self._fail("a ping could not be sent: the node does not read")
+                    await anyio.aclose_forcefully(self._stream)
+                    return
 
     async def _first_frame(self) -> object:
         while True:

@@ -49,10 +49,13 @@ def run(
     # SIGTERM stops the cluster as Ctrl-C does, and both are held off while stopping, so no
     # node is ever left orphaned.
     signal.signal(signal.SIGTERM, _interrupt)
+    # The first run creates the cluster; on later ones a node whose data is gone learns.
+    fresh = not any((data / f"node{node}").exists() for node in range(DEV_NODES))
+    first = ("--bootstrap",) if fresh else ()
     try:
         for node in range(DEV_NODES):
             metrics = f"127.0.0.1:{metrics_port + node}" if metrics_port else None
-            children.append(_spawn(node, data, peers, clients, metrics, node_flags))
+            children.append(_spawn(node, data, peers, clients, metrics, (*first, *node_flags)))
             print(
                 f"  node {node}: clients 127.0.0.1:{client_port + node}, "
                 f"peers 127.0.0.1:{peer_port + node}, pid {children[-1].pid}, "
@@ -92,8 +95,6 @@ def _spawn(
             "--clients",
             clients,
             *(("--metrics", metrics) if metrics else ()),
-            # Its first run creates the cluster; later ones find the data and resume.
-            *(() if (data / f"node{node}").exists() else ("--bootstrap",)),
             *flags,
         ]
         return subprocess.Popen(command, stdout=log, stderr=log)

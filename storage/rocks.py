@@ -145,7 +145,7 @@ class RocksJournal:
         voting = self._read(_VOTING)
         if voting is not None and type(voting) is not bool:
             raise CorruptRecord(str(self.path), _VOTING, f"not a boolean: {voting!r}")
-        state.voting = voting is not False  # absent: a journal from before the rule, voting
+        state.voting = voting is not False  # absent: the journal predates the flag; it votes
         self._snapshot = self._snapshot_meta()
         state.snapshot_slot = self._snapshot[0]
         try:

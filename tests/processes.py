@@ -25,12 +25,15 @@ class Cluster:
         self.procs: dict[int, subprocess.Popen] = {}
         self.leader_hint = 0  # asked first, as a client that remembers the leader would
         self.created = False
+        self.started: set[int] = set()  # nodes started at least once
         self.extra: list[str] = []  # more flags for every node
 
     def start(self, node: int, bootstrap: bool | None = None) -> None:
-        """`bootstrap` None: on the node's first start here (as `paxq dev` does)."""
+        """`bootstrap` None: on the node's first start here, the cluster being new; a node
+        started again after its data was removed learns."""
         if bootstrap is None:
-            bootstrap = not (self.data / f"node{node}").exists()
+            bootstrap = node not in self.started
+        self.started.add(node)
         log = open(self.data / f"node{node}.log", "ab")  # noqa: SIM115 (the child writes it)
         self.procs[node] = subprocess.Popen(
             [

@@ -60,7 +60,7 @@ class ClockOffsets:
     def offsets(self, tick: int) -> dict[int, float]:
         """Each peer's offset from the fastest recent round trip (peers unheard recently are
         left out)."""
-        found = {}
+        found: dict[int, float] = {}
         for peer, samples in self._samples.items():
             fresh = [s for s in samples if tick - s[2] <= self.max_age_ticks]
             if fresh:

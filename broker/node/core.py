@@ -529,6 +529,10 @@ class NodeCore:
         if not bound:
             return
         off = self.clocks.from_majority_ms(self._tick)
+        if off is None and self.replica.role is Role.LEADER:
+            self._out.notices.append(
+                ("warning", "no recent clock readings from a majority: stepping down")
+            )
         self.replica.may_lead = off is not None and off <= bound
         if off is None:
             return

@@ -77,8 +77,8 @@ class Assembler:
             # Else another node's snapshot while a transfer is under way (peers answer
             # catch-up in turn: were a newer one to win, peers that snapshot often would
             # reset each other's transfers for ever; a stalled one is abandoned instead),
-            # an older one, or a duplicate: answered below with where we stand, so a
-            # restarted sender resumes there.
+            # which gets no answer (its sender gives up), or an older one, or a duplicate
+            # of ours: answered below with where we stand, so a restarted sender resumes.
         current = self.current
         if current is None or (m.src, m.slot, m.count) != (
             current.src,

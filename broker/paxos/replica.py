@@ -208,7 +208,9 @@ class Replica:
         self._pending_bytes = 0
         self._heartbeat_elapsed = 0
         self._heard: dict[int, int] = {}  # peer -> tick we last heard it follow our ballot
-        self._learners: set[int] = set()  # peers that said they learn, since the heartbeat
+        #: learners that acknowledged the last heartbeat near the commit point: while there
+        #: are any and nothing is in flight, each heartbeat proposes a no-op for them
+        self._learners: set[int] = set()
         self._quorum_check_elapsed = 0
         # Catch-up state (any role).
         self._known_commit = self.commit
@@ -372,6 +374,7 @@ class Replica:
 
     def _on_election_timeout(self) -> None:
         """No leader heard for a whole timeout: ask whether a campaign could win."""
+        self.leader_hint = None  # not heard for a whole timeout: no longer taken for leader
         if not self.voting or not self.may_lead:
             self._reset_election_timer()
             return
@@ -568,7 +571,10 @@ class Replica:
 
     def _learn(self, m: Accept, slot: int) -> None:
         """A learner keeps what the leader proposes (so the commit point on later messages
-        tells it what is chosen) and votes for none of it."""
+        tells it what is chosen) and votes for none of it. It raises its promise to the
+        leader's ballot: once it votes it refuses the ballots below, as it may have
+        promised them before."""
+        self._raise_promise(m.ballot)
         if slot >= max(self.log_start, self.commit):
             current = self.log.get(slot)
             if current is None or current[0] < m.ballot:
@@ -613,9 +619,10 @@ class Replica:
 
     def _on_heartbeat_ack(self, m: HeartbeatAck) -> None:
         if self.role is Role.LEADER and m.ballot == self.ballot:
-            self._heard[m.src] = self._tick
-            if not m.voting:
-                self._learners.add(m.src)
+            if m.voting:
+                self._heard[m.src] = self._tick  # a learner is no part of a quorum
+            elif m.commit + self.config.window_slots_max >= self.commit:
+                self._learners.add(m.src)  # near enough that new slots let it finish
             self._note_commit(m.commit, m.src)  # a new leader may lag its followers
 
     def _on_catchup_request(self, m: CatchupRequest) -> None:

@@ -562,9 +562,15 @@ class Simulation:
             return
         value = self.history.chosen[slot]
         held = sum(1 for node in self.nodes if _durably_holds(node.disk, slot, value))
-        # A replica whose disk was wiped (one at a time) may have voted just before: its vote
-        # counted, then its copy went with the disk. It learns the slot before it votes again.
-        wiped = sum(1 for node in self.nodes if not node.disk.state.voting)
+        # A replica whose disk was wiped (one at a time) may have voted for the slot just
+        # before: its vote counted, then its copy went with the disk. It learns the slot
+        # before it votes again.
+        accepted = self.history.accepted
+        wiped = sum(
+            1
+            for node in self.nodes
+            if not node.disk.state.voting and slot in accepted.get(node.id, {})
+        )
         if held + wiped < self.config.quorum:
             raise Violation(
                 "durability",

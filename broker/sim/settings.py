@@ -32,7 +32,7 @@ class Faults:
     crash_after_sync: float
     crash_after_promise: float
     #: each replica's tick runs at a rate in [1 - skew, 1 + skew] of the nominal one; its
-    #: wall clock is off by up to 200 ms x skew and drifts by up to 1% x skew
+    #: wall clock is off by up to 200 ms x skew and drifts by up to 0.1% x skew
     clock_skew: float
     #: a write (journal batch or snapshot) completes after up to this long, in order; the
     #: node goes on taking inputs meanwhile, and a crash loses what was not yet synced
