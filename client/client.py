@@ -76,6 +76,8 @@ if TYPE_CHECKING:
 
 #: addresses learned from leader hints are added to the seeds, up to this many in all
 _ADDRESSES_MAX = 64
+#: the longest pause between attempts while no leader is known (an election is under way)
+_LEADERLESS_S = 0.1
 
 
 class Retry(enum.Enum):
@@ -405,7 +407,10 @@ class Client:
                 redirects = 0
                 remaining = deadline - anyio.current_time()
                 await anyio.sleep(max(0.0, min(remaining, delay * random.uniform(0.5, 1.0))))
-                delay = min(self.backoff_max_s, delay * 2)
+                # An overloaded cluster needs room; one without a known leader is electing
+                # one, which takes a few hundred milliseconds: poll it at a short interval.
+                cap = self.backoff_max_s if isinstance(last, Overloaded) else _LEADERLESS_S
+                delay = min(cap, delay * 2)
         what = f"{op}: no answer from the cluster within {deadline - start:.1f}s (last: {last})"
         if command and sent and retry is not Retry.HARMLESS:
             raise UnknownOutcome(what + "; it may or may not have been applied")
