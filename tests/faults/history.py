@@ -1,0 +1,170 @@
+"""The checker of the fault suite: what a run of producers, workers and subscribers recorded
+against a real cluster, and every anomaly in it.
+
+The runner records what each client saw (in real time, `time.monotonic()` seconds) and, at
+the end, reads every topic's whole log from a healthy node. `check(history)` returns the
+anomalies found, as `Anomaly(kind, detail)`; a clean run returns none. The kinds:
+
+- lost: a publish acknowledged with an offset is not at that offset in the final log;
+- unexpected: the log holds a body no producer ever sent;
+- duplicated: one body stands at two offsets;
+- misplaced: a producer was told an offset that holds another body;
+- double acked: one message acknowledged (ack answered ok) twice;
+- lease overlap: a message claimed while an earlier claim of it was still trusted by its
+  holder (claimed, not yet acked, nacked or past its lease less the trust margin);
+- subscriber: a subscriber's deliveries skip an offset, repeat one, or carry a body other
+  than the log's there;
+- stall: the longest stretch without an acknowledged publish while a majority was connected
+  is longer than the bound (reported with its length, so the note can state it).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Publish:
+    topic: str
+    body: bytes
+    sent_s: float
+    offset: int | None = None  # None: not acknowledged (unknown outcome, or never sent)
+    acked_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    worker: str
+    topic: str
+    offset: int
+    token: int
+    claimed_s: float  # when the claim was sent: the lease runs from no earlier
+    lease_s: float
+    ended_s: float | None = None  # acked, nacked or given up by its holder; None: never
+
+
+@dataclass(frozen=True)
+class Ack:
+    worker: str
+    topic: str
+    offset: int
+    token: int
+    ok: bool
+    at_s: float
+
+
+@dataclass
+class History:
+    publishes: list[Publish] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)
+    acks: list[Ack] = field(default_factory=list)
+    #: subscriber -> topic and the (offset, body) it received, in order
+    subscribers: dict[str, tuple[str, list[tuple[int, bytes]]]] = field(default_factory=dict)
+    #: topic -> its whole log as read at the end
+    logs: dict[str, list[bytes]] = field(default_factory=dict)
+    #: (from, to) seconds during which a majority of nodes could reach each other
+    majority_s: list[tuple[float, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    kind: str
+    detail: str
+
+
+def check(history: History, *, trust_margin_s: float = 1.0, stall_s: float = 3.0) -> list[Anomaly]:
+    """Every anomaly of `history`; `trust_margin_s`: how much of a lease its holder does not
+    count on (twice the clock bound); `stall_s`: the longest stretch allowed without an
+    acknowledged publish while a majority was connected."""
+    found: list[Anomaly] = []
+    sent = {(p.topic, p.body) for p in history.publishes}
+    for topic, log in history.logs.items():
+        where: dict[bytes, int] = {}
+        for offset, body in enumerate(log):
+            if (topic, body) not in sent:
+                found.append(Anomaly("unexpected", f"{topic}@{offset} holds {body!r}"))
+            if body in where:
+                found.append(
+                    Anomaly("duplicated", f"{body!r} at {topic}@{where[body]} and @{offset}")
+                )
+            where.setdefault(body, offset)
+    for p in history.publishes:
+        if p.offset is None:
+            continue
+        log = history.logs.get(p.topic, [])
+        if p.offset >= len(log):
+            found.append(Anomaly("lost", f"{p.body!r} acknowledged at {p.topic}@{p.offset}"))
+        elif log[p.offset] != p.body:
+            if p.body in log:
+                found.append(
+                    Anomaly(
+                        "misplaced", f"{p.body!r} told {p.offset}, stands at {log.index(p.body)}"
+                    )
+                )
+            else:
+                found.append(Anomaly("lost", f"{p.body!r} acknowledged at {p.topic}@{p.offset}"))
+    acked: dict[tuple[str, int], Ack] = {}
+    for a in history.acks:
+        if a.ok:
+            first = acked.setdefault((a.topic, a.offset), a)
+            if first is not a:
+                found.append(
+                    Anomaly(
+                        "double acked",
+                        f"{a.topic}@{a.offset} by {first.worker} (token {first.token}) and by "
+                        f"{a.worker} (token {a.token})",
+                    )
+                )
+    found += _lease_overlaps(history.claims, trust_margin_s)
+    for name, (topic, received) in history.subscribers.items():
+        found += _subscriber(name, received, history.logs.get(topic, []))
+    stall = longest_stall(history)
+    if stall > stall_s:
+        found.append(Anomaly("stall", f"{stall:.2f} s without an acknowledged publish"))
+    return found
+
+
+def _lease_overlaps(claims: list[Claim], margin_s: float) -> list[Anomaly]:
+    found = []
+    by_message: dict[tuple[str, int], list[Claim]] = {}
+    for c in claims:
+        by_message.setdefault((c.topic, c.offset), []).append(c)
+    for (topic, offset), held in by_message.items():
+        held.sort(key=lambda c: c.claimed_s)
+        for earlier, later in itertools.pairwise(held):
+            trusted_until = earlier.claimed_s + max(0.0, earlier.lease_s - margin_s)
+            if earlier.ended_s is not None:
+                trusted_until = min(trusted_until, earlier.ended_s)
+            if later.claimed_s < trusted_until:
+                found.append(
+                    Anomaly(
+                        "lease overlap",
+                        f"{topic}@{offset}: {later.worker} claimed it at {later.claimed_s:.2f} s "
+                        f"while {earlier.worker} trusted its lease until {trusted_until:.2f} s",
+                    )
+                )
+    return found
+
+
+def _subscriber(name: str, received: list[tuple[int, bytes]], log: list[bytes]) -> list[Anomaly]:
+    found = []
+    for (before, _), (offset, _) in itertools.pairwise(received):
+        if offset != before + 1:
+            what = "repeated" if offset <= before else "skipped to"
+            found.append(Anomaly("subscriber", f"{name} {what} {offset} after {before}"))
+    for offset, body in received:
+        if offset >= len(log) or log[offset] != body:
+            found.append(Anomaly("subscriber", f"{name} got {body!r} at {offset}, not the log's"))
+    return found
+
+
+def longest_stall(history: History) -> float:
+    """The longest stretch, within the times a majority was connected, without an
+    acknowledged publish."""
+    acks = sorted(p.acked_s for p in history.publishes if p.acked_s is not None)
+    longest = 0.0
+    for start, end in history.majority_s:
+        marks = [start, *[t for t in acks if start < t < end], end]
+        longest = max(longest, *(b - a for a, b in itertools.pairwise(marks)))
+    return longest
