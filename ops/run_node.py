@@ -15,7 +15,7 @@ from paxq.broker.node.metrics import NodeMetrics, watch_node
 from paxq.broker.node.scrape import ScrapeEndpoint
 from paxq.broker.node.tracing import CommitTracing
 from paxq.broker.paxos import Config
-from paxq.storage import Identity, RocksJournal, StorageError
+from paxq.storage import Identity, JournalClosed, RocksJournal, StorageError
 
 from .config import NodeConfig
 from .tracing import tracer_provider
@@ -33,6 +33,20 @@ def _fewer_malloc_arenas() -> None:
         return  # not glibc
     m_arena_max = -8
     libc.mallopt(m_arena_max, 2)
+
+
+def _cause(group: BaseExceptionGroup) -> BaseException:
+    """The storage error that stopped the node (nurseries nest groups, and tasks that found
+    the journal closed after it add theirs)."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending[:0] = error.exceptions
+        else:
+            leaves.append(error)
+    return next((e for e in leaves if not isinstance(e, JournalClosed)), leaves[0])
 
 
 def run(config: NodeConfig, bootstrap: bool = False) -> int:
@@ -74,7 +88,7 @@ def run(config: NodeConfig, bootstrap: bool = False) -> int:
         node = Node(settings, journal, metrics=metrics, tracing=tracing)
         trio.run(_serve, node, config, journal)
     except* StorageError as group:  # from inside trio's nurseries: an exception group
-        log.error("stopping: %s", group.exceptions[0])
+        log.error("stopping: %s", _cause(group))
         status = 2
     finally:
         journal.close()

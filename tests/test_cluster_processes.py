@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+from pathlib import Path
 
 import pytest
 import trio
@@ -173,3 +175,62 @@ async def test_a_node_whose_data_is_gone_learns_and_votes_only_once_it_may(clust
         ):
             await trio.sleep(0.05)
     assert "voting from now on" in (cluster.data / f"node{wiped}.log").read_text()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 64 MiB file system of its own (tmpfs), for one node's data; skipped where this
+    process may not mount one."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def _stops(cluster, node: int) -> str:
+    """Wait for `node` to exit; its exit status must say it refused, and its log why."""
+    proc = cluster.procs[node]
+    while proc.poll() is None:
+        await trio.sleep(0.05)
+    assert proc.returncode == 2, f"node {node} exited with {proc.returncode}"
+    return (cluster.data / f"node{node}.log").read_text()
+
+
+async def test_a_full_disk_stops_the_node_and_loses_nothing(cluster, small_disk: Path) -> None:
+    victim = 2
+    (small_disk / "node2").mkdir()
+    (cluster.data / "node2").symlink_to(small_disk / "node2")
+    acked: dict[int, bytes] = {}
+    for node in range(3):
+        cluster.start(node)
+    with trio.fail_after(PHASE_S):
+        await cluster.leader()
+        await write_under_load(cluster, acked, 40, "a")
+        await all_hold(cluster, acked)
+
+    # The disk fills up: the node stops taking writes, says why, and the others go on.
+    filler = small_disk / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True)
+    with trio.fail_after(PHASE_S):
+        await write_under_load(cluster, acked, 40, "b")
+        log = await _stops(cluster, victim)
+        await write_under_load(cluster, acked, 40, "c")
+    assert "No space left" in log or "space" in log.lower(), log[-2000:]
+    # Room again: restarted, it catches up with everything acknowledged.
+    filler.unlink()
+    cluster.start(victim)
+    with trio.fail_after(PHASE_S):
+        await all_hold(cluster, acked)
+
+    with trio.fail_after(PHASE_S):
+        await write_under_load(cluster, acked, 40, "d")
+        await all_hold(cluster, acked)
