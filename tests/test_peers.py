@@ -9,6 +9,7 @@ import pytest
 import trio
 
 from paxq.broker.node import Decoder, PeerSettings, PeerTransport
+from paxq.broker.node.peers import PROTOCOL_VERSION
 from paxq.broker.paxos import Ballot, Config, Heartbeat
 from paxq.client.wire import ErrorCode, FrameDecoder, encode_frame
 
@@ -75,7 +76,7 @@ async def handshake(address, hello: object) -> tuple[trio.SocketStream, object]:
             return stream, body
 
 
-def hello(node: int, cluster_id: str = "test", version: int = 1) -> dict:
+def hello(node: int, cluster_id: str = "test", version: int = PROTOCOL_VERSION) -> dict:
     return {"paxq": "peer", "v": version, "cluster": cluster_id, "node": node}
 
 
@@ -98,7 +99,7 @@ async def test_messages_arrive_in_order_both_ways() -> None:
         (hello(9), ErrorCode.NOT_A_MEMBER),
         (hello(0), ErrorCode.NOT_A_MEMBER),  # node 0 itself is no peer of node 0
         (hello(1, cluster_id="other"), ErrorCode.WRONG_CLUSTER),
-        (hello(1, version=2), ErrorCode.UNSUPPORTED_VERSION),
+        (hello(1, version=1), ErrorCode.UNSUPPORTED_VERSION),  # an older peer protocol
         ({"hello": "there"}, ErrorCode.BAD_REQUEST),
     ],
 )
