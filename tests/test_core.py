@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from random import Random
 
+import pytest
+
 from paxq.broker.machine import command
 from paxq.broker.node.clocks import ClockEcho, ClockProbe
 from paxq.broker.node.core import OK, CoreSettings, NodeCore, Write
@@ -238,8 +240,9 @@ def test_a_stopped_core_answers_every_waiter_unknown() -> None:
     assert [(w, outcome) for w, outcome, _, _ in d.replies] == [("w", "unknown")]
 
 
-def test_a_node_whose_clock_is_off_from_a_majority_does_not_lead() -> None:
-    d = Driver(clock_offset_ms_max=500)
+@pytest.mark.parametrize("probe_ticks", [1, 25])
+def test_a_node_whose_clock_is_off_from_a_majority_does_not_lead(probe_ticks: int) -> None:
+    d = Driver(clock_offset_ms_max=500, clock_probe_ticks=probe_ticks)
     notices: list[tuple[str, str]] = []
     for step in range(3):  # probes on the first tick, echoes meanwhile, verdicts on the next
         for node, core in enumerate(d.cores):

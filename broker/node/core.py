@@ -522,7 +522,7 @@ class NodeCore:
         """Probe the peers' clocks now and then; lead only within the bound of a majority's
         (and not before that is known: a node restarted with its clock off must not lead
         on it meanwhile)."""
-        if self._tick % self.settings.clock_probe_ticks == 1:
+        if (self._tick - 1) % self.settings.clock_probe_ticks == 0:  # from the first tick
             probe = ClockProbe(self.id, self._now_ms)
             self._out.send.extend((peer, probe) for peer in self.replica.peers)
         bound = self.settings.clock_offset_ms_max
