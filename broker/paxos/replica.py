@@ -540,11 +540,10 @@ class Replica:
     def _on_accept(self, m: Accept) -> None:
         if not self._admit_leader(m):
             return
-        slot = m.slot
-        if not self.voting:
-            self._learn(m, slot)
-            return
+        # A learner raises its promise too: once it votes it refuses the ballots below, as
+        # it may have promised them before it lost its data.
         self._raise_promise(m.ballot)
+        slot = m.slot
         if slot >= self.log_start:
             current = self.log.get(slot)
             # Below the commit point the entry is the chosen value: keep it. A LEARNED entry is
@@ -554,10 +553,17 @@ class Replica:
                 self.log[slot] = current
                 self._out.persist.append(AcceptRecord(slot, m.ballot, m.value))
             # Acknowledge only a value we hold: a stale leader must not count a vote for a
-            # different value at a slot we know is chosen.
-            if current is not None and (current[1] is m.value or current[1] == m.value):
+            # different value at a slot we know is chosen. A learner keeps what the leader
+            # proposes (later commit points tell it what is chosen) and votes for none of it.
+            if (
+                self.voting
+                and current is not None
+                and (current[1] is m.value or current[1] == m.value)
+            ):
                 self._send(m.src, Accepted(self.id, m.ballot, slot))
         self._learn_commit(m.ballot, m.commit, m.src)
+        if not self.voting:
+            self._set_witness()
 
     def _on_accepted(self, m: Accepted) -> None:
         if self.role is not Role.LEADER or m.ballot != self.ballot:
@@ -568,20 +574,6 @@ class Replica:
             self._count_vote(m.slot, inflight, m.src)
 
     # ------------------------------------------------------------------------ learning
-
-    def _learn(self, m: Accept, slot: int) -> None:
-        """A learner keeps what the leader proposes (so the commit point on later messages
-        tells it what is chosen) and votes for none of it. It raises its promise to the
-        leader's ballot: once it votes it refuses the ballots below, as it may have
-        promised them before."""
-        self._raise_promise(m.ballot)
-        if slot >= max(self.log_start, self.commit):
-            current = self.log.get(slot)
-            if current is None or current[0] < m.ballot:
-                self.log[slot] = (m.ballot, m.value)
-                self._out.persist.append(AcceptRecord(slot, m.ballot, m.value))
-        self._learn_commit(m.ballot, m.commit, m.src)
-        self._set_witness()
 
     def _set_witness(self) -> None:
         if self._witness is None and self._tick >= self.config.election_ticks_base:
