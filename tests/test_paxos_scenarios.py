@@ -19,6 +19,8 @@ from paxq.broker.paxos import (
     Ballot,
     CatchupReply,
     CatchupRequest,
+    Census,
+    CensusReply,
     Config,
     ConfigError,
     DurableState,
@@ -813,8 +815,9 @@ def test_a_replica_that_lost_its_data_learns_before_it_votes() -> None:
         if learner.voting:
             break
     assert learner.voting and c.disks[2].voting
-    # Past a whole window beyond the commit point it heard of first (1: slot 0 held "a b").
-    assert c[0].commit >= learner.commit > 1 + c.config.window_slots_max
+    # Past a whole window beyond where the leader's proposals stood when it answered the
+    # census (slot 0 held "a b", slot 1 "c").
+    assert c[0].commit >= learner.commit > 2 + c.config.window_slots_max
     for _ in range(2):  # the last learning ack may ask for one more no-op
         c.tick(0, c.config.heartbeat_ticks)
         c.stabilize()
@@ -822,3 +825,68 @@ def test_a_replica_that_lost_its_data_learns_before_it_votes() -> None:
     c.propose(0, b"d")
     c.deliver(of(Accept))
     assert [m for src, _, m in c.messages(Accepted) if src == 2], "it votes again"
+
+
+def _run(c: Cluster, rounds: int, where=lambda src, dst, m: True) -> None:
+    for _ in range(rounds):
+        for node in range(len(c.replicas)):
+            if c.replicas[node] is not None:
+                c.tick(node)
+        c.stabilize(where)
+        c.drop(lambda src, dst, m: True)  # what `where` held back is lost
+
+
+def test_a_learner_takes_no_witness_from_commit_points_it_hears() -> None:
+    """A delayed message can carry a commit point long gone by: only a census of the voting
+    peers and a leader at or above every promise they report let the learner vote."""
+    c = Cluster(3, election_ticks_base=10, window_slots_max=4)
+    c.elect(0)
+    for n in range(20):
+        c.propose(0, b"m%d" % n)
+        c.stabilize()
+    c.disks[2] = DurableState(voting=False)
+    c.restart(2)
+    learner = c[2]
+    c.tick(2)
+    nonces = {m.nonce for src, _, m in c.messages(Census) if src == 2}
+    assert len(nonces) == 1 and sorted(dst for _, dst, _ in c.messages(Census)) == [0, 1]
+    # An old accept with commit point 1 arrives: the old rule would have voted past 1 + 4.
+    c.inject(2, Accept(0, c[0].ballot, 1, c[0].log[1][1], 1))
+    # The leader's census replies are lost: no witness, however far the commit point goes.
+    _run(c, 100, where=lambda src, dst, m: not (type(m) is CensusReply and src == 0))
+    assert learner.commit >= c[0].commit - 1 > 20 + c.config.window_slots_max
+    assert not learner.voting
+    # A reply to an earlier start (another nonce) counts for nothing either.
+    c.inject(2, CensusReply(0, nonces.pop() ^ 1, c[0].promised, True, c[0].next_slot))
+    c.tick(2)
+    assert not learner.voting
+    # With the leader's replies it votes once the slots past its answer are chosen.
+    _run(c, 100)
+    assert learner.voting and c.disks[2].voting
+
+
+def test_a_learner_waits_for_a_leader_above_every_promise_in_its_census() -> None:
+    c = Cluster(3, election_ticks_base=10, window_slots_max=4)
+    c.elect(0)
+    c.propose(0, b"a")
+    c.stabilize()
+    c.disks[2] = DurableState(voting=False)
+    c.restart(2)
+    # Node 1 promises a ballot above the leader's (a candidate whose promise is lost):
+    # the learner's former self may have accepted in it, at slots leader 0 never saw.
+    c.inject(1, Prepare(0, Ballot(9, 0), 0))
+    c.drop(lambda src, dst, m: True)
+    # While leader 0 does not learn of it, its answers do not settle the census.
+    _run(c, 15, where=lambda src, dst, m: type(m) is not Reject)
+    assert c[0].role is Role.LEADER and c[2].witness is None
+    voted_under: Ballot | None = None
+    for _ in range(300):
+        for node in range(3):
+            c.tick(node)
+        c.stabilize()
+        if c[2].voting:
+            leaders = [r.ballot for r in c.replicas if r is not None and r.role is Role.LEADER]
+            voted_under = max(leaders)
+            break
+    assert voted_under is not None, "it votes once a new leader is in place"
+    assert voted_under > Ballot(9, 0)

@@ -39,6 +39,15 @@ def test_a_bounded_sweep_of_seeds_finds_no_violation(nodes: int) -> None:
     assert crashes > 10 and partitions > 10 and elections > 20
 
 
+@pytest.mark.parametrize("seed", [201])
+def test_seeds_that_once_found_a_bug_stay_clean(seed: int) -> None:
+    # 201: a learner heard a long-delayed Accept whose commit point was far behind, and
+    # once voted before every slot its former self had accepted was chosen.
+    result = run_seed(SimSettings.from_seed(seed, 5, 10_000))
+    assert result.ok, report(result)
+    assert result.stats.wipes > 0
+
+
 def test_every_fault_setting_is_on_for_every_seed() -> None:
     for seed in range(50):
         faults = SimSettings.from_seed(seed).faults

@@ -20,6 +20,8 @@ from paxq.broker.paxos import (
     Ballot,
     CatchupReply,
     CatchupRequest,
+    Census,
+    CensusReply,
     Config,
     Heartbeat,
     HeartbeatAck,
@@ -130,6 +132,10 @@ messages = st.one_of(
     st.builds(SnapshotAck, nodes, slots, st.integers(0, 1 << 20)),
     st.builds(ClockProbe, nodes, st.integers(0, 1 << 50)),
     st.builds(ClockEcho, nodes, st.integers(0, 1 << 50), st.integers(0, 1 << 50)),
+    st.builds(Census, nodes, st.integers(0, (1 << 62) - 1)),
+    st.builds(
+        CensusReply, nodes, st.integers(0, 1 << 40), ballot, st.booleans(), st.just(-1) | slots
+    ),
 )
 
 
@@ -164,6 +170,9 @@ def test_every_message_round_trips_through_a_frame(message) -> None:
         ([11, 0, 5, -1], "received"),
         ([14, 0, 1, 0, 1, 1, 0], "granted must be a boolean"),
         ([16, 0, 5, -1], "echo_ms"),
+        ([17, 0, 1 << 62], "nonce"),
+        ([18, 0, 7, 1, 0, 1, 3], "voting must be a boolean"),
+        ([18, 0, 7, 1, 0, True, -2], "next_slot"),
     ],
 )
 def test_malformed_peer_messages_are_refused_with_a_typed_error(body, complaint) -> None:
@@ -180,7 +189,7 @@ def test_arbitrary_input_decodes_to_a_message_or_a_typed_error(body) -> None:
 
 
 @given(
-    st.integers(1, 16).flatmap(
+    st.integers(1, 18).flatmap(
         lambda tag: st.tuples(
             st.just(tag),
             st.lists(

@@ -16,6 +16,8 @@
     PreVoteReply   [14, src, round, node, granted, promised_round, promised_node]
     ClockProbe     [15, src, sent_ms]                       (node level: see clocks.py)
     ClockEcho      [16, src, sent_ms, echo_ms]
+    Census         [17, src, nonce]
+    CensusReply    [18, src, nonce, promised_round, promised_node, voting, next_slot]
 
 where value = [command bytes, ...]. The core trusts message fields (it tolerates crashes, not
 lies), so decoding checks every type and range, and every batch against the configured bounds,
@@ -36,6 +38,8 @@ from ..paxos import (
     Ballot,
     CatchupReply,
     CatchupRequest,
+    Census,
+    CensusReply,
     Config,
     Heartbeat,
     HeartbeatAck,
@@ -66,6 +70,7 @@ _TRACE_CHARS_MAX = 128
 _SLOT_MAX = 1 << 62  # far beyond any real log; refuses absurd slot numbers outright
 _NODE_MAX = 1 << 16
 _CHUNKS_MAX = 1 << 20
+_NONCE_MAX = (1 << 62) - 1
 _MS_MAX = 1 << 53  # wall clock readings in ms: far beyond any real date
 
 
@@ -102,6 +107,11 @@ def encode(message: PeerMessage) -> list:
     if kind is CatchupReply:
         m = message
         return [9, m.src, m.from_slot, [list(value) for value in m.values], m.commit]
+    if kind is Census:
+        return [17, *message]
+    if kind is CensusReply:
+        m = message
+        return [18, m.src, m.nonce, m.promised.round, m.promised.node, m.voting, m.next_slot]
     if kind is SnapshotChunk:
         return [10, *message]
     if kind is SnapshotAck:
@@ -137,6 +147,8 @@ class Decoder:
             14: (7, self._pre_vote_reply),
             15: (3, self._clock_probe),
             16: (4, self._clock_echo),
+            17: (3, self._census),
+            18: (7, self._census_reply),
         }
 
     def decode(self, body: object) -> PeerMessage:
@@ -259,6 +271,20 @@ class Decoder:
         values = tuple(self._value(value) for value in b[3])
         return CatchupReply(
             self._src(b[1]), self._slot(b[2], "from_slot"), values, self._slot(b[4], "commit")
+        )
+
+    def _census(self, b: list) -> Census:
+        return Census(self._src(b[1]), self._int(b[2], 0, _NONCE_MAX, "nonce"))
+
+    def _census_reply(self, b: list) -> CensusReply:
+        if type(b[5]) is not bool:
+            raise MalformedMessage(f"voting must be a boolean, got {b[5]!r}")
+        return CensusReply(
+            self._src(b[1]),
+            self._int(b[2], 0, _NONCE_MAX, "nonce"),
+            self._ballot(b[3], b[4]),
+            b[5],
+            self._int(b[6], -1, _SLOT_MAX, "next_slot"),
         )
 
     def _snapshot_chunk(self, b: list) -> SnapshotChunk:

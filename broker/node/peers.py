@@ -30,7 +30,7 @@ from .listen import serving
 
 log = logging.getLogger("paxq.node.peers")
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 Address = tuple[str, int]
 
 

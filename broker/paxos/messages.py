@@ -94,6 +94,25 @@ class HeartbeatAck(NamedTuple):
     voting: bool = True
 
 
+class Census(NamedTuple):
+    """From a replica that lost its data: what have you promised, and how far does your
+    leadership reach? `nonce` ties the replies to this start of the asker."""
+
+    src: int
+    nonce: int
+
+
+class CensusReply(NamedTuple):
+    """`promised` and `voting` are the sender's; `next_slot` is the slot its leadership
+    (in ballot `promised`, phase 1 done) proposes next, or -1 if it does not lead."""
+
+    src: int
+    nonce: int
+    promised: Ballot
+    voting: bool
+    next_slot: int
+
+
 class CatchupRequest(NamedTuple):
     """Send me chosen slots from `from_slot` on."""
 
@@ -122,6 +141,8 @@ Message = (
     | HeartbeatAck
     | CatchupRequest
     | CatchupReply
+    | Census
+    | CensusReply
 )
 
 

@@ -27,12 +27,11 @@ Protocol notes (the why behind the code):
   cluster) may have forgotten promises and acceptances it made; voting now could let a second
   value be chosen. It learns instead (Paxos Made Live, section 5.1): it stores what leaders
   propose and learns what is chosen, but sends no Promise, Accepted, Reject or pre-vote grant
-  and never campaigns, until it has seen an instance that began after it restarted end
-  chosen: a slot at least a whole pipeline window past the highest commit point it had heard
-  of once it had been up for a base election timeout. Every slot anyone proposed before it
-  restarted is below that, so it holds each of them as chosen before it votes, and the
-  campaigns running then have timed out. A leader that hears a learner (`HeartbeatAck.voting`)
-  proposes no-ops while it has nothing else to propose, so an idle cluster lets it finish.
+  and never campaigns, until every slot its former self can have accepted is chosen. It
+  bounds them by a census: promises from `n - quorum + 1` voting peers, and the next slot of
+  a leader at or above all of them, plus a window (docs/paxos.md has the proof). A leader
+  that hears a learner (`HeartbeatAck.voting`) proposes no-ops while it has nothing else to
+  propose, so an idle cluster lets it finish.
 - Only what depends on a record waits for it (etcd's `msgsAfterAppend`): a leader's Accepts leave
   while its own accept is written, and its own vote counts only once `persisted` says that
   write is durable; a candidate's own promise likewise. Promise, Accepted and Prepare go in
@@ -53,6 +52,8 @@ from .messages import (
     Accepted,
     CatchupReply,
     CatchupRequest,
+    Census,
+    CensusReply,
     Heartbeat,
     HeartbeatAck,
     Message,
@@ -180,6 +181,11 @@ class Replica:
         #: False while it learns after losing its data (see the module docstring)
         self.voting: bool = state.voting
         self._witness: int | None = None  # the slot whose choice lets it vote
+        # Its census (see `_set_witness`): the highest promise each voting peer reported,
+        # and the best leader heard of as (ballot, next slot).
+        self._census_nonce = rng.getrandbits(62) if not self.voting else 0
+        self._census: dict[int, Ballot] = {}
+        self._census_leader: tuple[Ballot, int] | None = None
         #: False: the runtime forbids leading (its clock is off): no campaign, and a leader
         #: steps down at its next tick; it still votes
         self.may_lead = True
@@ -234,6 +240,8 @@ class Replica:
             HeartbeatAck: self._on_heartbeat_ack,
             CatchupRequest: self._on_catchup_request,
             CatchupReply: self._on_catchup_reply,
+            Census: self._on_census,
+            CensusReply: self._on_census_reply,
         }
         self._emit_committed()
 
@@ -252,7 +260,7 @@ class Replica:
         """Advance logical time by one tick."""
         self._tick += 1
         if not self.voting:
-            self._check_learned()
+            self._learner_tick()
         if self.role is Role.LEADER:
             self._leader_tick()
         else:
@@ -562,8 +570,6 @@ class Replica:
             ):
                 self._send(m.src, Accepted(self.id, m.ballot, slot))
         self._learn_commit(m.ballot, m.commit, m.src)
-        if not self.voting:
-            self._set_witness()
 
     def _on_accepted(self, m: Accepted) -> None:
         if self.role is not Role.LEADER or m.ballot != self.ballot:
@@ -575,14 +581,61 @@ class Replica:
 
     # ------------------------------------------------------------------------ learning
 
-    def _set_witness(self) -> None:
-        if self._witness is None and self._tick >= self.config.election_ticks_base:
-            self._witness = self.known_commit + self.config.window_slots_max
+    @property
+    def witness(self) -> int | None:
+        """While it learns: the slot past which every slot must be chosen before it votes
+        (None until its census settles it)."""
+        return self._witness
 
-    def _check_learned(self) -> None:
-        if self._witness is not None and self.commit > self._witness:
+    def _learner_tick(self) -> None:
+        if self._witness is None:
+            if (self._tick - 1) % self.config.resend_ticks == 0:  # from the first tick on
+                census = Census(self.id, self._census_nonce)
+                for peer in self.peers:
+                    self._send(peer, census)
+            self._set_witness()
+        elif self.commit > self._witness:
             self.voting = True
+            self._census = {}
             self._out.persist.append(VotingRecord(True))
+
+    def _on_census(self, m: Census) -> None:
+        leads = self.role is Role.LEADER and self.ballot == self.promised
+        next_slot = self.next_slot if leads else -1
+        self._send(m.src, CensusReply(self.id, m.nonce, self.promised, self.voting, next_slot))
+
+    def _on_census_reply(self, m: CensusReply) -> None:
+        if self.voting or m.nonce != self._census_nonce or not m.voting:
+            return
+        if m.promised > self._census.get(m.src, ZERO):
+            self._census[m.src] = m.promised
+        if m.next_slot >= 0:
+            best = self._census_leader
+            if best is None or (m.promised, m.next_slot) > best:
+                self._census_leader = (m.promised, m.next_slot)
+        self._set_witness()
+
+    def _set_witness(self) -> None:
+        """Pick the slot past every slot its former self can have accepted.
+
+        Replies from n - quorum + 1 voting peers, all sent after this start: every ballot the
+        former self accepted had a phase-1 quorum, which meets them, so some reply reports a
+        promise at least that high. A leader whose ballot is at or above all of them proposed
+        every slot chosen before the wipe below its `next_slot` (its own, or re-proposed from
+        its phase 1), so every leader then had its commit point below that, and proposed
+        below it plus a window. No commit point heard in a message plays a part: a delayed
+        message can carry one long gone by.
+        """
+        cfg = self.config
+        leader = self._census_leader
+        if (
+            self._witness is None
+            and leader is not None
+            and self._tick >= cfg.election_ticks_base
+            and len(self._census) >= len(cfg.nodes) - self.quorum + 1
+            and leader[0] >= max(self._census.values())
+        ):
+            self._witness = leader[1] + cfg.window_slots_max
 
     def _count_vote(self, slot: int, inflight: _InFlight, voter: int) -> None:
         inflight.acks.add(voter)
@@ -606,8 +659,6 @@ class Replica:
             return
         self._send(m.src, HeartbeatAck(self.id, m.ballot, self.commit, self.voting))
         self._learn_commit(m.ballot, m.commit, m.src)
-        if not self.voting:
-            self._set_witness()
 
     def _on_heartbeat_ack(self, m: HeartbeatAck) -> None:
         if self.role is Role.LEADER and m.ballot == self.ballot:
