@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test sim sweep bench-single lint clean
+.PHONY: dev test sim sweep faults faketime bench-single lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 dev: $(STAMP)
 	$(VENV)/bin/paxq dev
 
-# Runs the whole test suite (ruff, unit, property and simulator tests).
-test: $(STAMP)
+# Runs the whole test suite (ruff, unit, property, simulator and real-process tests).
+test: $(STAMP) faketime
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
@@ -28,6 +28,20 @@ sim: $(STAMP)
 # The long sweep: 1,000 seeds of 20,000 steps at 5 replicas, every fault on (about 1.5 h on 2 cores).
 sweep: $(STAMP)
 	$(VENV)/bin/paxq sim --seeds 1000 --nodes 5 --steps 20000 $(ARGS)
+
+# The fault suite on real processes, longer than the test suite's bounded run.
+SECONDS ?= 300
+SEED ?= 1
+faults: $(STAMP) faketime
+	$(VENV)/bin/python tests/faults/runner.py --seconds $(SECONDS) --seed $(SEED) $(ARGS)
+
+# libfaketime (Debian) lets the fault suite start a node with its clock off.
+faketime:
+	@ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	       && { apt-get install -y -q libfaketime >/dev/null 2>&1 \
+	            || { apt-get update -q >/dev/null && apt-get install -y -q libfaketime >/dev/null; }; }; } \
+	  || echo "libfaketime is not installed: the fault suite skips clock faults"
 
 # Single publishes against another commit's tree: make bench-single BASE=/tmp/base
 bench-single: $(STAMP)

@@ -78,6 +78,9 @@ if TYPE_CHECKING:
 _ADDRESSES_MAX = 64
 #: the longest pause between attempts while no leader is known (an election is under way)
 _LEADERLESS_S = 0.1
+#: a node whose connection was just lost is tried last for this long while no leader is
+#: known (a paused node still accepts connections, and would hold every request up)
+_AVOID_S = 2.0
 
 
 class Retry(enum.Enum):
@@ -157,6 +160,7 @@ class Client:
         self._connecting: dict[Address, anyio.Lock] = {}
         self._leader: Address | None = None
         self._turn = 0  # round robin over addresses while no leader is known
+        self._avoid: dict[Address, float] = {}  # address -> tried last until then
         self._sequencers: dict[str, Sequencer] = {}
         self._publishers: dict[str, Batcher] = {}
         self._ackers: dict[tuple[str, str | None], Batcher] = {}
@@ -255,8 +259,7 @@ class Client:
             for connection in self._connections.values():
                 if not connection.closed:
                     return connection
-        address = self._addresses[self._turn % len(self._addresses)]
-        self._turn += 1
+        address = self._next_address()
         connection = await self._connect(address, timeout_s)
         if self._leader is not None and self._leader != address:
             # Its hello named the leader: go there (a follower's state may lag behind a
@@ -264,10 +267,24 @@ class Client:
             return await self._connect(self._leader, timeout_s)
         return connection
 
+    def _next_address(self) -> Address:
+        """The next address in turn, passing over those lost just now unless all were."""
+        now = anyio.current_time()
+        count = len(self._addresses)
+        for step in range(count):
+            address = self._addresses[(self._turn + step) % count]
+            if self._avoid.get(address, 0.0) <= now:
+                self._turn += step + 1
+                return address
+        address = self._addresses[self._turn % count]
+        self._turn += 1
+        return address
+
     def _lost(self, address: Address) -> None:
         if self._leader == address:
             self._leader = None
         self._turn += 1  # the next attempt without a leader goes elsewhere
+        self._avoid[address] = anyio.current_time() + _AVOID_S
 
     def _follow(self, connection: Connection, hint: object) -> bool:
         """A NOT_LEADER answer: take its hint. True if it names a node to try right away."""

@@ -64,8 +64,8 @@ _SETTLE_S = 10.0
 _READ_BYTES = 1 << 16
 #: a connection with requests waiting that hears nothing for this long is taken for dead (a
 #: paused or cut-off node keeps its socket open and answers nothing); a ping goes out after
-#: a third of it, so a node that is only slow to commit says so in time
-SILENCE_S = 1.5
+#: a quarter of it, so a node that is only slow to commit says so in time
+SILENCE_S = 1.0
 #: errors that mean the connection is gone
 _BROKEN = (
     anyio.EndOfStream,
@@ -124,9 +124,19 @@ class Connection:
         with anyio.fail_after(timeout_s):
             stream = await anyio.connect_tcp(*address)
             connection = cls(stream, address, frame_bytes_max, silence_s)
+            # A paused node's kernel still accepts connections: its silence must not cost
+            # the whole connect timeout.
+            hello_s = timeout_s if silence_s is None else min(timeout_s, silence_s)
             try:
-                await stream.send(encode_frame(HELLO))
-                answer = await connection._first_frame()
+                with anyio.fail_after(hello_s):
+                    await stream.send(encode_frame(HELLO))
+                    answer = await connection._first_frame()
+            except TimeoutError as error:  # (an OSError: before _BROKEN)
+                await anyio.aclose_forcefully(stream)
+                raise ConnectionLost(
+                    f"{format_address(address)} accepted the connection but answered no hello "
+                    f"within {hello_s:.1f}s: the node is paused or overloaded"
+                ) from error
             except _BROKEN as error:  # the node went away during the hello
                 await anyio.aclose_forcefully(stream)
                 raise ConnectionLost(f"{format_address(address)}: {error!r}") from error
@@ -154,7 +164,7 @@ class Connection:
     async def _watch(self, silence_s: float) -> None:
         """Fail the connection once it has requests waiting and the node has said nothing
         for `silence_s`; ping it first, so that a busy node is not taken for a dead one."""
-        step = silence_s / 3
+        step = silence_s / 4
         pinged = float("-inf")
         while not self._closed:
             await anyio.sleep(step)

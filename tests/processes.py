@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import trio
@@ -14,6 +15,43 @@ from paxq.client import Client, Unavailable, UnknownOutcome
 from paxq.client.connection import connect
 from paxq.client.wire import ErrorCode
 from paxq.ops.admin import gather_status
+
+
+def start_node(
+    cluster: str,
+    node: int,
+    data: Path,
+    peers: str,
+    clients: str,
+    bootstrap: bool,
+    extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """One `paxq node` process, its data in `data/node{N}`, its log in `data/node{N}.log`."""
+    log = open(data / f"node{node}.log", "ab")  # noqa: SIM115 (the child writes it)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "paxq.ops.cli",
+            "node",
+            "--cluster",
+            cluster,
+            "--id",
+            str(node),
+            "--data",
+            str(data / f"node{node}"),
+            "--peers",
+            peers,
+            "--clients",
+            clients,
+            *(("--bootstrap",) if bootstrap else ()),
+            *extra,
+        ],
+        stdout=log,
+        stderr=log,
+        env=env,
+    )
 
 
 class Cluster:
@@ -34,28 +72,8 @@ class Cluster:
         if bootstrap is None:
             bootstrap = node not in self.started
         self.started.add(node)
-        log = open(self.data / f"node{node}.log", "ab")  # noqa: SIM115 (the child writes it)
-        self.procs[node] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "paxq.ops.cli",
-                "node",
-                "--cluster",
-                "it",
-                "--id",
-                str(node),
-                "--data",
-                str(self.data / f"node{node}"),
-                "--peers",
-                self.peers,
-                "--clients",
-                self.clients,
-                *(("--bootstrap",) if bootstrap else ()),
-                *self.extra,
-            ],
-            stdout=log,
-            stderr=log,
+        self.procs[node] = start_node(
+            "it", node, self.data, self.peers, self.clients, bootstrap, self.extra
         )
 
     def kill(self, node: int, sig: int = signal.SIGKILL) -> None:

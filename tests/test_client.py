@@ -498,3 +498,13 @@ async def test_a_node_that_hangs_up_during_the_hello_is_skipped(tmp_path: Path) 
                 assert await client.publish("t", b"x") == 0
                 assert client.retries >= 1
             nursery.cancel_scope.cancel()
+
+
+async def test_a_node_just_lost_is_tried_last_while_no_leader_is_known() -> None:
+    client = Client(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"])
+    client._lost(("127.0.0.1", 2))  # e.g. a paused leader: its kernel still accepts
+    picked = [client._next_address()[1] for _ in range(4)]
+    assert 2 not in picked and set(picked) == {1, 3}
+    client._lost(("127.0.0.1", 1))
+    client._lost(("127.0.0.1", 3))
+    assert client._next_address()[1] in (1, 2, 3), "all lost just now: take turns anyway"

@@ -260,3 +260,21 @@ def test_a_node_whose_clock_is_off_from_a_majority_does_not_lead(probe_ticks: in
     d.drain(0)
     assert d.cores[0].replica.role is Role.FOLLOWER, "it starts no campaign"
     d.elect(1)  # the others lead as usual, and node 0 still votes
+
+
+def test_a_node_answers_no_clock_probe_before_its_first_tick() -> None:
+    """Before its first tick a node has no reading: an echo of 0 would put its clock an
+    epoch behind, and the prober would refuse to lead."""
+    d = Driver()
+    fresh = d.cores[1]
+    fresh.step(ClockProbe(0, 10_000))
+    effects = fresh.take()
+    assert effects is None or not [m for _, m in effects.send if isinstance(m, ClockEcho)]
+    fresh.tick(10_050)
+    fresh.take()
+    fresh.step(ClockProbe(0, 10_000))
+    effects = fresh.take()
+    assert effects is not None
+    assert [m for _, m in effects.send if isinstance(m, ClockEcho)] == [
+        ClockEcho(1, 10_000, 10_050)
+    ]

@@ -272,7 +272,9 @@ class NodeCore:
         elif kind is SnapshotAck:
             self._on_ack(message)
         elif kind is ClockProbe:
-            self._out.send.append((message.src, ClockEcho(self.id, message.sent_ms, self._now_ms)))
+            if self._now_ms:  # no reading before the first tick: an echo of 0 says nothing
+                echo = ClockEcho(self.id, message.sent_ms, self._now_ms)
+                self._out.send.append((message.src, echo))
         elif kind is ClockEcho:
             self.clocks.on_echo(message, self._now_ms, self._tick)
         else:

@@ -1,17 +1,22 @@
 """The checker of the fault suite: what a run of producers, workers and subscribers recorded
 against a real cluster, and every anomaly in it.
 
-The runner records what each client saw (in real time, `time.monotonic()` seconds) and, at
-the end, reads every topic's whole log from a healthy node. `check(history)` returns the
-anomalies found, as `Anomaly(kind, detail)`; a clean run returns none. The kinds:
+The runner records what each client saw (wall-clock seconds, `time.time()`: lease deadlines
+are the cluster's stamped wall-clock time) and, at the end, reads every topic's whole log from
+a healthy node. A queue keeps a message only until it is acked, so its log is what consumers
+were delivered, offset by offset (`History.queues`). `check(history)` returns the anomalies
+found, as `Anomaly(kind, detail)`; a clean run returns none. The kinds:
 
 - lost: a publish acknowledged with an offset is not at that offset in the final log;
 - unexpected: the log holds a body no producer ever sent;
 - duplicated: one body stands at two offsets;
 - misplaced: a producer was told an offset that holds another body;
+- inconsistent: one offset of a queue delivered with two bodies;
 - double acked: one message acknowledged (ack answered ok) twice;
+- unconsumed: an offset of a queue or subscription that must be consumed by the end
+  (`History.consume_to`) was never acked;
 - lease overlap: a message claimed while an earlier claim of it was still trusted by its
-  holder (claimed, not yet acked, nacked or past its lease less the trust margin);
+  holder (claimed, not yet acked, nacked or past its lease deadline less the trust margin);
 - subscriber: a subscriber's deliveries skip an offset, repeat one, or carry a body other
   than the log's there;
 - stall: the longest stretch without an acknowledged publish while a majority was connected
@@ -36,12 +41,13 @@ class Publish:
 @dataclass(frozen=True)
 class Claim:
     worker: str
-    topic: str
+    topic: str  # the queue, or "topic/subscription"
     offset: int
     token: int
-    claimed_s: float  # when the claim was sent: the lease runs from no earlier
-    lease_s: float
+    claimed_s: float  # when its holder had it: it trusts the lease from then
+    deadline_s: float  # the last lease deadline its holder was told (claim or extension)
     ended_s: float | None = None  # acked, nacked or given up by its holder; None: never
+    body: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,10 @@ class History:
     subscribers: dict[str, tuple[str, list[tuple[int, bytes]]]] = field(default_factory=dict)
     #: topic -> its whole log as read at the end
     logs: dict[str, list[bytes]] = field(default_factory=dict)
+    #: queues: their logs are built from the bodies their claims carried
+    queues: set[str] = field(default_factory=set)
+    #: queue or "topic/subscription" -> every offset below this one must be acked by the end
+    consume_to: dict[str, int] = field(default_factory=dict)
     #: (from, to) seconds during which a majority of nodes could reach each other
     majority_s: list[tuple[float, float]] = field(default_factory=list)
 
@@ -79,9 +89,16 @@ def check(history: History, *, trust_margin_s: float = 1.0, stall_s: float = 3.0
     acknowledged publish while a majority was connected."""
     found: list[Anomaly] = []
     sent = {(p.topic, p.body) for p in history.publishes}
-    for topic, log in history.logs.items():
+    logs: dict[str, list[bytes | None]] = dict(history.logs)
+    for queue in history.queues:
+        log, found_here = _delivered_log(queue, history.claims)
+        logs[queue] = log
+        found += found_here
+    for topic, log in logs.items():
         where: dict[bytes, int] = {}
         for offset, body in enumerate(log):
+            if body is None:
+                continue
             if (topic, body) not in sent:
                 found.append(Anomaly("unexpected", f"{topic}@{offset} holds {body!r}"))
             if body in where:
@@ -92,7 +109,7 @@ def check(history: History, *, trust_margin_s: float = 1.0, stall_s: float = 3.0
     for p in history.publishes:
         if p.offset is None:
             continue
-        log = history.logs.get(p.topic, [])
+        log = logs.get(p.topic, [])
         if p.offset >= len(log):
             found.append(Anomaly("lost", f"{p.body!r} acknowledged at {p.topic}@{p.offset}"))
         elif log[p.offset] != p.body:
@@ -116,9 +133,16 @@ def check(history: History, *, trust_margin_s: float = 1.0, stall_s: float = 3.0
                         f"{a.worker} (token {a.token})",
                     )
                 )
+    for key, end in history.consume_to.items():
+        done = {a.offset for a in history.acks if a.ok and a.topic == key}
+        missing = [offset for offset in range(end) if offset not in done]
+        if missing:
+            found.append(
+                Anomaly("unconsumed", f"{key}: {len(missing)} offsets never acked: {missing[:10]}")
+            )
     found += _lease_overlaps(history.claims, trust_margin_s)
     for name, (topic, received) in history.subscribers.items():
-        found += _subscriber(name, received, history.logs.get(topic, []))
+        found += _subscriber(name, received, logs.get(topic, []))
     stall = longest_stall(history)
     if stall > stall_s:
         found.append(Anomaly("stall", f"{stall:.2f} s without an acknowledged publish"))
@@ -133,7 +157,7 @@ def _lease_overlaps(claims: list[Claim], margin_s: float) -> list[Anomaly]:
     for (topic, offset), held in by_message.items():
         held.sort(key=lambda c: c.claimed_s)
         for earlier, later in itertools.pairwise(held):
-            trusted_until = earlier.claimed_s + max(0.0, earlier.lease_s - margin_s)
+            trusted_until = earlier.deadline_s - margin_s
             if earlier.ended_s is not None:
                 trusted_until = min(trusted_until, earlier.ended_s)
             if later.claimed_s < trusted_until:
@@ -147,7 +171,26 @@ def _lease_overlaps(claims: list[Claim], margin_s: float) -> list[Anomaly]:
     return found
 
 
-def _subscriber(name: str, received: list[tuple[int, bytes]], log: list[bytes]) -> list[Anomaly]:
+def _delivered_log(queue: str, claims: list[Claim]) -> tuple[list[bytes | None], list[Anomaly]]:
+    bodies: dict[int, bytes] = {}
+    found = []
+    for c in claims:
+        if c.topic != queue or c.body is None:
+            continue
+        known = bodies.setdefault(c.offset, c.body)
+        if known != c.body:
+            found.append(
+                Anomaly("inconsistent", f"{queue}@{c.offset} delivered as {known!r} and {c.body!r}")
+            )
+    log: list[bytes | None] = [None] * (max(bodies, default=-1) + 1)
+    for offset, body in bodies.items():
+        log[offset] = body
+    return log, found
+
+
+def _subscriber(
+    name: str, received: list[tuple[int, bytes]], log: list[bytes | None]
+) -> list[Anomaly]:
     found = []
     for (before, _), (offset, _) in itertools.pairwise(received):
         if offset != before + 1:
@@ -162,9 +205,17 @@ def _subscriber(name: str, received: list[tuple[int, bytes]], log: list[bytes]) 
 def longest_stall(history: History) -> float:
     """The longest stretch, within the times a majority was connected, without an
     acknowledged publish."""
+    start, end = stall_window(history)
+    return end - start
+
+
+def stall_window(history: History) -> tuple[float, float]:
+    """Where the longest stall begins and ends."""
     acks = sorted(p.acked_s for p in history.publishes if p.acked_s is not None)
-    longest = 0.0
+    longest = (0.0, 0.0)
     for start, end in history.majority_s:
         marks = [start, *[t for t in acks if start < t < end], end]
-        longest = max(longest, *(b - a for a, b in itertools.pairwise(marks)))
+        for a, b in itertools.pairwise(marks):
+            if b - a > longest[1] - longest[0]:
+                longest = (a, b)
     return longest

@@ -19,9 +19,9 @@ def clean() -> History:
     ]
     h.logs = {"q": [b"a", b"b", b"c", b"d"]}
     h.claims = [
-        Claim("w1", "q", 0, 1, 0.5, 10.0, ended_s=0.6),
-        Claim("w2", "q", 1, 2, 0.5, 10.0),  # its holder died holding it...
-        Claim("w1", "q", 1, 3, 11.0, 10.0, ended_s=11.2),  # ...and it came back after the lease
+        Claim("w1", "q", 0, 1, 0.5, 10.5, ended_s=0.6),
+        Claim("w2", "q", 1, 2, 0.5, 10.5),  # its holder died holding it...
+        Claim("w1", "q", 1, 3, 11.0, 21.0, ended_s=11.2),  # ...and it came back after the lease
     ]
     h.acks = [Ack("w1", "q", 0, 1, True, 0.6), Ack("w1", "q", 1, 3, True, 11.2)]
     h.subscribers = {"s1": ("q", [(0, b"a"), (1, b"b"), (2, b"c"), (3, b"d")])}
@@ -31,11 +31,31 @@ def clean() -> History:
 
 def test_a_clean_history_has_no_anomaly() -> None:
     assert check(clean()) == []
+    assert check(queue()) == []
     assert longest_stall(clean()) == pytest.approx(0.8)  # 0.3 -> 1.1
 
 
 def _with(**changes) -> History:
     return dataclasses.replace(clean(), **changes)
+
+
+def queue() -> History:
+    """`clean()` as a queue: its log is what was delivered, and all of it was acked."""
+    h = clean()
+    h.logs, h.subscribers = {}, {}
+    h.queues = {"q"}
+    h.claims = [
+        Claim("w1", "q", 0, 1, 0.5, 10.5, 0.6, b"a"),
+        Claim("w1", "q", 1, 3, 11.0, 21.0, 11.2, b"b"),
+        Claim("w1", "q", 3, 4, 11.0, 21.0, 11.3, b"d"),
+    ]
+    h.acks = [*h.acks, Ack("w1", "q", 3, 4, True, 11.3)]
+    h.consume_to = {"q": 2}
+    return h
+
+
+def _queue(**changes) -> History:
+    return dataclasses.replace(queue(), **changes)
 
 
 @pytest.mark.parametrize(
@@ -53,9 +73,16 @@ def _with(**changes) -> History:
             "double acked",
         ),
         (
-            _with(claims=[*clean().claims, Claim("w3", "q", 1, 4, 5.0, 10.0)]),
+            _with(claims=[*clean().claims, Claim("w3", "q", 1, 4, 5.0, 15.0)]),
             "lease overlap",
         ),
+        (_with(consume_to={"q": 3}), "unconsumed"),
+        (
+            _queue(claims=[*_queue().claims, Claim("w2", "q", 0, 5, 20, 30, 21, b"x")]),
+            "inconsistent",
+        ),
+        (_queue(claims=_queue().claims[1:]), "lost"),
+        (_queue(claims=[*_queue().claims, Claim("w2", "q", 5, 5, 20, 30, 21, b"a")]), "duplicated"),
         (_with(subscribers={"s1": ("q", [(0, b"a"), (2, b"c")])}), "subscriber"),
         (_with(subscribers={"s1": ("q", [(0, b"a"), (1, b"b"), (1, b"b")])}), "subscriber"),
         (_with(subscribers={"s2": ("q", [(0, b"a"), (1, b"x")])}), "subscriber"),
@@ -68,7 +95,7 @@ def test_each_anomaly_is_reported(history: History, kind: str) -> None:
 
 
 def test_a_lease_trusted_less_its_margin_may_be_taken_after_that() -> None:
-    claims = [Claim("w1", "q", 0, 1, 0.0, 10.0), Claim("w2", "q", 0, 2, 9.5, 10.0)]
+    claims = [Claim("w1", "q", 0, 1, 0.0, 10.0), Claim("w2", "q", 0, 2, 9.5, 19.5)]
     assert check(_with(claims=claims), trust_margin_s=1.0) == []
     assert [a.kind for a in check(_with(claims=claims), trust_margin_s=0.0)] == ["lease overlap"]
 
