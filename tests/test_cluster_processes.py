@@ -175,6 +175,15 @@ async def test_a_node_whose_data_is_gone_learns_and_votes_only_once_it_may(clust
         ):
             await trio.sleep(0.05)
     assert "voting from now on" in (cluster.data / f"node{wiped}.log").read_text()
+    # It votes durably: killed and started again, it is a voter from the start.
+    cluster.kill(wiped)
+    cluster.start(wiped)
+    with trio.fail_after(PHASE_S):
+        while wiped not in (
+            found := {s["node"]: s for s in await cluster.statuses() if "node" in s}
+        ):
+            await trio.sleep(0.05)
+    assert found[wiped]["voting"] is True, "its VotingRecord was not written"
 
 
 @pytest.fixture

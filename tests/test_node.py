@@ -158,3 +158,21 @@ async def test_a_stored_snapshot_that_does_not_match_its_slot_is_refused(tmp_pat
     with pytest.raises(CorruptRecord, match="ends at slot 0, not at 5"):
         Node(settings, journal, log_machine)
     journal.close()
+
+
+def test_writes_merged_into_one_group_commit_keep_every_field() -> None:
+    """Every field of every batch reaches the merged write (a VotingRecord once did not)."""
+    from paxq.broker.node.core import Write
+    from paxq.broker.node.runtime import _merged
+    from paxq.storage import Batch
+
+    first, second = Batch(), Batch()
+    first.promise((1, 0))
+    first.accept(3, (1, 0), (b"a",))
+    first.truncate(1)
+    second.set_commit(4)
+    second.voting = True
+    merged = _merged([Write(1, first, [], True, None), Write(2, second, [], True, None)])
+    for name in Batch.__slots__:
+        assert getattr(merged, name) not in (None, {}), f"{name} was dropped"
+    assert (merged.promised, merged.commit, merged.voting) == ((1, 0), 4, True)

@@ -505,6 +505,8 @@ def _merged(run: list[Write]) -> Batch:
         out.entries.update(batch.entries)
         if batch.commit is not None:
             out.commit = batch.commit
+        if batch.voting is not None:
+            out.voting = batch.voting
     return out
 
 
