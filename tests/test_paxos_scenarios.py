@@ -847,6 +847,8 @@ def test_a_learner_takes_no_witness_from_commit_points_it_hears() -> None:
     c.disks[2] = DurableState(voting=False)
     c.restart(2)
     learner = c[2]
+    c.tick(2, 2 * 10 - 1)
+    assert not c.messages(Census), "no census before two base timeouts"
     c.tick(2)
     nonces = {m.nonce for src, _, m in c.messages(Census) if src == 2}
     assert len(nonces) == 1 and sorted(dst for _, dst, _ in c.messages(Census)) == [0, 1]
@@ -890,3 +892,46 @@ def test_a_learner_waits_for_a_leader_above_every_promise_in_its_census() -> Non
             break
     assert voted_under is not None, "it votes once a new leader is in place"
     assert voted_under > Ballot(9, 0)
+
+
+def test_a_campaign_that_counted_a_forgotten_promise_is_over_before_the_learner_votes() -> None:
+    """Node 1's phase 1 holds node 4's promise when node 4 loses its disk; the rest of its
+    quorum is slow to answer. Had the campaign outlived the learner's wait, the learner
+    could help choose X in the old ballot and node 1 then choose Y at the same slot with
+    the forgotten promise. A phase 1 lasts a base timeout and the census waits two."""
+    c = Cluster(5, election_ticks_base=10, window_slots_max=4)
+    c.elect(0)
+    for n in range(5):
+        c.propose(0, b"m%d" % n)
+        c.stabilize()
+    c.campaign(1)
+    c[1]._election_timeout = 300  # a backed-off draw (up to base << backoff_exponent_max)
+    c.drop(lambda src, dst, m: type(m) is Prepare and dst in (0, 3))
+    c.deliver(lambda src, dst, m: type(m) is Prepare and dst == 4)
+    c.deliver(lambda src, dst, m: type(m) is Promise and src == 4)
+    held = [e for e in c.in_flight if type(e[2]) is Prepare and e[1] == 2]  # slow to node 2
+    c.in_flight = [e for e in c.in_flight if e not in held]
+    candidate = c[1].ballot
+    c.disks[4] = DurableState(voting=False)
+    c.restart(4)
+
+    def cut(src: int, dst: int, m: Message) -> bool:  # node 1 cut from nodes 0 and 4
+        return {src, dst} in ({0, 1}, {1, 4})
+
+    for ticks in range(1, 200):
+        for node in range(5):
+            c.tick(node)
+        c.propose(0, b"x%d" % ticks)
+        c.drop(cut)
+        c.stabilize(lambda src, dst, m: not cut(src, dst, m))
+        c.drop(cut)
+        if c[4].voting:
+            break
+    assert c[4].voting
+    assert c[1].role is not Role.CANDIDATE or c[1].ballot != candidate, "its phase 1 is over"
+    assert c[4].promised >= c[0].ballot
+    # The slow promise arrives now: it completes no quorum for the abandoned ballot.
+    c.in_flight = held
+    c.deliver(of(Prepare))
+    c.deliver(lambda src, dst, m: type(m) is Promise and dst == 1)
+    assert not (c[1].role is Role.LEADER and c[1].ballot == candidate)

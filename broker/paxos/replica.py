@@ -28,8 +28,10 @@ Protocol notes (the why behind the code):
   value be chosen. It learns instead (Paxos Made Live, section 5.1): it stores what leaders
   propose and learns what is chosen, but sends no Promise, Accepted, Reject or pre-vote grant
   and never campaigns, until every slot its former self can have accepted is chosen. It
-  bounds them by a census: promises from `n - quorum + 1` voting peers, and the next slot of
-  a leader at or above all of them, plus a window (docs/paxos.md has the proof). A leader
+  bounds them by a census, taken once every campaign that could hold a promise of its former
+  self has ended (phase 1 lasts a base timeout at most): promises from `n - quorum + 1`
+  voting peers, and the next slot of a leader at or above all of them, plus a window; it
+  raises its promise to that leader's ballot (docs/paxos.md has the proof). A leader
   that hears a learner (`HeartbeatAck.voting`) proposes no-ops while it has nothing else to
   propose, so an idle cluster lets it finish.
 - Only what depends on a record waits for it (etcd's `msgsAfterAppend`): a leader's Accepts leave
@@ -204,6 +206,7 @@ class Replica:
         self._grants: set[int] = set()
         # Candidate state.
         self._promises: dict[int, Promise] = {}
+        self._campaign_tick = 0
         # Leader state.
         self.next_slot = self.commit
         self._lead_from = self.commit  # first slot this leader proposes; below it, catch-up
@@ -265,7 +268,10 @@ class Replica:
             self._leader_tick()
         else:
             self._election_elapsed += 1
-            if self._election_elapsed >= self._election_timeout:
+            if self._election_elapsed >= self._election_timeout or (
+                self.role is Role.CANDIDATE
+                and self._tick - self._campaign_tick >= self.config.election_ticks_base
+            ):
                 self._on_election_timeout()
         if (
             self._catchup_sent_tick is not None
@@ -420,6 +426,9 @@ class Replica:
         self.ballot = Ballot(self._round_seen, self.id)
         self._promises = {}
         self._reset_election_timer()
+        # Phase 1 lasts one base timeout at most: a promise it collects is that recent, which
+        # a replica that lost its data relies on (it may have made one and forgotten it).
+        self._campaign_tick = self._tick
         # The own promise counts once its record is durable (`persisted`); the Prepare leaves
         # after it, so no peer's promise can arrive first.
         self._raise_promise(self.ballot)
@@ -589,7 +598,11 @@ class Replica:
 
     def _learner_tick(self) -> None:
         if self._witness is None:
-            if (self._tick - 1) % self.config.resend_ticks == 0:  # from the first tick on
+            # Asked once two base timeouts have passed: every campaign that could count a
+            # promise its former self made has by then ended, won or lost (phase 1 lasts a
+            # base timeout), and a won one shows in the replies.
+            since = self._tick - 2 * self.config.election_ticks_base
+            if since >= 0 and since % self.config.resend_ticks == 0:
                 census = Census(self.id, self._census_nonce)
                 for peer in self.peers:
                     self._send(peer, census)
@@ -624,18 +637,22 @@ class Replica:
         every slot chosen before the wipe below its `next_slot` (its own, or re-proposed from
         its phase 1), so every leader then had its commit point below that, and proposed
         below it plus a window. No commit point heard in a message plays a part: a delayed
-        message can carry one long gone by.
+        message can carry one long gone by. The census is taken two base timeouts after the
+        start, when every campaign that held a promise of its former self has ended, and a
+        won one is at or below that leader's ballot, to which it raises its promise.
         """
         cfg = self.config
         leader = self._census_leader
         if (
             self._witness is None
             and leader is not None
-            and self._tick >= cfg.election_ticks_base
             and len(self._census) >= len(cfg.nodes) - self.quorum + 1
             and leader[0] >= max(self._census.values())
         ):
             self._witness = leader[1] + cfg.window_slots_max
+            # Refuse, from now on, every ballot below all those its census found: its former
+            # self may have promised any of them.
+            self._raise_promise(leader[0])
 
     def _count_vote(self, slot: int, inflight: _InFlight, voter: int) -> None:
         inflight.acks.add(voter)
