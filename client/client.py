@@ -221,13 +221,17 @@ class Client:
         async with lock:  # one attempt per address at a time; the others share its result
             connection = self._connections.get(address)
             if connection is None or connection.closed:
-                connection = await Connection.open(
-                    address,
-                    self.task_group,
-                    timeout_s=timeout_s,
-                    frame_bytes_max=self.frame_bytes_max,
-                    silence_s=self.silence_s,
-                )
+                try:
+                    connection = await Connection.open(
+                        address,
+                        self.task_group,
+                        timeout_s=timeout_s,
+                        frame_bytes_max=self.frame_bytes_max,
+                        silence_s=self.silence_s,
+                    )
+                except (OSError, ConnectionLost):  # (TimeoutError is an OSError)
+                    self._avoid[address] = anyio.current_time() + _AVOID_S
+                    raise
                 connection.on_orphan = self._orphan
                 self._connections[address] = connection
                 if self._leader is None and connection.leader is not None:
@@ -268,17 +272,16 @@ class Client:
         return connection
 
     def _next_address(self) -> Address:
-        """The next address in turn, passing over those lost just now unless all were."""
+        """The next address in turn, passing over those lost just now; if all were, the one
+        lost longest ago."""
         now = anyio.current_time()
         count = len(self._addresses)
-        for step in range(count):
-            address = self._addresses[(self._turn + step) % count]
-            if self._avoid.get(address, 0.0) <= now:
-                self._turn += step + 1
-                return address
-        address = self._addresses[self._turn % count]
+        order = [self._addresses[(self._turn + step) % count] for step in range(count)]
         self._turn += 1
-        return address
+        for address in order:
+            if self._avoid.get(address, 0.0) <= now:
+                return address
+        return min(order, key=lambda address: self._avoid[address])
 
     def _lost(self, address: Address) -> None:
         if self._leader == address:

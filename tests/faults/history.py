@@ -15,10 +15,12 @@ found, as `Anomaly(kind, detail)`; a clean run returns none. The kinds:
 - double acked: one message acknowledged (ack answered ok) twice;
 - unconsumed: an offset of a queue or subscription that must be consumed by the end
   (`History.consume_to`) was never acked;
-- lease overlap: a message claimed while an earlier claim of it was still trusted by its
-  holder (claimed, not yet acked, nacked or past its lease deadline less the trust margin);
+- lease overlap: two holders of one message trusted their leases at once (each from when
+  it had it until its last lease deadline less the trust margin, or until it acked, nacked
+  or gave it up);
 - subscriber: a subscriber's deliveries skip an offset, repeat one, or carry a body other
   than the log's there;
+- diverged: a node's own log is not a prefix of the longest;
 - stall: the longest stretch without an acknowledged publish while a majority was connected
   is longer than the bound (reported with its length, so the note can state it).
 """
@@ -69,6 +71,8 @@ class History:
     subscribers: dict[str, tuple[str, list[tuple[int, bytes]]]] = field(default_factory=dict)
     #: topic -> its whole log as read at the end
     logs: dict[str, list[bytes]] = field(default_factory=dict)
+    #: topic -> node -> that node's own log of it at the end (each a prefix of `logs`)
+    replica_logs: dict[str, dict[int, list[bytes]]] = field(default_factory=dict)
     #: queues: their logs are built from the bodies their claims carried
     queues: set[str] = field(default_factory=set)
     #: queue or "topic/subscription" -> every offset below this one must be acked by the end
@@ -143,6 +147,14 @@ def check(history: History, *, trust_margin_s: float = 1.0, stall_s: float = 3.0
     found += _lease_overlaps(history.claims, trust_margin_s)
     for name, (topic, received) in history.subscribers.items():
         found += _subscriber(name, received, logs.get(topic, []))
+    for topic, replicas in history.replica_logs.items():
+        longest = logs.get(topic, [])
+        for node, log in sorted(replicas.items()):
+            if log != longest[: len(log)]:
+                first = next(
+                    i for i, (a, b) in enumerate(zip(log, longest, strict=False)) if a != b
+                )
+                found.append(Anomaly("diverged", f"node {node}'s {topic}@{first} differs"))
     stall = longest_stall(history)
     if stall > stall_s:
         found.append(Anomaly("stall", f"{stall:.2f} s without an acknowledged publish"))
@@ -151,21 +163,22 @@ def check(history: History, *, trust_margin_s: float = 1.0, stall_s: float = 3.0
 
 def _lease_overlaps(claims: list[Claim], margin_s: float) -> list[Anomaly]:
     found = []
-    by_message: dict[tuple[str, int], list[Claim]] = {}
+    by_message: dict[tuple[str, int], list[tuple[float, float, Claim]]] = {}
     for c in claims:
-        by_message.setdefault((c.topic, c.offset), []).append(c)
+        trusted_until = c.deadline_s - margin_s
+        if c.ended_s is not None:
+            trusted_until = min(trusted_until, c.ended_s)
+        if trusted_until > c.claimed_s:  # a lease gone before its holder had it: no trust
+            by_message.setdefault((c.topic, c.offset), []).append((c.claimed_s, trusted_until, c))
     for (topic, offset), held in by_message.items():
-        held.sort(key=lambda c: c.claimed_s)
-        for earlier, later in itertools.pairwise(held):
-            trusted_until = earlier.deadline_s - margin_s
-            if earlier.ended_s is not None:
-                trusted_until = min(trusted_until, earlier.ended_s)
-            if later.claimed_s < trusted_until:
+        held.sort(key=lambda h: h[0])
+        for (_, earlier_until, earlier), (later_from, _, later) in itertools.pairwise(held):
+            if later_from < earlier_until:
                 found.append(
                     Anomaly(
                         "lease overlap",
-                        f"{topic}@{offset}: {later.worker} claimed it at {later.claimed_s:.2f} s "
-                        f"while {earlier.worker} trusted its lease until {trusted_until:.2f} s",
+                        f"{topic}@{offset}: {later.worker} had it at {later_from:.2f} s while "
+                        f"{earlier.worker} trusted its lease until {earlier_until:.2f} s",
                     )
                 )
     return found

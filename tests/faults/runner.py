@@ -51,6 +51,7 @@ from history import Ack, Claim, History, Publish, check, stall_window
 from processes import start_node
 
 from paxq.client import Client, LeaseLost, PaxqError, WorkerPool
+from paxq.client.connection import connect
 from paxq.ops.admin import gather_status
 
 NODES = 3
@@ -255,6 +256,11 @@ class Cluster:
             self.majority_s.append((self._majority_since, now))
             self._majority_since = None
 
+    def start_clock(self) -> None:
+        """Count connected-majority time from now on only."""
+        self.majority_s, self._majority_since = [], None
+        self.note()
+
     def close_majority(self) -> None:
         if self._majority_since is not None:
             self.majority_s.append((self._majority_since, time.time()))
@@ -393,14 +399,15 @@ class Workload:
                 await trio.sleep(0.2)
 
     async def pool(self, worker: str) -> None:
-        started: dict[tuple[int, int], float] = {}
-
         async def handler(d) -> None:
-            started[(d.offset, d.token)] = time.time()
-            await self._hang(0.01, 2 * LEASE_S)
+            claimed = time.time()
+            try:
+                await self._hang(0.01, 2 * LEASE_S)
+            finally:  # its claim, whether the pool's ack then succeeds or not
+                self._record(worker, "q", d, claimed, None)
 
         def acked(d) -> None:
-            self._record(worker, "q", d, started.pop((d.offset, d.token), time.time()), True)
+            self.history.acks.append(Ack(worker, "q", d.offset, d.token, True, time.time()))
 
         async with self.client() as client:
             while True:
@@ -457,21 +464,28 @@ class Workload:
         self.history.consume_to = {"q": q["next"], "t/s1": t["next"]}
         return all(len(r) >= t["next"] for r in self.tails.values())
 
-    async def read_topic(self, topic: str) -> list[bytes]:
-        """The topic's log as the longest of the nodes' (a learner or a lagging follower
-        holds less; the checker then judges every acknowledged offset against it)."""
-        logs = []
-        for address in self.cluster.addresses:
+    async def read_topic(self, topic: str) -> dict[int, list[bytes]]:
+        """Each answering node's own log of the topic (a direct connection: a client would
+        go to the leader)."""
+        logs: dict[int, list[bytes]] = {}
+        for node, address in enumerate(self.cluster.addresses):
             entries: list[bytes] = []
-            with contextlib.suppress(PaxqError, OSError):
-                async with Client([address], request_timeout_s=5.0) as client:
+            try:
+                async with connect(address, timeout_s=5.0) as connection:
                     while True:
-                        messages, _ = await client.read(topic, len(entries), limit=1000)
-                        if not messages:
+                        reply = await connection.request(
+                            "read", topic=topic, limit=1000, **{"from": len(entries)}
+                        )
+                        if reply.get("ok") is not True:
                             break
-                        entries += [m.body for m in messages]
-            logs.append(entries)
-        return max(logs, key=len)
+                        result = reply["result"]
+                        entries += [m["body"] for m in result["messages"]]
+                        if not result["messages"] or len(entries) >= result["end"]:
+                            break
+            except (PaxqError, OSError):
+                continue
+            logs[node] = entries
+        return logs
 
 
 class Schedule:
@@ -618,6 +632,7 @@ async def run(settings: Settings, data: Path) -> tuple[Report, History]:
         async with trio.open_nursery() as watching:
             watching.start_soon(cluster.watch)
             await workload.setup()
+            cluster.start_clock()  # an election and the topics' creation are no stall
             async with trio.open_nursery() as working:
                 working.start_soon(workload.produce, "pq", "q")
                 working.start_soon(workload.produce, "pt", "t")
@@ -635,7 +650,9 @@ async def run(settings: Settings, data: Path) -> tuple[Report, History]:
                         await trio.sleep(0.5)
                     report.drained = True
                 working.cancel_scope.cancel()
-            workload.history.logs["t"] = await workload.read_topic("t")
+            replicas = await workload.read_topic("t")
+            workload.history.logs["t"] = max(replicas.values(), key=len, default=[])
+            workload.history.replica_logs["t"] = replicas
             watching.cancel_scope.cancel()
     finally:
         cluster.stop_all()

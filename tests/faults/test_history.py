@@ -87,6 +87,12 @@ def _queue(**changes) -> History:
         (_with(subscribers={"s1": ("q", [(0, b"a"), (1, b"b"), (1, b"b")])}), "subscriber"),
         (_with(subscribers={"s2": ("q", [(0, b"a"), (1, b"x")])}), "subscriber"),
         (_with(majority_s=[(0.0, 9.0)]), "stall"),
+        (_with(replica_logs={"q": {0: [b"a", b"b"], 1: [b"a", b"x", b"c"]}}), "diverged"),
+        (
+            # The later holder came first and still trusts it when the earlier claim begins.
+            _with(claims=[*clean().claims, Claim("w3", "q", 1, 4, 0.2, 5.0)]),
+            "lease overlap",
+        ),
     ],
 )
 def test_each_anomaly_is_reported(history: History, kind: str) -> None:
@@ -104,3 +110,14 @@ def test_stalls_count_only_while_a_majority_was_connected() -> None:
     # Acks at 0.1, 0.3, 1.1; no majority from 0.4 to 5.0: that gap is not a stall.
     h = _with(majority_s=[(0.0, 0.4), (5.0, 5.5)])
     assert longest_stall(h) == pytest.approx(0.5)
+
+
+def test_a_delivery_whose_lease_ended_before_its_holder_had_it_is_no_overlap() -> None:
+    # w1's delivery waited in its prefetch buffer past its lease; w2 claimed it meanwhile.
+    claims = [Claim("w2", "q", 0, 2, 5.0, 15.0, 6.0), Claim("w1", "q", 0, 1, 7.0, 4.0, 7.1)]
+    assert check(_with(claims=claims, acks=[]), trust_margin_s=1.0) == []
+
+
+def test_logs_that_are_prefixes_of_the_longest_agree() -> None:
+    h = _with(replica_logs={"q": {0: [b"a", b"b"], 1: [b"a", b"b", b"c", b"d"], 2: []}})
+    assert check(h) == []
