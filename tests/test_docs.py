@@ -251,5 +251,5 @@ def test_status_and_top_show_the_commit_path_of_the_whole_cluster(dev_cluster: d
             screen += top.stdout.readline()
     finally:
         top.send_signal(signal.SIGINT)
-        top.wait(10)
+        top.communicate(timeout=10)  # read on: a full pipe would hold its last frame up
     assert "commit p50/p99" in screen and "watched" in screen
