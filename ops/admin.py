@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import trio
 
@@ -84,7 +85,18 @@ def _latency(summary: dict | None) -> str:
 
 
 async def top(addresses: list[Address], client_seeds: list[str], every_s: float = 1.0) -> None:
-    """`paxq top`: the status table and every topic's subscriptions, redrawn every second."""
+    """`paxq top`: the status table and every topic's subscriptions, redrawn every second,
+    until SIGINT or SIGTERM. The signal cancels the redraw: a KeyboardInterrupt raised
+    wherever the loop happens to be could leave the client's connections half closed."""
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            nursery.start_soon(_redraw, addresses, client_seeds, every_s)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                return
+
+
+async def _redraw(addresses: list[Address], client_seeds: list[str], every_s: float) -> None:
     from paxq.client import Client
 
     async with Client(client_seeds, request_timeout_s=every_s * 3) as client:
