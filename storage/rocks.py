@@ -1,5 +1,13 @@
 """The journal on RocksDB (rocksdict), every write synced.
 
+A synced write is an unsynced RocksDB write followed by an fdatasync of every live
+write-ahead log file (and of the directory once a new one appears), done here rather than by
+`WriteOptions.sync`: rocksdict holds the GIL through a write, so a sync inside it would stop
+every thread of the node, its heartbeats too, for as long as the disk takes to flush, and
+`os.fdatasync` lets go of it. The two are the same on disk: RocksDB hands every write to the
+OS before it returns (its `manual_wal_flush` is off, and rocksdict offers no way to turn it
+on), so what the sync must make durable is in those files already.
+
 Layout (raw byte keys):
 
     meta            identity and format
@@ -8,8 +16,8 @@ Layout (raw byte keys):
     start           first slot still in the log
     voting          false while a node that started without data may not vote yet
     e + slot(8 BE)  [round, node, [command, ...]]
-    snapshot        [slot, chunk count]
-    k + index(4 BE) one chunk of the snapshot (bytes)
+    snapshot        [slot, chunk count, generation]
+    k + index(4 BE) one chunk of a generation-0 snapshot (bytes); j + index: generation 1
     P + key         the application's key space (`keyspace()`): message payloads
 
 Every value is `crc32(key + payload)` (4 bytes, big-endian) followed by the CBOR payload, so a
@@ -44,7 +52,10 @@ from .keyspace import seal, unseal
 _META, _PROMISE, _COMMIT, _START = b"meta", b"promise", b"commit", b"start"
 _VOTING = b"voting"
 _ENTRY = b"e"
-_SNAPSHOT, _CHUNK = b"snapshot", b"k"
+_SNAPSHOT = b"snapshot"
+#: a snapshot's chunks, by generation: the next snapshot goes under the other prefix, piece
+#: by piece, and replaces the last one only with its final (synced) write
+_CHUNKS = (b"k", b"j")
 _APP = b"P"  # sorts before every journal key: the log scan (from b"e") never meets it
 _INDEX = struct.Struct(">I")
 _SLOT = struct.Struct(">Q")
@@ -55,8 +66,13 @@ def _entry_key(slot: int) -> bytes:
     return _ENTRY + _SLOT.pack(slot)
 
 
-def _chunk_key(index: int) -> bytes:
-    return _CHUNK + _INDEX.pack(index)
+def _chunk_key(generation: int, index: int) -> bytes:
+    return _CHUNKS[generation] + _INDEX.pack(index)
+
+
+def _generation_range(generation: int) -> tuple[bytes, bytes]:
+    prefix = _CHUNKS[generation]
+    return prefix, bytes([prefix[0] + 1])
 
 
 def _seal(key: bytes, payload: object) -> bytes:
@@ -71,11 +87,10 @@ class RocksJournal:
         self._db: Rdict | None = db
         self.path = path
         self.identity = identity
-        self._sync = WriteOptions()
-        self._sync.sync = True  # fdatasync before write() returns
-        self._unsynced = WriteOptions()  # into the write-ahead log; the next sync covers it
+        self._unsynced = WriteOptions()  # into the write-ahead log; `_sync_logs` makes it durable
+        self._logs: dict[str, int] = {}  # live write-ahead log file -> a descriptor of it
         self._log_start = 0
-        self._snapshot: tuple[int, int] = (0, 0)  # slot, chunk count
+        self._snapshot: tuple[int, int, int] = (0, 0, 0)  # slot, chunk count, generation
 
     @classmethod
     def open(
@@ -178,17 +193,20 @@ class RocksJournal:
             raise StorageUnavailable(f"cannot read {self.path}: {error}") from error
         return None if raw is None else self._verify(key, raw)
 
-    def _snapshot_meta(self, view: object | None = None) -> tuple[int, int]:
+    def _snapshot_meta(self, view: object | None = None) -> tuple[int, int, int]:
         meta = self._read(_SNAPSHOT, view)
         if meta is None:
-            return 0, 0
+            return 0, 0, 0
         if (
             not isinstance(meta, list)
-            or len(meta) != 2
+            or len(meta) not in (2, 3)
             or not all(type(n) is int and n >= 0 for n in meta)
+            or (len(meta) == 3 and meta[2] >= len(_CHUNKS))
         ):
-            raise CorruptRecord(str(self.path), _SNAPSHOT, f"expected [slot, count], got {meta!r}")
-        return meta[0], meta[1]
+            raise CorruptRecord(
+                str(self.path), _SNAPSHOT, f"expected [slot, count, generation], got {meta!r}"
+            )
+        return meta[0], meta[1], meta[2] if len(meta) == 3 else 0
 
     def read_snapshot(self) -> tuple[int, list[bytes]]:
         # From a RocksDB snapshot: a save_snapshot running meanwhile (another thread) cannot
@@ -216,10 +234,10 @@ class RocksJournal:
             yield full[len(_APP) :], unseal(where, full, raw)
 
     def _read_snapshot(self, view: object) -> tuple[int, list[bytes]]:
-        slot, count = self._snapshot_meta(view)
+        slot, count, generation = self._snapshot_meta(view)
         chunks = []
         for index in range(count):
-            key = _chunk_key(index)
+            key = _chunk_key(generation, index)
             chunk = self._read(key, view)
             if type(chunk) is not bytes:
                 raise CorruptRecord(str(self.path), key, "snapshot chunk missing or not bytes")
@@ -288,19 +306,29 @@ class RocksJournal:
         self._log_start = start
 
     def save_snapshot(self, slot: int, chunks: Sequence[bytes], truncate_below: int) -> None:
+        """Each chunk goes in a write of its own (unsynced, under the generation the stored
+        snapshot does not use): a write holds the GIL, so one write of the whole snapshot
+        would stop the node for as long as it takes. The last write, synced, makes the new
+        generation the snapshot, drops the old one and truncates the log, all at once; a
+        crash before it leaves the old snapshot whole."""
         check_snapshot(self._snapshot[0], slot, truncate_below)
-        # One write batch: the new snapshot, the old one's surplus chunks gone, and the log
-        # truncation land together or not at all.
-        out = WriteBatch(raw_mode=True)
+        old = self._snapshot[2]
+        generation = 1 - old
         for index, chunk in enumerate(chunks):
-            key = _chunk_key(index)
+            out = WriteBatch(raw_mode=True)
+            if index == 0:  # what a save cut short by a crash left there
+                out.delete_range(*_generation_range(generation))
+            key = _chunk_key(generation, index)
             out.put(key, _seal(key, bytes(chunk)))
-        if self._snapshot[1] > len(chunks):
-            out.delete_range(_chunk_key(len(chunks)), _chunk_key(self._snapshot[1]))
-        out.put(_SNAPSHOT, _seal(_SNAPSHOT, [slot, len(chunks)]))
+            self._commit_batch(out, sync=False)
+        out = WriteBatch(raw_mode=True)
+        if not chunks:
+            out.delete_range(*_generation_range(generation))
+        out.delete_range(*_generation_range(old))
+        out.put(_SNAPSHOT, _seal(_SNAPSHOT, [slot, len(chunks), generation]))
         start = self._truncate(out, truncate_below)
         self._commit_batch(out)
-        self._snapshot = (slot, len(chunks))
+        self._snapshot = (slot, len(chunks), generation)
         self._log_start = start
 
     def _truncate(self, out: WriteBatch, below: int) -> int:
@@ -313,11 +341,43 @@ class RocksJournal:
     def _commit_batch(self, out: WriteBatch, sync: bool = True) -> None:
         db = self._open_db()
         try:
-            db.write(out, self._sync if sync else self._unsynced)
+            db.write(out, self._unsynced)
+            if sync:
+                self._sync_logs()
         except Exception as error:
             # After a failed sync the disk state is unknown: stop writing for good.
             self.close()
             raise StorageUnavailable(f"write to {self.path} failed: {error}") from error
+
+    def _sync_logs(self) -> None:
+        """fdatasync every write-ahead log file there is (a memtable switch starts a new one
+        while the last may still hold unsynced writes), and the directory when one is new, so
+        that it is found after a crash."""
+        live: dict[str, int] = {}
+        new = False
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".log"):
+                    continue
+                fd = self._logs.pop(entry.name, None)
+                if fd is None:
+                    try:
+                        fd = os.open(entry.path, os.O_RDONLY)
+                    except FileNotFoundError:
+                        continue  # obsolete meanwhile: its writes are in a synced table file
+                    new = True
+                live[entry.name] = fd
+        for fd in self._logs.values():  # files RocksDB has deleted
+            os.close(fd)
+        self._logs = live
+        for fd in live.values():
+            os.fdatasync(fd)
+        if new:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def keyspace(self) -> RocksKeySpace:
         """The application's key space in this database (shares its write-ahead log)."""
@@ -328,6 +388,9 @@ class RocksJournal:
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
 
     def close(self) -> None:
+        logs, self._logs = self._logs, {}
+        for fd in logs.values():
+            os.close(fd)
         if self._db is not None:
             db, self._db = self._db, None
             # Closing after a failed write may fail too; there is nothing left to save.

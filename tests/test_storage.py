@@ -4,9 +4,12 @@ plus what only a real disk can get wrong: corrupt records and foreign directorie
 from __future__ import annotations
 
 import itertools
+import os
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,6 +35,7 @@ from paxq.storage import (
     MemoryDisk,
     MemoryJournal,
     RocksJournal,
+    StorageUnavailable,
     WrongDataDirectory,
 )
 
@@ -266,11 +270,59 @@ def test_a_corrupt_snapshot_chunk_is_refused(tmp_path: Path) -> None:
     journal = RocksJournal.open(path, ME)
     journal.save_snapshot(3, [b"one", b"two"], truncate_below=0)
     journal.close()
-    key = b"k" + (1).to_bytes(4, "big")
+    key = b"j" + (1).to_bytes(4, "big")  # the first snapshot is generation 1
     _flip(path, key, -1, 0x40)
     with pytest.raises(CorruptRecord) as caught:
         RocksJournal.open(path, ME).read_snapshot()
     assert caught.value.key == key
+
+
+def test_a_snapshot_save_cut_short_leaves_the_last_one_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "journal"
+    journal = RocksJournal.open(path, ME)
+    journal.save_snapshot(3, [b"one", b"two", b"three"], truncate_below=0)
+    journal.save_snapshot(5, [b"five"], truncate_below=0)  # back to generation 0
+    real, writes = journal._commit_batch, []
+
+    def crash_at_the_last_write(out, sync: bool = True) -> None:
+        if sync:
+            raise StorageUnavailable("the process died here")
+        writes.append(out)
+        real(out, sync)
+
+    monkeypatch.setattr(journal, "_commit_batch", crash_at_the_last_write)
+    with pytest.raises(StorageUnavailable):
+        journal.save_snapshot(9, [b"nine-a", b"nine-b"], truncate_below=0)
+    assert len(writes) == 2  # one write per chunk, before the final one
+    monkeypatch.undo()
+    journal.close()
+    journal = RocksJournal.open(path, ME)
+    assert journal.read_snapshot() == (5, [b"five"])
+    journal.save_snapshot(12, [b"twelve"], truncate_below=0)
+    journal.close()
+    raw = _raw(path)
+    chunk_keys = [key for key, _ in raw.items() if key[:1] in (b"j", b"k")]
+    raw.close()
+    # Only the stored snapshot's chunks remain: the old generation and the save cut short
+    # (whose second chunk the new one does not overwrite) are gone.
+    assert chunk_keys == [b"j" + (0).to_bytes(4, "big")]
+    assert RocksJournal.open(path, ME).read_snapshot() == (12, [b"twelve"])
+
+
+def test_a_snapshot_stored_without_a_generation_is_generation_0(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    RocksJournal.open(path, ME).close()
+    raw = _raw(path)
+    for key, value in ((b"k" + (0).to_bytes(4, "big"), b"old"), (b"snapshot", [4, 1])):
+        data = cbor2.dumps(value)
+        raw[key] = zlib.crc32(data, zlib.crc32(key)).to_bytes(4, "big") + data
+    raw.close()
+    journal = RocksJournal.open(path, ME)
+    assert journal.read_snapshot() == (4, [b"old"])
+    journal.save_snapshot(6, [b"new"], truncate_below=0)
+    assert journal.read_snapshot() == (6, [b"new"])
 
 
 def test_a_truncated_promise_is_refused(tmp_path: Path) -> None:
@@ -295,10 +347,41 @@ def test_a_directory_that_is_not_a_journal_is_refused(tmp_path: Path) -> None:
         RocksJournal.open(tmp_path / "file", ME)
 
 
-def test_every_write_is_synced(tmp_path: Path) -> None:
+def _commit_at(slot: int) -> Batch:
+    batch = Batch()
+    batch.set_commit(slot)
+    return batch
+
+
+def test_a_synced_write_fdatasyncs_every_write_ahead_log_and_a_new_ones_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     journal = RocksJournal.open(tmp_path / "journal", ME)
-    assert journal._sync.sync is True
+    synced: list[str] = []
+
+    def record(kind: str, real):
+        def sync(fd: int) -> None:
+            synced.append(f"{kind} {os.path.basename(os.readlink(f'/proc/self/fd/{fd}'))}")
+            real(fd)
+
+        return sync
+
+    monkeypatch.setattr(os, "fdatasync", record("data", os.fdatasync))
+    monkeypatch.setattr(os, "fsync", record("dir", os.fsync))
+    logs = sorted(p.name for p in (tmp_path / "journal").glob("*.log"))
+    journal.write(_commit_at(1))
+    assert synced == [f"data {name}" for name in logs]  # known since the open: no directory sync
+    synced.clear()
+    journal.write(_commit_at(2), sync=False)
+    assert synced == []
+    journal._open_db().flush()  # a memtable switch: a new log file
+    journal.write(_commit_at(3))
+    now = sorted(p.name for p in (tmp_path / "journal").glob("*.log"))
+    assert set(now) - set(logs), "the flush started no new log"
+    assert sorted(synced[:-1]) == [f"data {name}" for name in now]
+    assert synced[-1] == "dir journal"
     journal.close()
+    assert RocksJournal.open(tmp_path / "journal", ME).load().commit == 3
 
 
 # ---------------------------------------------------------------- the core's records, persisted
