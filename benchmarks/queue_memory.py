@@ -142,7 +142,8 @@ def main() -> None:
             print(
                 f"node {node} ({s['role']}): RSS {rss_mib(proc.pid):.0f} MiB, "
                 f"data {folder_mib(data / f'node{node}'):,.0f} MiB, last snapshot "
-                f"{s['snapshots']['last']}"
+                f"{s['snapshots']['last']}; elections won {s['elections']['won']}, longest "
+                f"turn {s['turn_ms_max']} ms, tick late {s['tick_late_ms_max']} ms at most"
             )
         # Restart a follower holding everything: kill -9, start it again, wait until it
         # serves with every slot applied.
@@ -167,6 +168,11 @@ def main() -> None:
             f"{restart_s:.1f} s; RSS {rss_mib(procs[victim].pid):.0f} MiB"
         )
         assert find_leader(addresses) is not None
+        for node in range(3):
+            lines = (data / f"node{node}.log").read_text(errors="replace").splitlines()
+            late = [line for line in lines if "ms late" in line or "write took" in line]
+            shown = late[:12]
+            print(f"node {node}: {len(late)} late ticks and slow writes logged", *shown, sep="\n  ")
 
 
 if __name__ == "__main__":

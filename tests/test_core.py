@@ -39,6 +39,8 @@ class Driver:
         self.replies: list[tuple[object, str, object, int | None]] = []
         self.ships: dict[int, tuple[int, int, list[bytes]]] = {}
         self.opened: list[tuple[int, int]] = []  # (sender, receiver) of each transfer
+        self.applied: list[int] = []  # slots applied per take, every node's
+        self.once = False  # drain takes once, as one turn of the runtime's loop
 
     def _core(self, node: int) -> NodeCore:
         return NodeCore(
@@ -48,6 +50,7 @@ class Driver:
     def drain(self, node: int) -> None:
         core = self.cores[node]
         while (effects := core.take()) is not None:
+            self.applied.append(len(effects.applied))
             self.writes[node] += effects.writes
             self.network += [(node, dst, m) for dst, m in effects.send]
             self.replies += effects.replies
@@ -62,6 +65,8 @@ class Driver:
                 for index in range(first, first + count):
                     chunk = SnapshotChunk(node, slot, index, total, chunks[index])
                     self.network.append((node, peer, chunk))
+            if self.once:
+                return
 
     def finish_writes(self, node: int) -> None:
         """The node's disk completes every write handed to it so far."""
@@ -278,3 +283,45 @@ def test_a_node_answers_no_clock_probe_before_its_first_tick() -> None:
     assert [m for _, m in effects.send if isinstance(m, ClockEcho)] == [
         ClockEcho(1, 10_000, 10_050)
     ]
+
+
+def _three_slots_committed_in_one_turn(d: Driver) -> NodeCore:
+    leader = d.elect(0)
+    for seq in range(3):  # a slot each: every drain cuts a batch
+        leader.command(command(b"s" * 8, seq + 1, "noop", {}), f"w{seq}", 1000)
+        d.drain(0)
+    d.deliver(Accept, to=1)
+    d.finish_writes(1)
+    d.deliver(Accepted, to=0)  # one vote: no majority while the leader's own is not durable
+    d.once = True
+    d.applied.clear()
+    d.finish_writes(0)  # now all three are chosen at once
+    return leader
+
+
+def test_committed_slots_are_applied_a_bounded_number_per_turn_and_all_are_answered() -> None:
+    d = Driver(apply_slots_max=1)
+    leader = _three_slots_committed_in_one_turn(d)
+    assert leader.replica.commit == leader.applied + 2 and leader.backlog
+    assert [w for w, outcome, _, _ in d.replies if outcome == OK] == ["w0"]
+    d.drain(0)  # the next turn
+    assert [w for w, outcome, _, _ in d.replies if outcome == OK] == ["w0", "w1"]
+    d.once = False
+    d.drain(0)
+    assert not leader.backlog and leader.applied == leader.replica.commit
+    assert [w for w, outcome, _, _ in d.replies if outcome == OK] == ["w0", "w1", "w2"]
+    assert max(d.applied) == 1
+
+
+def test_a_deposed_leader_answers_its_chosen_slots_when_it_applies_them() -> None:
+    d = Driver(apply_slots_max=1)
+    leader = _three_slots_committed_in_one_turn(d)
+    assert leader.backlog
+    higher = leader.replica.ballot.__class__(leader.replica.ballot.round + 5, 1)
+    leader.step(Prepare(1, higher, leader.replica.commit))
+    d.once = False
+    d.drain(0)
+    assert leader.replica.role is not Role.LEADER
+    # Chosen: each is answered with its result, not "unknown".
+    assert [w for w, outcome, _, _ in d.replies] == ["w0", "w1", "w2"]
+    assert {outcome for _, outcome, _, _ in d.replies} == {OK}

@@ -83,6 +83,9 @@ class CoreSettings:
     #: `clock_offset_ms_max` from a majority's refuses to lead (0: no bound)
     clock_probe_ticks: int = 25
     clock_offset_ms_max: int = 500
+    #: committed slots applied in one `take()` at most; the rest wait for the next (`backlog`),
+    #: so that a catch-up or a restart's replay does not make one turn as long as itself
+    apply_slots_max: int = 64
 
 
 class Write:
@@ -225,6 +228,7 @@ class NodeCore:
         self._token = 0
         self._waiting: dict[int, object] = {}
         self._by_slot: dict[int, tuple[Value, tuple[object, ...]]] = {}
+        self._unapplied: deque[tuple[int, Value]] = deque()  # committed, not yet applied
         self._deadlines: deque[tuple[int, int]] = deque()
         # The leader's clock stamps the log (time entries unique across restarts).
         self._stamped_ms = 0
@@ -371,6 +375,8 @@ class NodeCore:
         if not self.stopped:
             while (ready := self.replica.ready()) is not None:
                 self._carry(ready)
+            if self._unapplied:
+                self._apply()
             role = self.replica.role
             if role is not self._role:
                 if self._role is Role.LEADER:
@@ -406,7 +412,7 @@ class NodeCore:
             else:
                 out.send.extend(ready.after_persist)
         if ready.committed:
-            self._apply(ready.committed)
+            self._unapplied.extend(ready.committed)
         for token in ready.dropped:
             waiter = self._waiting.pop(token, None)
             if waiter is not None:
@@ -415,9 +421,6 @@ class NodeCore:
             if peer not in self._shipping and self.snapshot_at and not self._has(peer, from_slot):
                 self._shipping[peer] = _Shipment(self._tick)
                 out.ship_open.append(peer)
-        every = self.settings.snapshot_every_slots
-        if every and self._saving is None and self.machine.slots - self.snapshot_at >= every:
-            self._take_snapshot()
 
     def _has(self, peer: int, from_slot: int) -> bool:
         """Did `peer` ask before the transfer it has just received reached it? (Catch-up
@@ -451,12 +454,16 @@ class NodeCore:
 
     # ------------------------------------------------------------------ apply and answer
 
-    def _apply(self, committed: list[tuple[int, Value]]) -> None:
+    def _apply(self) -> None:
+        """Apply the next committed slots, `apply_slots_max` at most, and answer their
+        commands."""
         machine = self.machine
         out = self._out
         by_slot = self._by_slot
         hook = self.on_apply
-        for slot, value in committed:
+        unapplied = self._unapplied
+        for _ in range(min(len(unapplied), self.settings.apply_slots_max)):
+            slot, value = unapplied.popleft()
             if slot < machine.slots:
                 # A snapshot restored at start, or installed since, covers it.
                 entry = by_slot.pop(slot, None)
@@ -475,6 +482,9 @@ class NodeCore:
         machine.flush()
         take = getattr(machine, "take_changed", None)
         out.wake(take() if take is not None else None)
+        every = self.settings.snapshot_every_slots
+        if every and self._saving is None and machine.slots - self.snapshot_at >= every:
+            self._take_snapshot()
 
     def _answer(
         self, slot: int, entry: tuple[Value, tuple[object, ...]], value: Value, results: list
@@ -500,9 +510,10 @@ class NodeCore:
         phase 1 finds) or not. Their waiters hear "unknown" now rather than at their
         deadline, so that clients resend at once to the new leader: sequenced commands are
         answered, not applied again, and the rest are harmless or reported."""
-        by_slot, self._by_slot = self._by_slot, {}
-        for _, tokens in by_slot.values():
-            self._answer_unknown(tokens)
+        commit = self.replica.commit
+        by_slot = self._by_slot
+        for slot in [s for s in by_slot if s >= commit]:  # below: chosen, answered when applied
+            self._answer_unknown(by_slot.pop(slot)[1])
 
     def _answer_unknown(self, tokens: tuple[object, ...]) -> None:
         for token in tokens:
@@ -696,6 +707,16 @@ class NodeCore:
     @property
     def ticks(self) -> int:
         return self._tick
+
+    @property
+    def backlog(self) -> bool:
+        """Committed slots wait to be applied: the driver should `take()` again soon."""
+        return bool(self._unapplied) and not self.stopped
+
+    @property
+    def applied(self) -> int:
+        """The next slot the machine applies (the replica hands slots over before that)."""
+        return self.machine.slots
 
     @property
     def waiting_count(self) -> int:

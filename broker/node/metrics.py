@@ -63,6 +63,11 @@ class NodeMetrics:
         self.batch_size = meter.create_histogram(
             "paxq.batch.size", unit="{command}", description="commands per applied slot"
         )
+        self.turn_duration = meter.create_histogram(
+            "paxq.turn.duration",
+            unit="ms",
+            description="one turn of the node loop: inputs handled, effects carried out",
+        )
         self._meter = meter
 
     def observe(self, name: str, unit: str, description: str, read: Callable[[], object]) -> None:
@@ -214,7 +219,7 @@ def watch_node(metrics: NodeMetrics, node: object) -> None:
         "paxq.replica.lag",
         "{slot}",
         "slots committed in the cluster that this node has not applied yet",
-        lambda: max(0, replica.known_commit - replica.applied),
+        lambda: max(0, replica.known_commit - core().applied),
     )
     metrics.observe(
         "paxq.leader",

@@ -52,6 +52,8 @@ class NodeSettings:
     tick_s: float = 0.02
     #: inputs waiting for the loop at most (peer messages + client commands); past it senders wait
     inbox_max: int = 8192
+    #: inputs handled in one turn of the loop at most
+    turn_inputs_max: int = 512
     #: a command whose slot is not applied within this long is answered "unknown outcome"
     command_timeout_s: float = 10.0
     # The core's settings (`core.CoreSettings` says what each one means), in seconds where
@@ -65,6 +67,7 @@ class NodeSettings:
     stamp_idle_ms: int = 100
     clock_probe_s: float = 0.5
     clock_offset_ms_max: int = 500
+    apply_slots_max: int = 64
 
     def __post_init__(self) -> None:
         # Every peer message must fit a frame: the largest are a promise carrying a window of
@@ -85,6 +88,8 @@ class NodeSettings:
             raise ValueError("snapshot_every_slots and snapshot_keep_slots must be >= 0")
         if self.snapshot_window_chunks < 1:
             raise ValueError("snapshot_window_chunks must be positive")
+        if self.apply_slots_max < 1 or self.turn_inputs_max < 1:
+            raise ValueError("apply_slots_max and turn_inputs_max must be positive")
 
     def core(self) -> CoreSettings:
         """The same settings as the core counts them: in ticks."""
@@ -99,11 +104,13 @@ class NodeSettings:
             stamp_idle_ms=self.stamp_idle_ms,
             clock_probe_ticks=max(1, math.ceil(self.clock_probe_s / self.tick_s)),
             clock_offset_ms_max=self.clock_offset_ms_max,
+            apply_slots_max=self.apply_slots_max,
         )
 
 
-_TICK = -1  # inbox tags below zero are not peers
-_COMMAND = -2
+_COMMAND = -1  # inbox tags below zero are not peers
+#: a journal write slower than this is logged: the disk is in trouble (etcd warns at 1 s too)
+_SLOW_WRITE_MS = 1000.0
 
 Callback = Callable[[str, object], None]
 
@@ -160,6 +167,11 @@ class Node:
         self.turns = 0
         self.syncs = 0
         self.ticks_skipped = 0
+        #: the longest turn of the loop, and the most a tick waited to be handled (ms)
+        self.turn_ms_max = 0.0
+        self.tick_late_ms_max = 0.0
+        #: a tick later than half the shortest election timeout is worth a warning
+        self._late_warn_ms = settings.paxos.election_ticks_base * settings.tick_s * 500
         self.oversized_messages = 0
 
     @property
@@ -217,9 +229,10 @@ class Node:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.peers.serve)
-                nursery.start_soon(self._ticker)
                 nursery.start_soon(self._writer)
                 self._carry_out()  # a restart replays the log: apply it before serving
+                while self.core.backlog:
+                    self._carry_out()
                 task_status.started()
                 await self._loop()
         finally:
@@ -231,37 +244,64 @@ class Node:
             if self.tracing is not None:
                 self.tracing.abandon()
 
-    async def _ticker(self) -> None:
-        tick = self.settings.tick_s
-        next_at = trio.current_time()
-        while True:
-            next_at += tick
-            now = trio.current_time()
-            if next_at < now - tick:
-                # We fell behind (the process was paused, or a sync took long): skip the missed
-                # ticks. Replaying them in a burst would time out elections before the messages
-                # that arrived meanwhile (a new leader's heartbeats) are even read.
-                self.ticks_skipped += int((now - next_at) / tick)
-                next_at = now
-            await trio.sleep_until(next_at)
-            await self._inbox_send.send((_TICK, None))
-
     async def _loop(self) -> None:
+        """One turn: the inputs waiting (at most `turn_inputs_max`), then the tick if one is
+        due, then the effects. The loop keeps the ticks itself rather than queueing them
+        with the inputs, so a backlog in the inbox cannot hold heartbeats up; a turn is
+        bounded (inputs here, applied slots in the core), so neither can a long one."""
         inbox = self._inbox
-        bound = self.settings.inbox_max
+        bound = self.settings.turn_inputs_max
+        tick_s = self.settings.tick_s
         core = self.core
+        metrics = self.metrics
+        next_tick = trio.current_time() + tick_s
         while True:
-            item = await inbox.receive()
+            item = None
+            if core.backlog:
+                await trio.lowlevel.checkpoint()  # committed slots to apply: come straight back
+            else:
+                with trio.move_on_at(next_tick):
+                    item = await inbox.receive()
+            started = time.perf_counter()
             now_ms = self._clock_ms()
-            self._handle(core, item, now_ms)
-            for _ in range(bound):  # everything already waiting joins this turn
+            if item is not None:
+                self._handle(core, item, now_ms)
+            for _ in range(bound):
                 try:
                     item = inbox.receive_nowait()
                 except trio.WouldBlock:
                     break
                 self._handle(core, item, now_ms)
+            now = trio.current_time()
+            if now >= next_tick:
+                # After the inputs: a heartbeat that came while the process stood still is
+                # read before its election timer is looked at.
+                late_s = now - next_tick
+                self._tick_late(late_s * 1000)
+                if late_s >= tick_s:
+                    # Fallen behind (the process was paused, or a sync held it): skip the
+                    # missed ticks; a burst of them would time out elections at once.
+                    self.ticks_skipped += int(late_s / tick_s)
+                    next_tick = now
+                core.tick(now_ms)
+                next_tick += tick_s
             self.turns += 1
             self._carry_out()
+            turn_ms = (time.perf_counter() - started) * 1000
+            if turn_ms > self.turn_ms_max:
+                self.turn_ms_max = turn_ms
+            if metrics is not None:
+                metrics.turn_duration.record(turn_ms)
+
+    def _tick_late(self, late_ms: float) -> None:
+        if late_ms > self.tick_late_ms_max:
+            self.tick_late_ms_max = late_ms
+        if late_ms > self._late_warn_ms:
+            log.warning(
+                "a tick ran %.0f ms late (tick %d): heartbeats and timeouts were held up",
+                late_ms,
+                self.core.ticks + 1,
+            )
 
     def _handle(self, core: NodeCore, item: tuple[int, object], now_ms: int) -> None:
         source, payload = item
@@ -271,8 +311,6 @@ class Node:
                     self.tracing.replicating(payload.accept.slot, payload.trace)
                 payload = payload.accept
             core.step(payload)
-        elif source == _TICK:
-            core.tick(now_ms)
         else:
             command, on_done = payload
             core.command(command, on_done, now_ms)
@@ -369,10 +407,17 @@ class Node:
                 batch = run[0].batch if len(run) == 1 else _merged(run)
                 synced = any(write.sync for write in run)
                 await trio.to_thread.run_sync(journal.write, batch, synced)
+            took_ms = (time.perf_counter() - started) * 1000
             if synced:
                 self.syncs += 1
                 if metrics is not None:
-                    metrics.fsync_latency.record((time.perf_counter() - started) * 1000)
+                    metrics.fsync_latency.record(took_ms)
+            if took_ms > _SLOW_WRITE_MS:
+                log.warning(
+                    "a journal write took %.0f ms (%s)",
+                    took_ms,
+                    "snapshot" if run[0].snapshot is not None else f"{len(run)} batches",
+                )
             if self.tracing is not None:
                 for write in run:
                     if write.traced:
@@ -465,7 +510,7 @@ class Node:
             "ballot": [r.ballot.round, r.ballot.node] if r.role is not Role.FOLLOWER else None,
             "leader": r.leader_hint,
             "commit": r.commit,
-            "applied": r.applied,
+            "applied": core.applied,
             "promised": [r.promised.round, r.promised.node],
             "log_start": r.log_start,
             "snapshot": core.snapshot_at,
@@ -478,8 +523,10 @@ class Node:
             "syncs": self.syncs,
             "turns": self.turns,
             "ticks_skipped": self.ticks_skipped,
+            "turn_ms_max": round(self.turn_ms_max, 1),
+            "tick_late_ms_max": round(self.tick_late_ms_max, 1),
             "pipeline": r.in_flight_slots,
-            "replica_lag": max(0, r.known_commit - r.applied),
+            "replica_lag": max(0, r.known_commit - core.applied),
             "elections": {"started": core.campaigns, "won": core.elections_won},
             "clock": {
                 "offsets_ms": {

@@ -67,6 +67,9 @@ _CRASH = 8
 _RESTART = 9  # payload: unused
 _WRITTEN = 10  # a write of `target` completes; payload (incarnation, write, position)
 _CRASH_NODE = 11  # `target` crashes (a write in flight); payload: its incarnation then
+_TURN = 12  # `target`'s core has committed slots left to apply; payload: its incarnation
+#: a turn of the node's loop, as the sim counts it: what a backlog waits before its next take
+_TURN_MS = 0.1
 
 _OK, _NOT_LEADER, _RETRY, _UNKNOWN = 0, 1, 2, 3
 #: the wall clocks start here (a real date), so that no offset makes one read below zero
@@ -136,6 +139,7 @@ class _Node:
         "queued_done",
         "shipments",
         "tick_ms",
+        "turn_due",
         "wiped",
         "written_at",
     )
@@ -152,6 +156,7 @@ class _Node:
         self.journal: MemoryJournal | None = None
         self.core: NodeCore | None = None
         self.incarnation = 0
+        self.turn_due = False  # a _TURN event is queued
         self.wiped = False  # its disk was replaced by a blank one at least once
         self.led = None  # last ballot this node led (to count elections)
         self.written_at = 0.0  # when the write the disk is doing completes
@@ -204,6 +209,7 @@ class Simulation:
             snapshot_window_chunks=4,
             snapshot_ack_timeout_ticks=20,
             stamp_idle_ms=50,
+            apply_slots_max=settings.apply_slots_max,
         )
         self.workload = Workload.from_rng(Random(settings.seed ^ 0xC0FFEE))
         self.oracle = QueueOracle(self.workload.limits())
@@ -312,6 +318,11 @@ class Simulation:
                 self._push(node.tick_ms, _TICK, target, payload)
             elif kind == _WRITTEN:
                 self._on_written(nodes[target], payload)
+            elif kind == _TURN:
+                node = nodes[target]
+                if payload == node.incarnation:
+                    node.turn_due = False
+                    self._drain(node)
             else:
                 self._other_event(kind, target, payload)
 
@@ -360,6 +371,7 @@ class Simulation:
 
     def _start(self, node: _Node) -> None:
         node.incarnation += 1
+        node.turn_due = False
         node.led = None
         node.shipments = {}
         node.written_at = self.now
@@ -472,6 +484,13 @@ class Simulation:
                 self.stats.elections += 1
                 self.trace.append((self.now, node.id, f"leads with ballot {replica.ballot}"))
                 self._check_leader_clock(node)
+            if core.backlog:
+                # As the runtime does: the rest of the committed slots in later turns, other
+                # inputs (messages, ticks, requests) between them.
+                if not node.turn_due:
+                    node.turn_due = True
+                    self._push(_TURN_MS, _TURN, node.id, node.incarnation)
+                return
 
     def _send(self, node: _Node, messages: list) -> None:
         rng = self.rng
