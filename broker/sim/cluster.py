@@ -169,7 +169,7 @@ class _Node:
         return self.core.machine
 
     @property
-    def applied(self) -> list[Value]:
+    def log(self) -> list[Value]:
         return self.core.machine.log
 
 
@@ -910,7 +910,7 @@ class Simulation:
         self._run_events(event_cap, until_ms=self.now + settings.liveness_settle_ms)
         self.stats.liveness_ms = self.now - healed
         self._check_converged()
-        logs = [node.applied for node in self.nodes]
+        logs = [node.log for node in self.nodes]
         self.history.check_durable(logs)
         self.history.check_linearizable()
         self._stability_phase(event_cap)
@@ -996,7 +996,7 @@ class Simulation:
 
     def _check_converged(self) -> None:
         commits = [node.core.replica.commit for node in self.nodes]
-        lengths = [len(node.applied) for node in self.nodes]
+        lengths = [len(node.log) for node in self.nodes]
         if len(set(commits)) != 1 or len(set(lengths)) != 1:
             raise Violation(
                 "liveness", f"replicas did not converge: commit {commits}, applied {lengths}"
