@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -89,6 +90,9 @@ class RocksJournal:
         self.identity = identity
         self._unsynced = WriteOptions()  # into the write-ahead log; `_sync_logs` makes it durable
         self._logs: dict[str, int] = {}  # live write-ahead log file -> a descriptor of it
+        # A close from the loop's thread (a failed key-space flush) waits for a write and its
+        # syncs in the writer thread: a descriptor closed under them could be reused by then.
+        self._writing = threading.RLock()
         self._log_start = 0
         self._snapshot: tuple[int, int, int] = (0, 0, 0)  # slot, chunk count, generation
 
@@ -108,6 +112,7 @@ class RocksJournal:
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         options.set_paranoid_checks(True)
+        options.set_wal_dir(str(path))  # where `_sync_logs` looks for the write-ahead logs
         # Memtables bound the store's memory: at most 3 x 16 MiB (RocksDB's default is
         # 2 x 64 MiB), so a node holding a million queued payloads stays small.
         options.set_write_buffer_size(16 << 20)
@@ -339,15 +344,16 @@ class RocksJournal:
         return below
 
     def _commit_batch(self, out: WriteBatch, sync: bool = True) -> None:
-        db = self._open_db()
-        try:
-            db.write(out, self._unsynced)
-            if sync:
-                self._sync_logs()
-        except Exception as error:
-            # After a failed sync the disk state is unknown: stop writing for good.
-            self.close()
-            raise StorageUnavailable(f"write to {self.path} failed: {error}") from error
+        with self._writing:
+            db = self._open_db()
+            try:
+                db.write(out, self._unsynced)
+                if sync:
+                    self._sync_logs()
+            except Exception as error:
+                # After a failed sync the disk state is unknown: stop writing for good.
+                self.close()
+                raise StorageUnavailable(f"write to {self.path} failed: {error}") from error
 
     def _sync_logs(self) -> None:
         """fdatasync every write-ahead log file there is (a memtable switch starts a new one
@@ -355,21 +361,25 @@ class RocksJournal:
         that it is found after a crash."""
         live: dict[str, int] = {}
         new = False
-        with os.scandir(self.path) as entries:
-            for entry in entries:
-                if not entry.name.endswith(".log"):
-                    continue
-                fd = self._logs.pop(entry.name, None)
-                if fd is None:
-                    try:
-                        fd = os.open(entry.path, os.O_RDONLY)
-                    except FileNotFoundError:
-                        continue  # obsolete meanwhile: its writes are in a synced table file
-                    new = True
-                live[entry.name] = fd
-        for fd in self._logs.values():  # files RocksDB has deleted
-            os.close(fd)
-        self._logs = live
+        try:
+            with os.scandir(self.path) as entries:
+                for entry in entries:
+                    if not entry.name.endswith(".log"):
+                        continue
+                    fd = self._logs.pop(entry.name, None)
+                    if fd is None:
+                        try:
+                            fd = os.open(entry.path, os.O_RDONLY)
+                        except FileNotFoundError:
+                            continue  # obsolete meanwhile: its writes are in a synced table file
+                        new = True
+                    live[entry.name] = fd
+        finally:
+            for fd in self._logs.values():  # files RocksDB has deleted
+                os.close(fd)
+            self._logs = live
+        if not live:
+            raise OSError(f"no write-ahead log file in {self.path} to sync")
         for fd in live.values():
             os.fdatasync(fd)
         if new:
@@ -388,14 +398,15 @@ class RocksJournal:
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
 
     def close(self) -> None:
-        logs, self._logs = self._logs, {}
-        for fd in logs.values():
-            os.close(fd)
-        if self._db is not None:
-            db, self._db = self._db, None
-            # Closing after a failed write may fail too; there is nothing left to save.
-            with contextlib.suppress(Exception):
-                db.close()
+        with self._writing:
+            logs, self._logs = self._logs, {}
+            for fd in logs.values():
+                os.close(fd)
+            if self._db is not None:
+                db, self._db = self._db, None
+                # Closing after a failed write may fail too; there is nothing left to save.
+                with contextlib.suppress(Exception):
+                    db.close()
 
     def _open_db(self) -> Rdict:
         if self._db is None:

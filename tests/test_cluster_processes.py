@@ -205,6 +205,70 @@ def small_disk(tmp_path: Path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+class Ext4Disk:
+    """A 64 MiB ext4 file system on a loop device, mounted `errors=remount-ro`: the kernel
+    turns it read-only under its writers when it meets an error, as a failing disk does."""
+
+    def __init__(self, image: Path, mount: Path) -> None:
+        self.image, self.mount, self.device = image, mount, ""
+
+    def attach(self) -> str:
+        """Mount it; return why it could not be, or an empty string."""
+        made = subprocess.run(
+            ["losetup", "--find", "--show", str(self.image)], capture_output=True, text=True
+        )
+        if made.returncode != 0:
+            return made.stderr.strip()
+        self.device = made.stdout.strip()
+        mounted = subprocess.run(
+            ["mount", "-t", "ext4", "-o", "errors=remount-ro", self.device, str(self.mount)],
+            capture_output=True,
+            text=True,
+        )
+        return mounted.stderr.strip() if mounted.returncode != 0 else ""
+
+    def fail(self) -> None:
+        """An ext4 error, raised through sysfs: the journal aborts and the mount goes read-only."""
+        trigger = Path("/sys/fs/ext4") / Path(self.device).name / "trigger_fs_error"
+        trigger.write_text("paxq test: a failing disk\n")
+
+    def repair(self) -> None:
+        """Unmount, check and mount it again, writable."""
+        subprocess.run(["umount", str(self.mount)], check=True)
+        checked = subprocess.run(["e2fsck", "-fy", self.device], capture_output=True, text=True)
+        assert checked.returncode < 4, checked.stdout + checked.stderr  # 1, 2: fixed
+        subprocess.run(
+            ["mount", "-t", "ext4", "-o", "errors=remount-ro", self.device, str(self.mount)],
+            check=True,
+        )
+
+    def detach(self) -> None:
+        subprocess.run(["umount", "-l", str(self.mount)], capture_output=True)
+        if self.device:
+            subprocess.run(["losetup", "-d", self.device], capture_output=True)
+
+
+@pytest.fixture
+def ext4_disk(tmp_path: Path):
+    """An `Ext4Disk` for one node's data; skipped where this process may not make one."""
+    image, mount = tmp_path / "disk.img", tmp_path / "ext4"
+    mount.mkdir()
+    with image.open("wb") as file:
+        file.truncate(64 << 20)
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make an ext4 file system here: {made.stderr.strip()}")
+    disk = Ext4Disk(image, mount)
+    try:
+        if why := disk.attach():
+            pytest.skip(f"cannot mount a loop device here: {why}")
+        if not (Path("/sys/fs/ext4") / Path(disk.device).name / "trigger_fs_error").exists():
+            pytest.skip("this kernel has no ext4 trigger_fs_error")
+        yield disk
+    finally:
+        disk.detach()
+
+
 async def _stops(cluster, node: int) -> str:
     """Wait for `node` to exit; its exit status must say it refused, and its log why."""
     proc = cluster.procs[node]
@@ -241,5 +305,36 @@ async def test_a_full_disk_stops_the_node_and_loses_nothing(cluster, small_disk:
         await all_hold(cluster, acked)
 
     with trio.fail_after(PHASE_S):
+        await write_under_load(cluster, acked, 40, "d")
+        await all_hold(cluster, acked)
+
+
+async def test_a_data_directory_gone_read_only_stops_the_node_and_loses_nothing(
+    cluster, ext4_disk: Ext4Disk
+) -> None:
+    victim = 2
+    (ext4_disk.mount / "node2").mkdir()
+    (cluster.data / "node2").symlink_to(ext4_disk.mount / "node2")
+    acked: dict[int, bytes] = {}
+    for node in range(3):
+        cluster.start(node)
+    with trio.fail_after(PHASE_S):
+        await cluster.leader()
+        await write_under_load(cluster, acked, 40, "a")
+        await all_hold(cluster, acked)
+
+    # The file system turns read-only under the running node: it stops, says why, and the
+    # others go on.
+    ext4_disk.fail()
+    with trio.fail_after(PHASE_S):
+        await write_under_load(cluster, acked, 40, "b")
+        log = await _stops(cluster, victim)
+        await write_under_load(cluster, acked, 40, "c")
+    assert "Read-only file system" in log, log[-2000:]
+    # Checked and writable again: restarted, it catches up with everything acknowledged.
+    ext4_disk.repair()
+    cluster.start(victim)
+    with trio.fail_after(PHASE_S):
+        await all_hold(cluster, acked)
         await write_under_load(cluster, acked, 40, "d")
         await all_hold(cluster, acked)

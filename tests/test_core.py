@@ -299,8 +299,10 @@ def _three_slots_committed_in_one_turn(d: Driver) -> NodeCore:
     return leader
 
 
-def test_committed_slots_are_applied_a_bounded_number_per_turn_and_all_are_answered() -> None:
-    d = Driver(apply_slots_max=1)
+def test_committed_slots_are_applied_a_bounded_number_of_commands_per_turn_and_all_answered() -> (
+    None
+):
+    d = Driver(apply_commands_max=1)
     leader = _three_slots_committed_in_one_turn(d)
     assert leader.replica.commit == leader.applied + 2 and leader.backlog
     assert [w for w, outcome, _, _ in d.replies if outcome == OK] == ["w0"]
@@ -313,8 +315,20 @@ def test_committed_slots_are_applied_a_bounded_number_per_turn_and_all_are_answe
     assert max(d.applied) == 1
 
 
+def test_the_apply_bound_counts_commands_in_whole_slots() -> None:
+    # Each of the three slots holds two commands: the leader's time stamp and a client's. Three
+    # commands' room takes two whole slots.
+    d = Driver(apply_commands_max=3)
+    leader = _three_slots_committed_in_one_turn(d)
+    assert leader.applied == 2
+    assert leader.replica.commit == leader.applied + 1 and leader.backlog
+    assert [w for w, outcome, _, _ in d.replies if outcome == OK] == ["w0", "w1"]
+    with pytest.raises(ValueError, match="apply_commands_max must be positive, not 0"):
+        CoreSettings(apply_commands_max=0)
+
+
 def test_a_deposed_leader_answers_its_chosen_slots_when_it_applies_them() -> None:
-    d = Driver(apply_slots_max=1)
+    d = Driver(apply_commands_max=1)
     leader = _three_slots_committed_in_one_turn(d)
     assert leader.backlog
     higher = leader.replica.ballot.__class__(leader.replica.ballot.round + 5, 1)

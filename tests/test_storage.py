@@ -384,6 +384,19 @@ def test_a_synced_write_fdatasyncs_every_write_ahead_log_and_a_new_ones_director
     assert RocksJournal.open(tmp_path / "journal", ME).load().commit == 3
 
 
+def test_a_synced_write_that_finds_no_write_ahead_log_fails_and_closes_the_journal(
+    tmp_path: Path,
+) -> None:
+    journal = RocksJournal.open(tmp_path / "journal", ME)
+    journal.write(_commit_at(1))
+    for log in (tmp_path / "journal").glob("*.log"):
+        log.unlink()  # RocksDB writes on into the unlinked file: nothing would make it durable
+    with pytest.raises(StorageUnavailable, match="no write-ahead log file"):
+        journal.write(_commit_at(2))
+    with pytest.raises(JournalClosed):
+        journal.write(_commit_at(3))
+
+
 # ---------------------------------------------------------------- the core's records, persisted
 
 

@@ -83,9 +83,14 @@ class CoreSettings:
     #: `clock_offset_ms_max` from a majority's refuses to lead (0: no bound)
     clock_probe_ticks: int = 25
     clock_offset_ms_max: int = 500
-    #: committed slots applied in one `take()` at most; the rest wait for the next (`backlog`),
-    #: so that a catch-up or a restart's replay does not make one turn as long as itself
-    apply_slots_max: int = 64
+    #: commands applied in one `take()` at most (whole slots, one at least; a no-op counts
+    #: one); the rest wait for the next (`backlog`), so that a catch-up or a restart's replay
+    #: does not make one turn as long as itself
+    apply_commands_max: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.apply_commands_max < 1:
+            raise ValueError(f"apply_commands_max must be positive, not {self.apply_commands_max}")
 
 
 class Write:
@@ -455,15 +460,17 @@ class NodeCore:
     # ------------------------------------------------------------------ apply and answer
 
     def _apply(self) -> None:
-        """Apply the next committed slots, `apply_slots_max` at most, and answer their
-        commands."""
+        """Apply the next committed slots, up to `apply_commands_max` commands in all, and
+        answer their commands."""
         machine = self.machine
         out = self._out
         by_slot = self._by_slot
         hook = self.on_apply
         unapplied = self._unapplied
-        for _ in range(min(len(unapplied), self.settings.apply_slots_max)):
+        budget = self.settings.apply_commands_max
+        while unapplied and budget > 0:
             slot, value = unapplied.popleft()
+            budget -= len(value) or 1
             if slot < machine.slots:
                 # A snapshot restored at start, or installed since, covers it.
                 entry = by_slot.pop(slot, None)

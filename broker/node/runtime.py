@@ -67,7 +67,7 @@ class NodeSettings:
     stamp_idle_ms: int = 100
     clock_probe_s: float = 0.5
     clock_offset_ms_max: int = 500
-    apply_slots_max: int = 64
+    apply_commands_max: int = 1024
 
     def __post_init__(self) -> None:
         # Every peer message must fit a frame: the largest are a promise carrying a window of
@@ -88,8 +88,8 @@ class NodeSettings:
             raise ValueError("snapshot_every_slots and snapshot_keep_slots must be >= 0")
         if self.snapshot_window_chunks < 1:
             raise ValueError("snapshot_window_chunks must be positive")
-        if self.apply_slots_max < 1 or self.turn_inputs_max < 1:
-            raise ValueError("apply_slots_max and turn_inputs_max must be positive")
+        if self.apply_commands_max < 1 or self.turn_inputs_max < 1:
+            raise ValueError("apply_commands_max and turn_inputs_max must be positive")
 
     def core(self) -> CoreSettings:
         """The same settings as the core counts them: in ticks."""
@@ -104,7 +104,7 @@ class NodeSettings:
             stamp_idle_ms=self.stamp_idle_ms,
             clock_probe_ticks=max(1, math.ceil(self.clock_probe_s / self.tick_s)),
             clock_offset_ms_max=self.clock_offset_ms_max,
-            apply_slots_max=self.apply_slots_max,
+            apply_commands_max=self.apply_commands_max,
         )
 
 
@@ -266,7 +266,7 @@ class Node:
             now_ms = self._clock_ms()
             if item is not None:
                 self._handle(core, item, now_ms)
-            for _ in range(bound):
+            for _ in range(bound - (item is not None)):
                 try:
                     item = inbox.receive_nowait()
                 except trio.WouldBlock:

@@ -209,7 +209,7 @@ class Simulation:
             snapshot_window_chunks=4,
             snapshot_ack_timeout_ticks=20,
             stamp_idle_ms=50,
-            apply_slots_max=settings.apply_slots_max,
+            apply_commands_max=settings.apply_commands_max,
         )
         self.workload = Workload.from_rng(Random(settings.seed ^ 0xC0FFEE))
         self.oracle = QueueOracle(self.workload.limits())

@@ -81,7 +81,7 @@ class SimSettings:
     snapshot_every: int
     snapshot_keep: int
     #: committed slots a replica applies per turn at most (the rest in later turns)
-    apply_slots_max: int
+    apply_commands_max: int
     #: after the safety phase faults stop and a random minority stays down: commands issued
     #: from heal + settle to heal + budget must all be acknowledged by the majority; then the
     #: minority returns and every replica must converge within another settle time
@@ -141,7 +141,7 @@ class SimSettings:
             catchup_slots_max=rng.choice((32, 64, 256)),
             snapshot_every=rng.choice((0, 8, 32, 128)),
             snapshot_keep=rng.choice((0, 4, 32)),
-            apply_slots_max=rng.choice((1, 4, 64)),
+            apply_commands_max=rng.choice((1, 64, 1024)),
             liveness_settle_ms=5_000.0,
             liveness_budget_ms=10_000.0,
         )
