@@ -278,10 +278,13 @@ async def _stops(cluster, node: int) -> str:
     return (cluster.data / f"node{node}.log").read_text()
 
 
-async def test_a_full_disk_stops_the_node_and_loses_nothing(cluster, small_disk: Path) -> None:
+async def _a_failing_disk_stops_node_2(cluster, disk: Path, fail, repair) -> str:
+    """Node 2 keeps its data on `disk`. Under load `fail()` breaks it: the node must stop and
+    the others go on; after `repair()` it restarts and catches up with everything
+    acknowledged. Returns the stopped node's log."""
     victim = 2
-    (small_disk / "node2").mkdir()
-    (cluster.data / "node2").symlink_to(small_disk / "node2")
+    (disk / "node2").mkdir()
+    (cluster.data / "node2").symlink_to(disk / "node2")
     acked: dict[int, bytes] = {}
     for node in range(3):
         cluster.start(node)
@@ -290,51 +293,38 @@ async def test_a_full_disk_stops_the_node_and_loses_nothing(cluster, small_disk:
         await write_under_load(cluster, acked, 40, "a")
         await all_hold(cluster, acked)
 
-    # The disk fills up: the node stops taking writes, says why, and the others go on.
-    filler = small_disk / "filler"
-    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True)
+    fail()
     with trio.fail_after(PHASE_S):
         await write_under_load(cluster, acked, 40, "b")
         log = await _stops(cluster, victim)
         await write_under_load(cluster, acked, 40, "c")
-    assert "No space left" in log or "space" in log.lower(), log[-2000:]
-    # Room again: restarted, it catches up with everything acknowledged.
-    filler.unlink()
+    repair()
     cluster.start(victim)
     with trio.fail_after(PHASE_S):
         await all_hold(cluster, acked)
-
-    with trio.fail_after(PHASE_S):
         await write_under_load(cluster, acked, 40, "d")
         await all_hold(cluster, acked)
+    return log
+
+
+async def test_a_full_disk_stops_the_node_and_loses_nothing(cluster, small_disk: Path) -> None:
+    filler = small_disk / "filler"
+    log = await _a_failing_disk_stops_node_2(
+        cluster,
+        small_disk,
+        fail=lambda: subprocess.run(
+            ["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True
+        ),
+        repair=filler.unlink,  # room again
+    )
+    assert "No space left" in log or "space" in log.lower(), log[-2000:]
 
 
 async def test_a_data_directory_gone_read_only_stops_the_node_and_loses_nothing(
     cluster, ext4_disk: Ext4Disk
 ) -> None:
-    victim = 2
-    (ext4_disk.mount / "node2").mkdir()
-    (cluster.data / "node2").symlink_to(ext4_disk.mount / "node2")
-    acked: dict[int, bytes] = {}
-    for node in range(3):
-        cluster.start(node)
-    with trio.fail_after(PHASE_S):
-        await cluster.leader()
-        await write_under_load(cluster, acked, 40, "a")
-        await all_hold(cluster, acked)
-
-    # The file system turns read-only under the running node: it stops, says why, and the
-    # others go on.
-    ext4_disk.fail()
-    with trio.fail_after(PHASE_S):
-        await write_under_load(cluster, acked, 40, "b")
-        log = await _stops(cluster, victim)
-        await write_under_load(cluster, acked, 40, "c")
+    # The file system turns read-only under the running node; checked, it is writable again.
+    log = await _a_failing_disk_stops_node_2(
+        cluster, ext4_disk.mount, fail=ext4_disk.fail, repair=ext4_disk.repair
+    )
     assert "Read-only file system" in log, log[-2000:]
-    # Checked and writable again: restarted, it catches up with everything acknowledged.
-    ext4_disk.repair()
-    cluster.start(victim)
-    with trio.fail_after(PHASE_S):
-        await all_hold(cluster, acked)
-        await write_under_load(cluster, acked, 40, "d")
-        await all_hold(cluster, acked)
