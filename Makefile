@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test sim sweep faults faketime bench-single lint clean
+.PHONY: dev test sim sweep faults faketime bench-single bench-peers lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,15 @@ faketime:
 # Single publishes against another commit's tree: make bench-single BASE=/tmp/base
 bench-single: $(STAMP)
 	$(VENV)/bin/python benchmarks/single_publish.py --baseline-tree $(BASE) $(ARGS)
+
+# paxq beside RabbitMQ quorum queues and NATS JetStream (Debian's servers), in one run:
+# make bench-peers ARGS="--rounds 3 --json peers.json"
+bench-peers: $(STAMP)
+	@command -v nats-server >/dev/null && [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] \
+	  || apt-get install -y -q rabbitmq-server nats-server >/dev/null \
+	  || { apt-get update -q >/dev/null && apt-get install -y -q rabbitmq-server nats-server >/dev/null; }
+	$(VENV)/bin/pip install --quiet -e '.[bench]'
+	$(VENV)/bin/python benchmarks/peers.py $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
