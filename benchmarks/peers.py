@@ -370,16 +370,26 @@ def paxq_client(info: dict, shape: Shape, out) -> None:
         out.put(("start",))
         done = 0
         if shape.phase == "consume":
-            async with (
-                trio.open_nursery() as acks,
-                client.consume(shape.queue, prefetch=shape.prefetch) as deliveries,
-            ):
+            answered = trio.Event()
+            failed = 0
+
+            def acked(_delivery, error) -> None:
+                nonlocal done, failed
+                done += 1
+                failed += error is not None
+                if done == shape.backlog:
+                    answered.set()
+
+            async with client.consume(shape.queue, prefetch=shape.prefetch) as deliveries:
+                taken = 0
                 async for delivery in deliveries:
-                    acks.start_soon(delivery.ack)
-                    done += 1
-                    if done == shape.backlog:
+                    delivery.ack_nowait(acked)  # as RabbitMQ's basic_ack: sent, not awaited
+                    taken += 1
+                    if taken == shape.backlog:
                         deliveries.stop_fetching()
                         break
+                await answered.wait()  # every ack answered (committed), unlike the others'
+            done -= failed
         else:
 
             async def handler(delivery) -> None:

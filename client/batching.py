@@ -17,22 +17,35 @@ Item = TypeVar("Item")
 
 
 class Job(Generic[Item]):
-    """One submitted item and, once its batch is answered, its result or error."""
+    """One submitted item and, once its batch is answered, its result or error. A caller
+    that waits has `done`; one that does not has `on_finish`, called once with the job."""
 
-    __slots__ = ("context", "done", "error", "item", "result", "size")
+    __slots__ = ("context", "done", "error", "finished", "item", "on_finish", "result", "size")
 
-    def __init__(self, item: Item, size: int, context: object = None) -> None:
+    def __init__(
+        self,
+        item: Item,
+        size: int,
+        context: object = None,
+        on_finish: Callable[[Job[Item]], None] | None = None,
+    ) -> None:
         self.item = item
         self.size = size
         self.context = context  # who submitted it, when tracing (client.tracing.Caller)
-        self.done = anyio.Event()
+        self.done: anyio.Event | None = None if on_finish is not None else anyio.Event()
+        self.on_finish = on_finish
+        self.finished = False
         self.result: object = None
         self.error: BaseException | None = None
 
     def finish(self, result: object = None, error: BaseException | None = None) -> None:
-        if not self.done.is_set():
+        if not self.finished:
+            self.finished = True
             self.result, self.error = result, error
-            self.done.set()
+            if self.done is not None:
+                self.done.set()
+            else:
+                self.on_finish(self)  # type: ignore[misc]
 
 
 class Batcher(Generic[Item]):
@@ -72,16 +85,49 @@ class Batcher(Generic[Item]):
             raise self._closed
         await self._room.acquire()
         job = Job(item, size, context)
+        self._enqueue(job)
+        await job.done.wait()  # type: ignore[union-attr]
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def submit_nowait(
+        self,
+        item: Item,
+        size: int,
+        on_finish: Callable[[Job[Item]], None],
+        context: object = None,
+    ) -> None:
+        """Queue an item without waiting for it; `on_finish(job)` is called once it is
+        answered. No room is waited for: the caller bounds what it submits this way (a
+        consumer by its prefetch), and past `queued_max` waiting items this raises
+        anyio.WouldBlock."""
+        self._room.acquire_nowait()
+        self._enqueue(Job(item, size, context, on_finish))
+
+    async def submit_waiting(
+        self,
+        item: Item,
+        size: int,
+        on_finish: Callable[[Job[Item]], None],
+        context: object = None,
+    ) -> None:
+        """As submit_nowait, but waits for room."""
+        if self._closed is not None:
+            raise self._closed
+        await self._room.acquire()
+        self._enqueue(Job(item, size, context, on_finish))
+
+    def _enqueue(self, job: Job[Item]) -> None:
+        if self._closed is not None:
+            self._room.release()
+            raise self._closed
         self._queue.append(job)
-        self._queued_bytes += size
+        self._queued_bytes += job.size
         self._wake.set()
         if not self._running:
             self._running = True
             self._group.start_soon(self._run)
-        await job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return job.result
 
     async def _run(self) -> None:
         # This task (and the sends it starts) inherited the context of the first submitter:
@@ -93,6 +139,7 @@ class Batcher(Generic[Item]):
             # The client is closing (its task group is cancelled): nobody may wait forever.
             self._closed = Unavailable("the client is closed")
             while self._queue:
+                self._room.release()
                 self._queue.popleft().finish(error=self._closed)
 
     async def _gather(self) -> None:

@@ -661,9 +661,55 @@ class Client:
         Raises LeaseLost (with the offsets) if any lease is gone: the others are acked."""
         if not deliveries:
             return
-        _lease_fields(deliveries)  # one topic and subscription
+        outcome = _Outcomes(len(deliveries))
+        batcher = self._acker(deliveries)
+        finished = _ack_finished(outcome.finished)
+        context = caller() if self._tracing is not None else None
+        try:
+            for delivery in deliveries:
+                delivery.finished = True
+                try:
+                    batcher.submit_nowait(delivery, 1, finished, context)
+                except anyio.WouldBlock:  # a full queue of acks: wait for room
+                    await batcher.submit_waiting(delivery, 1, finished, context)
+        except BaseException:
+            for delivery in deliveries:
+                delivery.settle()
+            raise
+        await outcome.done.wait()
+        for error in outcome.errors:
+            if not isinstance(error, LeaseLost):
+                raise error
+        if outcome.lost:
+            raise LeaseLost(
+                f"{len(outcome.lost)} of {len(deliveries)} leases are no longer held",
+                sorted(outcome.lost),
+            )
+
+    def ack_nowait(
+        self,
+        deliveries: Sequence[Delivery],
+        on_done: Callable[[Delivery, BaseException | None], object] | None = None,
+    ) -> None:
+        """Queue acks of these (of one topic and subscription) and return at once; they go
+        with others in the next request. Each delivery is finished now (no more extends),
+        and `on_done(delivery, error)` is called once its ack is answered: error None, or
+        LeaseLost, or why it could not be sent. Raises anyio.WouldBlock past the acker's
+        bound of waiting acks."""
+        if not deliveries:
+            return
+        batcher = self._acker(deliveries)
+        finished = _ack_finished(on_done)
+        context = caller() if self._tracing is not None else None
+        for delivery in deliveries:
+            delivery.finished = True  # an ack is on its way: not extended, not handed back
+            batcher.submit_nowait(delivery, 1, finished, context)
+
+    def _acker(self, deliveries: Sequence[Delivery]) -> Batcher[Delivery]:
         first = deliveries[0]
         key = (first.topic, first.subscription)
+        if len(deliveries) > 1:
+            _lease_fields(deliveries)  # one topic and subscription
         batcher = self._ackers.get(key)
         if batcher is None:
             batcher = self._ackers[key] = Batcher(
@@ -673,20 +719,7 @@ class Client:
                 bytes_max=LEASES_MAX,
                 in_flight_max=4,
             )
-        try:
-            context = caller() if self._tracing is not None else None
-            outcomes = await _gather(
-                [lambda d=d: batcher.submit(d, 1, context) for d in deliveries]
-            )
-        finally:
-            for delivery in deliveries:
-                delivery.settle()
-        for error in outcomes:
-            if error is not None and not isinstance(error, LeaseLost):
-                raise error
-        lost = [d.offset for d, error in zip(deliveries, outcomes, strict=True) if error]
-        if lost:
-            raise LeaseLost(f"{len(lost)} of {len(deliveries)} leases are no longer held", lost)
+        return batcher
 
     async def _ack_jobs(self, key: tuple[str, str | None], jobs: list[Job]) -> None:
         # An offset twice in one request is refused whole (an old and a new lease of one
@@ -837,20 +870,35 @@ def _lease_fields(deliveries: Sequence[Delivery]) -> dict:
     return fields
 
 
-async def _gather(calls: list[Callable]) -> list[BaseException | None]:
-    """Run the calls concurrently; each one's PaxqError (or None)."""
-    errors: list[BaseException | None] = [None] * len(calls)
+def _ack_finished(
+    on_done: Callable[[Delivery, BaseException | None], object] | None,
+) -> Callable[[Job[Delivery]], None]:
+    """What an answered ack job does: settle its delivery, then tell `on_done`."""
 
-    async def one(i: int) -> None:
-        try:
-            await calls[i]()
-        except PaxqError as error:
-            errors[i] = error
+    def finished(job: Job[Delivery]) -> None:
+        job.item.settle()
+        if on_done is not None:
+            on_done(job.item, job.error)
 
-    if len(calls) == 1:
-        await one(0)
-        return errors
-    async with anyio.create_task_group() as group:
-        for i in range(len(calls)):
-            group.start_soon(one, i)
-    return errors
+    return finished
+
+
+class _Outcomes:
+    """What one `ack` call waits for: every one of its deliveries answered."""
+
+    __slots__ = ("done", "errors", "left", "lost")
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.done = anyio.Event()
+        self.errors: list[BaseException] = []
+        self.lost: list[int] = []
+
+    def finished(self, delivery: Delivery, error: BaseException | None) -> None:
+        if isinstance(error, LeaseLost):
+            self.lost.append(delivery.offset)
+        elif error is not None:
+            self.errors.append(error)
+        self.left -= 1
+        if self.left == 0:
+            self.done.set()

@@ -4,10 +4,12 @@ long poll, their leases extended while they are held, handed back when it stops.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from .errors import LeaseLost, PaxqError, Unavailable
@@ -55,7 +57,10 @@ class Consumer:
         self.held: dict[int, Delivery] = {}  # offset -> delivery, until finished
         self.lost = 0  # leases found gone while extending
         self._room = anyio.Event()
-        self._send, self._receive = anyio.create_memory_object_stream[Delivery](prefetch)
+        # Claimed and not yet taken: at most `prefetch`, as every one of them is held.
+        self._ready: deque[Delivery] = deque()
+        self._arrived = anyio.Event()
+        self._fetched_all = False  # no more deliveries will come
         self._group: TaskGroup | None = None
         self._error: BaseException | None = None
         self._fetching: anyio.CancelScope | None = None  # made in the loop, at entry
@@ -90,12 +95,19 @@ class Consumer:
         return self
 
     async def __anext__(self) -> Delivery:
-        try:
-            return await self._receive.receive()
-        except anyio.EndOfStream:
-            if self._error is not None:
-                raise self._error from None
-            raise StopAsyncIteration from None
+        await anyio.lowlevel.checkpoint()
+        while not self._ready:
+            if self._fetched_all:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._arrived = anyio.Event()
+            await self._arrived.wait()
+        return self._ready.popleft()
+
+    def take_nowait(self) -> Delivery | None:
+        """The next delivery if one is here already, else None."""
+        return self._ready.popleft() if self._ready else None
 
     def stop_fetching(self) -> None:
         """Claim nothing more (a claim waiting now is withdrawn, and what it got given
@@ -125,7 +137,8 @@ class Consumer:
             with self._fetching:
                 await self._fetch_until_stopped()
         finally:
-            self._send.close()
+            self._fetched_all = True
+            self._arrived.set()
 
     async def _fetch_until_stopped(self) -> None:
         try:
@@ -149,8 +162,8 @@ class Consumer:
                 for delivery in deliveries:
                     delivery.on_finish = self._settled
                     self.held[delivery.offset] = delivery
-                for delivery in deliveries:
-                    await self._send.send(delivery)
+                self._ready.extend(deliveries)
+                self._arrived.set()
         except PaxqError as error:  # the topic went away, a bad argument: the end
             self._error = error
 

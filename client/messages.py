@@ -25,7 +25,7 @@ class Message:
         return self.body.decode()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Delivery:
     """One lease on one message. `token` names this attempt: once the lease is gone (expired,
     or the message handed to another consumer), ack, nack and extend raise LeaseLost."""
@@ -41,9 +41,10 @@ class Delivery:
     deadline_ms: int  # the cluster's stamped time the lease ends at
     published_ms: int
     _client: Client = field(repr=False)
-    #: set once acked, nacked or found lost: the consumer stops extending it
+    #: set once acked, nacked or found lost, or an ack is on its way: the consumer stops
+    #: extending it
     finished: bool = False
-    #: called once when it is finished (the consumer that holds it counts it off)
+    #: called once when it is settled (the consumer that holds it counts it off)
     on_finish: Callable[[Delivery], None] | None = field(default=None, repr=False)
 
     def text(self) -> str:
@@ -55,14 +56,21 @@ class Delivery:
 
     def settle(self) -> None:
         """Mark it finished (acked, nacked or lost): nobody extends it any more."""
-        if not self.finished:
-            self.finished = True
-            if self.on_finish is not None:
-                self.on_finish(self)
+        self.finished = True
+        on_finish, self.on_finish = self.on_finish, None
+        if on_finish is not None:
+            on_finish(self)
 
     async def ack(self) -> None:
         """Done with it: it is never delivered again. Raises LeaseLost if the lease is gone."""
         await self._client.ack([self])
+
+    def ack_nowait(
+        self, on_done: Callable[[Delivery, BaseException | None], object] | None = None
+    ) -> None:
+        """Ack it without waiting: the ack goes with others in the next request, and
+        `on_done(delivery, error)` hears how it went (error None, LeaseLost, ...)."""
+        self._client.ack_nowait([self], on_done)
 
     async def nack(self, delay_s: float | None = None) -> None:
         """Give it back for another delivery: after `delay_s`, or by the subscription's

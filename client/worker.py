@@ -63,6 +63,8 @@ class WorkerPool:
         self.failed = 0  # raised: nacked
         self.lost = 0  # handled, but the lease was gone by the ack: another worker has it
         self.active = 0
+        self.acking = 0  # handled, its ack sent and not yet answered
+        self._acks_answered = anyio.Event()
         self._stopping = anyio.Event()
         self._taking: set[anyio.CancelScope] = set()
         self._handling: anyio.CancelScope | None = None
@@ -97,6 +99,11 @@ class WorkerPool:
                         handlers.start_soon(self._work, consumer)
                     workers.start_soon(self._deadline, handling)
             workers.cancel_scope.cancel()
+        # Counted once answered; the client's request timeout bounds the wait.
+        with anyio.CancelScope(shield=True):
+            while self.acking:
+                self._acks_answered = anyio.Event()
+                await self._acks_answered.wait()
 
     async def _deadline(self, handling: anyio.CancelScope) -> None:
         await self._stopping.wait()
@@ -105,6 +112,10 @@ class WorkerPool:
 
     async def _work(self, consumer: Consumer) -> None:
         while not self._stopping.is_set():
+            delivery = consumer.take_nowait()
+            if delivery is not None:
+                await self._handle(delivery)
+                continue
             with anyio.CancelScope() as taking:
                 self._taking.add(taking)
                 try:
@@ -136,30 +147,46 @@ class WorkerPool:
                 with anyio.CancelScope(shield=True):
                     await _quietly(delivery.nack())
         else:
-            # The work is done: its ack must not be lost to a cancellation arriving now (a
-            # thread handler outlives the grace period, and returns into a cancelled scope).
-            # Not cut short either: an ack that went out may be applied, and must be counted;
-            # the client's request timeout bounds it.
-            with anyio.CancelScope(shield=True):
-                await self._ack(delivery)
+            await self._ack(delivery)
         finally:
             self.active -= 1
 
     async def _ack(self, delivery: Delivery) -> None:
+        """The work is done: ack it without waiting (with the acks of other handlers, in one
+        request), and take the next delivery. The consumer holds it, and so counts it against
+        the prefetch, until the ack is answered. An ack that went out may be applied: it is
+        not withdrawn when the pool is cancelled, and `run` waits for its answer."""
         if delivery.finished:  # the handler acked or nacked it itself
             self.done += 1
             return
+        self.acking += 1
         try:
-            await delivery.ack()
-        except LeaseLost:
-            self.lost += 1
-            log.warning("%s@%d: lease lost before the ack", self.topic, delivery.offset)
-        except PaxqError as error:
-            log.warning("%s@%d: ack failed: %s", self.topic, delivery.offset, error)
-        else:
+            delivery.ack_nowait(self._acked)
+        except anyio.WouldBlock:  # more acks waiting than the client queues: wait for them
+            failure: PaxqError | None = None
+            with anyio.CancelScope(shield=True):
+                try:
+                    await delivery.ack()
+                except PaxqError as error:
+                    failure = error
+            self._acked(delivery, failure)
+        except PaxqError as error:  # the client is closed
+            self._acked(delivery, error)
+            delivery.settle()
+
+    def _acked(self, delivery: Delivery, error: BaseException | None) -> None:
+        self.acking -= 1
+        if self.acking == 0:
+            self._acks_answered.set()
+        if error is None:
             self.done += 1
             if self.on_acked is not None:
                 self.on_acked(delivery)
+        elif isinstance(error, LeaseLost):
+            self.lost += 1
+            log.warning("%s@%d: lease lost before the ack", self.topic, delivery.offset)
+        else:
+            log.warning("%s@%d: ack failed: %s", self.topic, delivery.offset, error)
 
 
 async def _quietly(call: Awaitable[object]) -> None:

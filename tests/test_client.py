@@ -508,3 +508,69 @@ async def test_a_node_just_lost_is_tried_last_while_no_leader_is_known() -> None
     client._lost(("127.0.0.1", 1))
     client._lost(("127.0.0.1", 3))
     assert client._next_address()[1] == 2, "all lost just now: the one lost longest ago"
+
+
+async def test_acks_without_waiting_share_requests_and_report_each_outcome(
+    tmp_path: Path,
+) -> None:
+    async with cluster_client(tmp_path, 3) as (_nodes, _clients, client):
+        await client.create_queue("q")
+        await client.publish_many("q", [b"m%d" % i for i in range(300)])
+        outcomes: dict[int, object] = {}
+        answered = trio.Event()
+
+        def done(delivery, error) -> None:
+            outcomes[delivery.offset] = error
+            if len(outcomes) == 300:
+                answered.set()
+
+        async with client.consume("q", prefetch=300) as deliveries:
+            taken = []
+            async for delivery in deliveries:
+                taken.append(delivery)
+                delivery.ack_nowait(done)
+                assert delivery.finished  # an ack is on its way: no extend, no hand-back
+                if len(taken) == 300:
+                    deliveries.stop_fetching()
+            await answered.wait()
+            assert deliveries.held == {}  # each one held until its ack was answered
+        assert set(outcomes) == {d.offset for d in taken} and set(outcomes.values()) == {None}
+        stats = (await client.describe("q"))["subscriptions"][""]
+        assert (stats["acked"], stats["depth"], stats["in_flight"]) == (300, 0, 0)
+
+        # A lease that is gone is reported to its callback, not raised at the caller.
+        await client.publish("q", b"late")
+        [stale] = await client.claim("q", lease_s=0.05)
+        await trio.sleep(0.3)
+        [again] = await client.claim("q")
+        lost = trio.Event()
+        errors: list[object] = []
+        stale.ack_nowait(lambda _d, error: (errors.append(error), lost.set()))
+        await lost.wait()
+        assert [type(e) for e in errors] == [LeaseLost]
+        await again.ack()
+
+
+async def test_a_pool_takes_the_next_delivery_before_its_ack_is_answered(tmp_path: Path) -> None:
+    async with cluster_client(tmp_path, 3) as (_nodes, _clients, client):
+        await client.create_queue("q")
+        await client.publish_many("q", [b"m%d" % i for i in range(200)])
+        acked: list[int] = []
+        most_acking = 0
+
+        async def handler(delivery) -> None:
+            nonlocal most_acking
+            most_acking = max(most_acking, pool.acking)
+
+        pool = WorkerPool(client, "q", handler, concurrency=1, prefetch=200)
+        pool.on_acked = lambda d: acked.append(d.offset)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.run)
+            while len(acked) < 200:
+                await trio.sleep(0.01)
+            pool.stop()
+        # One handler, and yet many acks out at once: it did not wait for each answer.
+        assert most_acking > 1
+        assert (pool.done, pool.acking, sorted(acked)) == (200, 0, sorted(set(acked)))
+        stats = (await client.describe("q"))["subscriptions"][""]
+        assert (stats["acked"], stats["in_flight"]) == (200, 0)
