@@ -6,9 +6,10 @@ folders), so the machine's drift hits all alike. Every phase runs its client in 
 of its own, and the CPU seconds of that process and of each server are counted over the
 measured window. Phases, for every system:
 
-- publish 100 B and 1 KiB, batched, each message confirmed after replication:
-  paxq `Client.publish` from `--callers` concurrent callers; RabbitMQ publisher confirms
-  with `--window` unconfirmed (pika); NATS `js.publish_async` with `--window` pending;
+- publish 100 B and 1 KiB, batched, each message confirmed after replication, one producer
+  with `--window` unconfirmed: paxq `Client.publish_soon` (confirmed by callback); RabbitMQ
+  publisher confirms (pika); NATS `js.publish_async`; and paxq `Client.publish` awaited by
+  `--callers` concurrent callers (100 B);
 - single publish: one caller waiting for each confirm (p50, p99);
 - consume + ack from a backlog of `--backlog` 100 B messages: paxq through
   `client.consume(prefetch)` and through `WorkerPool`; RabbitMQ `basic_qos(prefetch)` and
@@ -44,23 +45,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from commit import HOST, free_ports
 from provenance import git_commit
 
-HOST = "127.0.0.1"
 QUEUE = "peers"
 TICKS_S = os.sysconf("SC_CLK_TCK")
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind((HOST, 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def cpu_s(pid: int) -> float:
@@ -335,7 +325,7 @@ def paxq_client(info: dict, shape: Shape, out) -> None:
 
     async def publish(client: Client, callers: int) -> dict:
         await client.create_queue(shape.queue)
-        count = 0
+        count = failed = 0
         latencies: list[float] = []
         measuring = False
         start = trio.current_time() + shape.warmup_s
@@ -351,9 +341,27 @@ def paxq_client(info: dict, shape: Shape, out) -> None:
                     if callers == 1:
                         latencies.append(time.perf_counter() - sent)
 
+        window = trio.Semaphore(shape.window)
+
+        def confirmed(_offset, error) -> None:
+            nonlocal count, failed
+            window.release()
+            if error is not None:
+                failed += 1
+            elif measuring:
+                count += 1
+
+        async def producer() -> None:
+            while True:  # `window` unconfirmed at most, as RabbitMQ's and NATS's producers
+                await window.acquire()
+                await client.publish_soon(shape.queue, body, on_done=confirmed)
+
         async with trio.open_nursery() as nursery:
-            for _ in range(callers):
-                nursery.start_soon(caller)
+            if callers:
+                for _ in range(callers):
+                    nursery.start_soon(caller)
+            else:
+                nursery.start_soon(producer)
             await trio.sleep_until(start)
             measuring = True
             out.put(("start",))
@@ -361,7 +369,7 @@ def paxq_client(info: dict, shape: Shape, out) -> None:
             measuring = False
             out.put(("end",))
             nursery.cancel_scope.cancel()
-        return {"messages": count, "latencies": latencies}
+        return {"messages": count, "latencies": latencies, "failed": failed}
 
     async def consume(client: Client) -> dict:
         await client.create_queue(shape.queue)
@@ -420,6 +428,8 @@ def paxq_client(info: dict, shape: Shape, out) -> None:
     async def run() -> None:
         async with Client(info["seeds"]) as client:
             if shape.phase == "publish":
+                result = await publish(client, 0)
+            elif shape.phase == "callers":
                 result = await publish(client, shape.callers)
             elif shape.phase == "single":
                 result = await publish(client, 1)
@@ -685,6 +695,7 @@ def phases(args: argparse.Namespace) -> list[Phase]:
     return [
         Phase("publish 100 B", shape("publish", 100, "pub100"), everyone),
         Phase("publish 1 KiB", shape("publish", 1024, "pub1k"), everyone),
+        Phase("publish 100 B, callers", shape("callers", 100, "callers"), ("paxq",)),
         Phase("single publish", shape("single", 100, "single"), everyone),
         Phase("consume + ack", shape("consume", 100, "consume"), everyone),
         Phase("consume + ack, WorkerPool", shape("pool", 100, "pool"), ("paxq",)),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import os
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -74,6 +75,8 @@ if TYPE_CHECKING:
     from .consumer import Consumer
     from .tail import Tail
 
+log = logging.getLogger("paxq.client")
+
 #: addresses learned from leader hints are added to the seeds, up to this many in all
 _ADDRESSES_MAX = 64
 #: the longest pause between attempts while no leader is known (an election is under way)
@@ -115,6 +118,7 @@ class Client:
         publish_batch_messages: int = 500,
         publish_batch_bytes: int = 192 << 10,
         publish_in_flight: int = 8,
+        publish_queued_max: int = 10_000,
         frame_bytes_max: int = FRAME_BYTES_MAX,
         producer_id: str | None = None,
         tracer: Tracer | None = None,
@@ -143,6 +147,8 @@ class Client:
         self.publish_batch_messages = publish_batch_messages
         self.publish_batch_bytes = publish_batch_bytes
         self.publish_in_flight = min(publish_in_flight, PRODUCER_WINDOW)
+        #: messages waiting for a request at most, per topic (then publishers wait)
+        self.publish_queued_max = publish_queued_max
         self.frame_bytes_max = frame_bytes_max
         #: OpenTelemetry tracer for request spans whose context travels to the nodes (W3C
         #: traceparent); None: no tracing work at all. `trace_sample`: the ratio of requests
@@ -543,6 +549,35 @@ class Client:
         """Append one message; returns its offset once it is committed. Concurrent calls
         share requests. A delayed message is not delivered to claims before `delay_s`."""
         message = _message(body, key, headers, delay_s)
+        batcher = self._publisher(topic)
+        if self._tracing is None:
+            return await batcher.submit(message, _size(message))  # type: ignore[return-value]
+        return await batcher.submit(message, _size(message), caller())  # type: ignore[return-value]
+
+    async def publish_soon(
+        self,
+        topic: str,
+        body: bytes | str,
+        *,
+        key: bytes | str | None = None,
+        headers: Headers | None = None,
+        delay_s: float | None = None,
+        on_done: Callable[[int | None, BaseException | None], object] | None = None,
+    ) -> None:
+        """Queue one message and return once it is queued, not committed (as NATS's
+        `publish_async` or RabbitMQ's publisher confirms): it goes with the others in the
+        next request, and `on_done(offset, None)` or `on_done(None, error)` is called once
+        it is answered. Waits only while `publish_queued_max` messages are waiting."""
+        message = _message(body, key, headers, delay_s)
+        finished = _publish_finished(on_done)
+        context = caller() if self._tracing is not None else None
+        batcher = self._publisher(topic)
+        try:
+            batcher.submit_nowait(message, _size(message), finished, context)
+        except anyio.WouldBlock:
+            await batcher.submit_waiting(message, _size(message), finished, context)
+
+    def _publisher(self, topic: str) -> Batcher[dict]:
         batcher = self._publishers.get(topic)
         if batcher is None:
             batcher = self._publishers[topic] = Batcher(
@@ -552,10 +587,9 @@ class Client:
                 bytes_max=self.publish_batch_bytes,
                 linger_s=self.publish_linger_s,
                 in_flight_max=self.publish_in_flight,
+                queued_max=self.publish_queued_max,
             )
-        if self._tracing is None:
-            return await batcher.submit(message, _size(message))  # type: ignore[return-value]
-        return await batcher.submit(message, _size(message), caller())  # type: ignore[return-value]
+        return batcher
 
     async def publish_many(self, topic: str, messages: Iterable[bytes | str | dict]) -> list[int]:
         """Append messages in order (bodies, or maps with body, key, headers, delay_s);
@@ -870,6 +904,19 @@ def _lease_fields(deliveries: Sequence[Delivery]) -> dict:
     return fields
 
 
+def _publish_finished(
+    on_done: Callable[[int | None, BaseException | None], object] | None,
+) -> Callable[[Job[dict]], None]:
+    def finished(job: Job[dict]) -> None:
+        if on_done is not None:
+            try:
+                on_done(job.result, job.error)  # type: ignore[arg-type]
+            except Exception:  # the caller's bug must not stop the others' answers
+                log.exception("a publish_soon callback raised")
+
+    return finished
+
+
 def _ack_finished(
     on_done: Callable[[Delivery, BaseException | None], object] | None,
 ) -> Callable[[Job[Delivery]], None]:
@@ -878,7 +925,10 @@ def _ack_finished(
     def finished(job: Job[Delivery]) -> None:
         job.item.settle()
         if on_done is not None:
-            on_done(job.item, job.error)
+            try:
+                on_done(job.item, job.error)
+            except Exception:  # the caller's bug must not stop the others' answers
+                log.exception("an ack_nowait callback raised")
 
     return finished
 

@@ -574,3 +574,33 @@ async def test_a_pool_takes_the_next_delivery_before_its_ack_is_answered(tmp_pat
         assert (pool.done, pool.acking, sorted(acked)) == (200, 0, sorted(set(acked)))
         stats = (await client.describe("q"))["subscriptions"][""]
         assert (stats["acked"], stats["in_flight"]) == (200, 0)
+
+
+async def test_publish_soon_confirms_each_message_through_its_callback(tmp_path: Path) -> None:
+    async with cluster_client(tmp_path, 3, publish_queued_max=100) as (_n, _c, client):
+        await client.create_queue("q")
+        confirmed: list[int] = []
+        errors: list[object] = []
+        all_in = trio.Event()
+
+        def done(offset, error) -> None:
+            (confirmed.append(offset) if error is None else errors.append(error))
+            if len(confirmed) + len(errors) == 2000:
+                all_in.set()
+
+        for i in range(2000):  # 20 times the queue's bound: the caller waits for room
+            await client.publish_soon("q", b"%d" % i, on_done=done)
+        await all_in.wait()
+        assert errors == [] and sorted(confirmed) == list(range(2000))
+        bodies = sorted(int(d.body) for d in await client.claim("q", max=1000))
+        bodies += sorted(int(d.body) for d in await client.claim("q", max=1000))
+        assert sorted(bodies) == list(range(2000))
+
+        failed = trio.Event()
+        client_errors: list[object] = []
+        await client.publish_soon(
+            "nowhere", b"x", on_done=lambda o, e: (client_errors.append((o, e)), failed.set())
+        )
+        await failed.wait()
+        [(offset, error)] = client_errors
+        assert offset is None and isinstance(error, UnknownTopic)
