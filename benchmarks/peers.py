@@ -33,6 +33,7 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -48,7 +49,6 @@ from pathlib import Path
 from commit import HOST, free_ports
 from provenance import git_commit
 
-QUEUE = "peers"
 TICKS_S = os.sysconf("SC_CLK_TCK")
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 
@@ -106,7 +106,9 @@ class Cluster:
 
     def stop(self) -> None:
         stop_pids(list(self.servers.values()))
-        for proc in self.procs:
+        for proc in self.procs:  # and whatever they started that was never named a server
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
 
@@ -118,7 +120,9 @@ class Cluster:
 
     def _spawn(self, argv: list[str], log: str, env: dict | None = None) -> subprocess.Popen:
         with open(self.folder / log, "ab") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env, cwd=self.folder)
+            proc = subprocess.Popen(
+                argv, stdout=out, stderr=out, env=env, cwd=self.folder, start_new_session=True
+            )
         self.procs.append(proc)
         return proc
 
@@ -241,18 +245,14 @@ class RabbitCluster(Cluster):
                 self._ctl(node, "stop", timeout_s=60)
         super().stop()
         # Erlang leaves its port mapper running: the one on our port is ours to stop.
-        found = subprocess.run(
-            ["pgrep", "-f", f"epmd.*{self.epmd_port}"], capture_output=True, text=True
-        )
-        epmds = [int(p) for p in found.stdout.split()]
-        if not epmds:  # epmd takes its port from the environment, not its argv
-            for pid in subprocess.run(
-                ["pgrep", "-x", "epmd"], capture_output=True, text=True
-            ).stdout.split():
-                with contextlib.suppress(OSError):
-                    environ = Path(f"/proc/{pid}/environ").read_bytes()
-                    if f"ERL_EPMD_PORT={self.epmd_port}".encode() in environ:
-                        epmds.append(int(pid))
+        # epmd takes its port from the environment, not its argv.
+        epmds = []
+        mine = f"ERL_EPMD_PORT={self.epmd_port}".encode()
+        found = subprocess.run(["pgrep", "-x", "epmd"], capture_output=True, text=True)
+        for pid in found.stdout.split():
+            with contextlib.suppress(OSError):
+                if mine in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    epmds.append(int(pid))
         stop_pids(epmds, 5)
 
     def client_info(self) -> dict:
@@ -413,7 +413,7 @@ def paxq_client(info: dict, shape: Shape, out) -> None:
             finished = trio.Event()
 
             def acked(_delivery) -> None:
-                if pool.done + 1 >= shape.backlog:
+                if pool.done >= shape.backlog:  # counted before this is called
                     finished.set()
 
             pool.on_acked = acked
@@ -577,6 +577,11 @@ def nats_client(info: dict, shape: Shape, out) -> None:
         nc = await nats.connect(info["urls"])
         js = nc.jetstream(publish_async_max_pending=shape.window)
         await js.add_stream(name=shape.queue, subjects=[subject], num_replicas=3, storage="file")
+        # As with the others, the client talks to the stream's leader (servers are n0..n2).
+        leader = (await js.stream_info(shape.queue)).cluster.leader
+        await nc.close()
+        nc = await nats.connect(info["urls"][int(leader[1:])], dont_randomize=True)
+        js = nc.jetstream(publish_async_max_pending=shape.window)
         loop = asyncio.get_running_loop()
         if shape.phase == "single":
             latencies: list[float] = []
@@ -711,7 +716,14 @@ def run_phase(cluster: Cluster, phase: Phase, timeout_s: float) -> Sample:
     pids = {**cluster.servers, "client": proc.pid}
 
     def next_mark(expected: str):
-        mark = out.get(timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                mark = out.get(timeout=1)
+                break
+            except queue.Empty:
+                if not proc.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"{cluster.name} {phase.key}: the client died") from None
         if mark[0] != expected:
             raise RuntimeError(f"{cluster.name} {phase.key}: {mark[0]} before {expected}")
         return mark
@@ -832,6 +844,8 @@ def main() -> None:
     parser.add_argument("--phases", nargs="+", help="only these figures (by name prefix)")
     parser.add_argument("--json", type=Path, help="write every sample here")
     args = parser.parse_args()
+    # Stopped from outside, the clusters are still stopped (by the `finally`s).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     plan = phases(args)
     if args.phases:
         plan = [p for p in plan if any(p.key.startswith(name) for name in args.phases)]

@@ -3,6 +3,7 @@ sequencer hands out a producer's sequence numbers without outrunning the machine
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -12,6 +13,8 @@ from anyio.abc import TaskGroup
 from opentelemetry import context as otel_context
 
 from .errors import Unavailable
+
+log = logging.getLogger("paxq.client.batching")
 
 Item = TypeVar("Item")
 
@@ -45,7 +48,10 @@ class Job(Generic[Item]):
             if self.done is not None:
                 self.done.set()
             else:
-                self.on_finish(self)  # type: ignore[misc]
+                try:
+                    self.on_finish(self)  # type: ignore[misc]
+                except Exception:  # the others in its batch must be answered all the same
+                    log.exception("a job's callback raised")
 
 
 class Batcher(Generic[Item]):

@@ -41,6 +41,10 @@ class BlockingDelivery:
     def ack(self) -> None:
         self._portal.call(self.delivery.ack)
 
+    def ack_nowait(self, on_done=None) -> None:
+        """Queued from the client's own thread; `on_done` runs there too."""
+        self._portal.call(self.delivery.ack_nowait, on_done)
+
     def nack(self, delay_s: float | None = None) -> None:
         self._portal.call(functools.partial(self.delivery.nack, delay_s))
 

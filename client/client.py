@@ -77,6 +77,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("paxq.client")
 
+#: acks waiting for a request at most, per queue or subscription: each consumer's prefetch
+#: bounds its own, and this bounds them all (past it, ack waits and ack_nowait raises
+#: anyio.WouldBlock)
+ACKS_QUEUED_MAX = 100_000
+
 #: addresses learned from leader hints are added to the seeds, up to this many in all
 _ADDRESSES_MAX = 64
 #: the longest pause between attempts while no leader is known (an election is under way)
@@ -699,17 +704,14 @@ class Client:
         batcher = self._acker(deliveries)
         finished = _ack_finished(outcome.finished)
         context = caller() if self._tracing is not None else None
-        try:
-            for delivery in deliveries:
-                delivery.finished = True
-                try:
-                    batcher.submit_nowait(delivery, 1, finished, context)
-                except anyio.WouldBlock:  # a full queue of acks: wait for room
-                    await batcher.submit_waiting(delivery, 1, finished, context)
-        except BaseException:
-            for delivery in deliveries:
-                delivery.settle()
-            raise
+        # Cut short (cancelled, or the client closed), the acks already queued still go;
+        # the rest stay held, extended and handed back as if never acked.
+        for delivery in deliveries:
+            try:
+                batcher.submit_nowait(delivery, 1, finished, context)
+            except anyio.WouldBlock:  # a full queue of acks: wait for room
+                await batcher.submit_waiting(delivery, 1, finished, context)
+            delivery.finished = True
         await outcome.done.wait()
         for error in outcome.errors:
             if not isinstance(error, LeaseLost):
@@ -728,16 +730,17 @@ class Client:
         """Queue acks of these (of one topic and subscription) and return at once; they go
         with others in the next request. Each delivery is finished now (no more extends),
         and `on_done(delivery, error)` is called once its ack is answered: error None, or
-        LeaseLost, or why it could not be sent. Raises anyio.WouldBlock past the acker's
-        bound of waiting acks."""
+        LeaseLost, or why it could not be sent. An ack on its way is not extended: one not
+        answered within the lease (a long outage) ends LeaseLost, and the message comes
+        back. Raises anyio.WouldBlock past ACKS_QUEUED_MAX waiting acks."""
         if not deliveries:
             return
         batcher = self._acker(deliveries)
         finished = _ack_finished(on_done)
         context = caller() if self._tracing is not None else None
         for delivery in deliveries:
-            delivery.finished = True  # an ack is on its way: not extended, not handed back
             batcher.submit_nowait(delivery, 1, finished, context)
+            delivery.finished = True  # an ack is on its way: not extended, not handed back
 
     def _acker(self, deliveries: Sequence[Delivery]) -> Batcher[Delivery]:
         first = deliveries[0]
@@ -752,6 +755,7 @@ class Client:
                 items_max=LEASES_MAX,
                 bytes_max=LEASES_MAX,
                 in_flight_max=4,
+                queued_max=ACKS_QUEUED_MAX,
             )
         return batcher
 

@@ -87,8 +87,15 @@ class Consumer:
         try:
             await self._group.__aexit__(None, None, None)
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(HAND_BACK_S):
-                await self.hand_back()
+            # Acks on their way are answered first (the client's request timeout bounds
+            # them); then what was never finished goes back.
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(self.client.request_timeout_s):
+                    while any(d.finished for d in self.held.values()):
+                        self._room = anyio.Event()
+                        await self._room.wait()
+                with anyio.move_on_after(HAND_BACK_S):
+                    await self.hand_back()
         return None
 
     def __aiter__(self) -> Consumer:
@@ -101,8 +108,7 @@ class Consumer:
                 if self._error is not None:
                     raise self._error
                 raise StopAsyncIteration
-            self._arrived = anyio.Event()
-            await self._arrived.wait()
+            await self._arrived.wait()  # every waiter: the fetcher sets, then replaces it
         return self._ready.popleft()
 
     def take_nowait(self) -> Delivery | None:
@@ -164,6 +170,7 @@ class Consumer:
                     self.held[delivery.offset] = delivery
                 self._ready.extend(deliveries)
                 self._arrived.set()
+                self._arrived = anyio.Event()
         except PaxqError as error:  # the topic went away, a bad argument: the end
             self._error = error
 

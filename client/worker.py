@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import anyio
+import anyio.lowlevel
 
 from .client import Client
 from .consumer import Consumer
@@ -114,6 +115,7 @@ class WorkerPool:
         while not self._stopping.is_set():
             delivery = consumer.take_nowait()
             if delivery is not None:
+                await anyio.lowlevel.checkpoint()  # others run, and cancellation lands
                 await self._handle(delivery)
                 continue
             with anyio.CancelScope() as taking:
@@ -137,8 +139,9 @@ class WorkerPool:
             else:
                 await anyio.to_thread.run_sync(self.handler, delivery)
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await _quietly(delivery.nack(delay_s=0))
+            if not delivery.finished:  # not acked or nacked by the handler already
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await _quietly(delivery.nack(delay_s=0))
             raise
         except Exception:
             self.failed += 1
@@ -181,7 +184,10 @@ class WorkerPool:
         if error is None:
             self.done += 1
             if self.on_acked is not None:
-                self.on_acked(delivery)
+                try:
+                    self.on_acked(delivery)
+                except Exception:
+                    log.exception("on_acked raised")
         elif isinstance(error, LeaseLost):
             self.lost += 1
             log.warning("%s@%d: lease lost before the ack", self.topic, delivery.offset)

@@ -604,3 +604,24 @@ async def test_publish_soon_confirms_each_message_through_its_callback(tmp_path:
         await failed.wait()
         [(offset, error)] = client_errors
         assert offset is None and isinstance(error, UnknownTopic)
+
+
+async def test_every_idle_worker_wakes_when_deliveries_arrive(tmp_path: Path) -> None:
+    async with cluster_client(tmp_path, 1) as (_nodes, _clients, client):
+        await client.create_queue("q")
+        most_active = 0
+
+        async def handler(delivery) -> None:
+            nonlocal most_active
+            most_active = max(most_active, pool.active)
+            await trio.sleep(0.2)
+
+        pool = WorkerPool(client, "q", handler, concurrency=4, prefetch=8, wait_s=1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.run)
+            await trio.sleep(0.3)  # all four wait on an empty queue
+            await client.publish_many("q", [b"m%d" % i for i in range(8)])
+            while pool.done < 8:
+                await trio.sleep(0.01)
+            pool.stop()
+        assert most_active == 4
