@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("paxq.client.consumer")
 
+#: a consumer whose deliveries are waiting yields after this many of them (a wait yields
+#: anyway); yielding after each one costs a fast loop 10 to 15 % of its throughput
+_CHECKPOINT_EVERY = 32
+
 #: how long the consumer spends handing back what it holds when it stops
 HAND_BACK_S = 5.0
 
@@ -61,6 +65,7 @@ class Consumer:
         self._ready: deque[Delivery] = deque()
         self._arrived = anyio.Event()
         self._fetched_all = False  # no more deliveries will come
+        self._taken = 0
         self._group: TaskGroup | None = None
         self._error: BaseException | None = None
         self._fetching: anyio.CancelScope | None = None  # made in the loop, at entry
@@ -102,7 +107,9 @@ class Consumer:
         return self
 
     async def __anext__(self) -> Delivery:
-        await anyio.lowlevel.checkpoint()
+        self._taken += 1
+        if self._taken % _CHECKPOINT_EVERY == 0:
+            await anyio.lowlevel.checkpoint()
         while not self._ready:
             if self._fetched_all:
                 if self._error is not None:

@@ -26,6 +26,10 @@ log = logging.getLogger("paxq.client.worker")
 
 Handler = Callable[[Delivery], Awaitable[object] | object]
 
+#: a worker whose deliveries are all waiting (and whose handler awaits nothing) yields to the
+#: others after this many; yielding after each one costs a third of a fast pool's throughput
+_CHECKPOINT_EVERY = 32
+
 
 class WorkerPool:
     def __init__(
@@ -112,10 +116,13 @@ class WorkerPool:
         handling.cancel()  # the handlers still running are out of time
 
     async def _work(self, consumer: Consumer) -> None:
+        taken = 0
         while not self._stopping.is_set():
             delivery = consumer.take_nowait()
             if delivery is not None:
-                await anyio.lowlevel.checkpoint()  # others run, and cancellation lands
+                taken += 1
+                if taken % _CHECKPOINT_EVERY == 0:
+                    await anyio.lowlevel.checkpoint()  # others run, and cancellation lands
                 await self._handle(delivery)
                 continue
             with anyio.CancelScope() as taking:
