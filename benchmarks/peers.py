@@ -7,9 +7,9 @@ of its own, and the CPU seconds of that process and of each server are counted o
 measured window. Phases, for every system:
 
 - publish 100 B and 1 KiB, batched, each message confirmed after replication, one producer
-  with `--window` unconfirmed: paxq `Client.publish_soon` (confirmed by callback); RabbitMQ
-  publisher confirms (pika); NATS `js.publish_async`; and paxq `Client.publish` awaited by
-  `--callers` concurrent callers (100 B);
+  with `--window` unconfirmed: paxq `Client.publish_soon` (confirmed by callback, the window
+  its `publish_pending_max`); RabbitMQ publisher confirms (pika); NATS `js.publish_async`;
+  and paxq `Client.publish` awaited by `--callers` concurrent callers (100 B);
 - single publish: one caller waiting for each confirm (p50, p99);
 - consume + ack from a backlog of `--backlog` 100 B messages: paxq through
   `client.consume(prefetch)` and through `WorkerPool`; RabbitMQ `basic_qos(prefetch)` and
@@ -341,19 +341,17 @@ def paxq_client(info: dict, shape: Shape, out) -> None:
                     if callers == 1:
                         latencies.append(time.perf_counter() - sent)
 
-        window = trio.Semaphore(shape.window)
-
         def confirmed(_offset, error) -> None:
             nonlocal count, failed
-            window.release()
             if error is not None:
                 failed += 1
             elif measuring:
                 count += 1
 
         async def producer() -> None:
-            while True:  # `window` unconfirmed at most, as RabbitMQ's and NATS's producers
-                await window.acquire()
+            # `window` unconfirmed at most (the client's publish_pending_max), as RabbitMQ's
+            # and NATS's producers (publish_async_max_pending)
+            while True:
                 await client.publish_soon(shape.queue, body, on_done=confirmed)
 
         async with trio.open_nursery() as nursery:
@@ -426,7 +424,7 @@ def paxq_client(info: dict, shape: Shape, out) -> None:
         return {"messages": done, "latencies": []}
 
     async def run() -> None:
-        async with Client(info["seeds"]) as client:
+        async with Client(info["seeds"], publish_pending_max=shape.window) as client:
             if shape.phase == "publish":
                 result = await publish(client, 0)
             elif shape.phase == "callers":

@@ -45,28 +45,29 @@ class LeaderLost(Exception):
     pass
 
 
-def load(addresses: list[tuple[str, int]], total: int, size: int, per: int, depth: int):
-    """Publish `total` messages as an idempotent producer, following the leader if it moves
-    (a command whose outcome was lost is sent again under the same sequence number: the
-    machine answers it with the original offsets instead of appending twice). Returns
-    (seconds, leader changes seen)."""
+def load(
+    addresses: list[tuple[str, int]], seqs: range, size: int, per: int, depth: int
+) -> tuple[float, int]:
+    """Publish the commands numbered `seqs` (`per` messages each) as an idempotent producer,
+    following the leader if it moves (a command whose outcome was lost is sent again under
+    the same sequence number: the machine answers it with the original offsets instead of
+    appending twice). Returns (seconds, leader changes seen)."""
     body = os.urandom(size)
-    commands = total // per
     done: set[int] = set()
     started = time.perf_counter()
     changes = 0
-    while len(done) < commands:
+    while len(done) < len(seqs):
         try:
-            _load_from(addresses[find_leader(addresses)], body, per, commands, depth, done)
+            _load_from(addresses[find_leader(addresses)], body, per, seqs, depth, done)
         except (OSError, LeaderLost):
             changes += 1
     return time.perf_counter() - started, changes
 
 
-def _load_from(address, body: bytes, per: int, commands: int, depth: int, done: set[int]) -> None:
+def _load_from(address, body: bytes, per: int, seqs: range, depth: int, done: set[int]) -> None:
     sock, decoder = connect(address)
     messages = [{"body": body}] * per
-    todo = (seq for seq in range(commands) if seq not in done)
+    todo = (seq for seq in seqs if seq not in done)
 
     def send() -> bool:
         seq = next(todo, None)
@@ -109,12 +110,21 @@ def main() -> None:
     parser.add_argument("--per-command", type=int, default=100)
     parser.add_argument("--depth", type=int, default=16)
     parser.add_argument("--snapshot-every", type=int, default=256)
+    parser.add_argument(
+        "--probe",
+        type=int,
+        default=0,
+        help="also time this many messages into the empty queue (the first of the load) and "
+        "as many more once it holds --messages, and compare the two rates",
+    )
     args = parser.parse_args()
     print(
         f"commit {git_commit()}; {args.messages:,} messages of {args.size} B into one queue, "
         f"{args.per_command} per publish, {args.depth} publishes in flight, "
-        f"--snapshot-every {args.snapshot_every}"
+        f"--snapshot-every {args.snapshot_every}, probe {args.probe:,}"
     )
+    per = args.per_command
+    commands, probe = args.messages // per, args.probe // per
     extra = ("--snapshot-every", str(args.snapshot_every), "--snapshot-keep", "64")
     with paxq_cluster(extra=extra) as (procs, data, addresses, leader):
         sock, decoder = connect(addresses[leader])
@@ -123,11 +133,22 @@ def main() -> None:
                 sock, decoder, {"id": 1, "op": "create", "topic": QUEUE, "kind": "queue"}
             )
             assert created["ok"], created
-        seconds, changes = load(addresses, args.messages, args.size, args.per_command, args.depth)
+        shape = (args.size, per, args.depth)
+        empty_s, changes = load(addresses, range(probe), *shape) if probe else (0.0, 0)
+        rest_s, more = load(addresses, range(probe, commands), *shape)
+        seconds, changes = empty_s + rest_s, changes + more
         print(
             f"loaded in {seconds:.1f} s: {args.messages / seconds:,.0f} messages/s "
             f"({changes} leader changes followed)"
         )
+        if probe:
+            full_s, more = load(addresses, range(commands, commands + probe), *shape)
+            empty_rate, full_rate = probe * per / empty_s, probe * per / full_s
+            print(
+                f"{probe * per:,} messages into the empty queue: {empty_rate:,.0f}/s; into the "
+                f"queue holding {commands * per:,}: {full_rate:,.0f}/s "
+                f"(ratio {full_rate / empty_rate:.2f}; {more} leader changes followed)"
+            )
         leader = find_leader(addresses)
         commit = status(addresses[leader])["commit"]
         while min(status(a)["applied"] for a in addresses) < commit:

@@ -57,8 +57,9 @@ class Job(Generic[Item]):
 class Batcher(Generic[Item]):
     """Items submitted while `in_flight_max` batches are out (or during `linger_s`) go
     together in the next one, up to `items_max` and `bytes_max` (a batch always takes one).
-    `send(jobs)` must finish every job it is given. At most `queued_max` items wait: past
-    that, submitters wait for room (backpressure)."""
+    `send(jobs)` must finish every job it is given. At most `pending_max` items are
+    submitted and not yet answered (queued or in a batch out): past that, submitters wait
+    for room (backpressure, as NATS's `publish_async_max_pending`)."""
 
     def __init__(
         self,
@@ -69,9 +70,9 @@ class Batcher(Generic[Item]):
         bytes_max: int,
         linger_s: float = 0.0,
         in_flight_max: int = 4,
-        queued_max: int = 10_000,
+        pending_max: int = 10_000,
     ) -> None:
-        if items_max < 1 or bytes_max < 1 or in_flight_max < 1 or queued_max < 1:
+        if items_max < 1 or bytes_max < 1 or in_flight_max < 1 or pending_max < 1:
             raise ValueError("batch bounds must be positive")
         self._group = task_group
         self._send = send
@@ -79,7 +80,9 @@ class Batcher(Generic[Item]):
         self.bytes_max = bytes_max
         self.linger_s = linger_s
         self._slots = anyio.Semaphore(in_flight_max)
-        self._room = anyio.Semaphore(queued_max)
+        self.pending_max = pending_max
+        self.pending = 0  # submitted, not yet answered
+        self._room = anyio.Event()  # set (and replaced) when answers make room
         self._queue: deque[Job[Item]] = deque()
         self._queued_bytes = 0
         self._wake = anyio.Event()
@@ -89,7 +92,7 @@ class Batcher(Generic[Item]):
     async def submit(self, item: Item, size: int, context: object = None) -> object:
         if self._closed is not None:
             raise self._closed
-        await self._room.acquire()
+        await self._wait_for_room()
         job = Job(item, size, context)
         self._enqueue(job)
         await job.done.wait()  # type: ignore[union-attr]
@@ -105,10 +108,10 @@ class Batcher(Generic[Item]):
         context: object = None,
     ) -> None:
         """Queue an item without waiting for it; `on_finish(job)` is called once it is
-        answered. No room is waited for: the caller bounds what it submits this way (a
-        consumer by its prefetch), and past `queued_max` waiting items this raises
+        answered. No room is waited for: with `pending_max` items unanswered this raises
         anyio.WouldBlock."""
-        self._room.acquire_nowait()
+        if self.pending >= self.pending_max:
+            raise anyio.WouldBlock
         self._enqueue(Job(item, size, context, on_finish))
 
     async def submit_waiting(
@@ -119,15 +122,28 @@ class Batcher(Generic[Item]):
         context: object = None,
     ) -> None:
         """As submit_nowait, but waits for room."""
-        if self._closed is not None:
-            raise self._closed
-        await self._room.acquire()
+        await self._wait_for_room()
         self._enqueue(Job(item, size, context, on_finish))
+
+    async def _wait_for_room(self) -> None:
+        while True:
+            if self._closed is not None:
+                raise self._closed
+            if self.pending < self.pending_max:
+                return
+            await self._room.wait()
+
+    def _answered(self, count: int) -> None:
+        self.pending -= count
+        room = self._room
+        if not room.is_set():
+            room.set()
+            self._room = anyio.Event()
 
     def _enqueue(self, job: Job[Item]) -> None:
         if self._closed is not None:
-            self._room.release()
             raise self._closed
+        self.pending += 1
         self._queue.append(job)
         self._queued_bytes += job.size
         self._wake.set()
@@ -145,8 +161,8 @@ class Batcher(Generic[Item]):
             # The client is closing (its task group is cancelled): nobody may wait forever.
             self._closed = Unavailable("the client is closed")
             while self._queue:
-                self._room.release()
                 self._queue.popleft().finish(error=self._closed)
+                self._answered(1)
 
     async def _gather(self) -> None:
         queue = self._queue
@@ -168,7 +184,6 @@ class Batcher(Generic[Item]):
                 job = queue.popleft()
                 size += job.size
                 batch.append(job)
-                self._room.release()
             self._queued_bytes -= size
             self._group.start_soon(self._deliver, batch)
 
@@ -182,6 +197,7 @@ class Batcher(Generic[Item]):
             self._slots.release()
             for job in batch:  # a send that forgot a job must not leave its caller hanging
                 job.finish(error=RuntimeError("the batch ended without an answer"))
+            self._answered(len(batch))
 
 
 class Sequencer:

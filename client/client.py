@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
@@ -77,10 +78,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("paxq.client")
 
-#: acks waiting for a request at most, per queue or subscription: each consumer's prefetch
-#: bounds its own, and this bounds them all (past it, ack waits and ack_nowait raises
-#: anyio.WouldBlock)
-ACKS_QUEUED_MAX = 100_000
+#: acks sent or waiting and not yet answered at most, per queue or subscription: each
+#: consumer's prefetch bounds its own, and this bounds them all (past it, ack waits and
+#: ack_nowait raises anyio.WouldBlock)
+ACKS_PENDING_MAX = 100_000
+#: publish_soon takes this many messages without a checkpoint at most while there is room:
+#: one per message would cost a pass of the scheduler each, none would starve the tasks
+#: that send and answer them
+_PUBLISH_CHECKPOINT_EVERY = 32
 
 #: addresses learned from leader hints are added to the seeds, up to this many in all
 _ADDRESSES_MAX = 64
@@ -123,7 +128,7 @@ class Client:
         publish_batch_messages: int = 500,
         publish_batch_bytes: int = 192 << 10,
         publish_in_flight: int = 8,
-        publish_queued_max: int = 10_000,
+        publish_pending_max: int = 10_000,
         frame_bytes_max: int = FRAME_BYTES_MAX,
         producer_id: str | None = None,
         tracer: Tracer | None = None,
@@ -152,8 +157,11 @@ class Client:
         self.publish_batch_messages = publish_batch_messages
         self.publish_batch_bytes = publish_batch_bytes
         self.publish_in_flight = min(publish_in_flight, PRODUCER_WINDOW)
-        #: messages waiting for a request at most, per topic (then publishers wait)
-        self.publish_queued_max = publish_queued_max
+        if publish_pending_max < 1:
+            raise ValueError(f"publish_pending_max must be positive, not {publish_pending_max}")
+        #: messages published and not yet answered at most, per topic (then publishers wait)
+        self.publish_pending_max = publish_pending_max
+        self._published_nowait = 0
         self.frame_bytes_max = frame_bytes_max
         #: OpenTelemetry tracer for request spans whose context travels to the nodes (W3C
         #: traceparent); None: no tracing work at all. `trace_sample`: the ratio of requests
@@ -572,7 +580,8 @@ class Client:
         """Queue one message and return once it is queued, not committed (as NATS's
         `publish_async` or RabbitMQ's publisher confirms): it goes with the others in the
         next request, and `on_done(offset, None)` or `on_done(None, error)` is called once
-        it is answered. Waits only while `publish_queued_max` messages are waiting."""
+        it is answered. Waits only while `publish_pending_max` messages of the topic are
+        unanswered (so a loop of these needs no window of its own)."""
         message = _message(body, key, headers, delay_s)
         finished = _publish_finished(on_done)
         context = caller() if self._tracing is not None else None
@@ -580,7 +589,13 @@ class Client:
         try:
             batcher.submit_nowait(message, _size(message), finished, context)
         except anyio.WouldBlock:
+            self._published_nowait = 0
             await batcher.submit_waiting(message, _size(message), finished, context)
+            return
+        self._published_nowait += 1
+        if self._published_nowait >= _PUBLISH_CHECKPOINT_EVERY:
+            self._published_nowait = 0
+            await anyio.lowlevel.checkpoint()
 
     def _publisher(self, topic: str) -> Batcher[dict]:
         batcher = self._publishers.get(topic)
@@ -592,7 +607,7 @@ class Client:
                 bytes_max=self.publish_batch_bytes,
                 linger_s=self.publish_linger_s,
                 in_flight_max=self.publish_in_flight,
-                queued_max=self.publish_queued_max,
+                pending_max=self.publish_pending_max,
             )
         return batcher
 
@@ -732,7 +747,7 @@ class Client:
         and `on_done(delivery, error)` is called once its ack is answered: error None, or
         LeaseLost, or why it could not be sent. An ack on its way is not extended: one not
         answered within the lease (a long outage) ends LeaseLost, and the message comes
-        back. Raises anyio.WouldBlock past ACKS_QUEUED_MAX waiting acks."""
+        back. Raises anyio.WouldBlock past ACKS_PENDING_MAX unanswered acks."""
         if not deliveries:
             return
         batcher = self._acker(deliveries)
@@ -755,7 +770,7 @@ class Client:
                 items_max=LEASES_MAX,
                 bytes_max=LEASES_MAX,
                 in_flight_max=4,
-                queued_max=ACKS_QUEUED_MAX,
+                pending_max=ACKS_PENDING_MAX,
             )
         return batcher
 

@@ -172,7 +172,7 @@ class WorkerPool:
         self.acking += 1
         try:
             delivery.ack_nowait(self._acked)
-        except anyio.WouldBlock:  # more acks waiting than the client queues: wait for them
+        except anyio.WouldBlock:  # more acks unanswered than the client holds: wait for them
             failure: PaxqError | None = None
             with anyio.CancelScope(shield=True):
                 try:

@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
+import anyio
 import pytest
 import trio
+import trio.testing
 from test_client_port import serving
 from test_node import leader_of
 
@@ -26,7 +28,7 @@ from paxq.client import (
     UnknownTopic,
     WorkerPool,
 )
-from paxq.client.batching import Sequencer
+from paxq.client.batching import Batcher, Job, Sequencer
 from paxq.client.errors import _BY_CODE, PaxqError, error_from_reply
 from paxq.client.wire import ErrorCode
 
@@ -75,6 +77,37 @@ async def test_a_sequencer_never_outruns_the_window() -> None:
     assert still.cancelled_caught
     sequencer.release(0)
     assert await sequencer.take() == 4
+
+
+async def test_a_batcher_bounds_what_is_unanswered_not_only_what_is_queued() -> None:
+    answer = trio.Event()
+    sent: list[int] = []
+    answered: list[int] = []
+
+    async def send(jobs: list[Job[int]]) -> None:
+        sent.extend(job.item for job in jobs)
+        await answer.wait()
+        for job in jobs:
+            job.finish(job.item)
+
+    async with anyio.create_task_group() as group:
+        batcher: Batcher[int] = Batcher(
+            group, send, items_max=2, bytes_max=100, in_flight_max=8, pending_max=4
+        )
+        for i in range(4):
+            batcher.submit_nowait(i, 1, lambda job: answered.append(job.item))
+        await trio.testing.wait_all_tasks_blocked()
+        assert (sent, batcher.pending) == ([0, 1, 2, 3], 4)  # all out, none queued
+        with pytest.raises(anyio.WouldBlock):  # and still no room: none is answered
+            batcher.submit_nowait(4, 1, answered.append)
+        with trio.move_on_after(1) as blocked:
+            await batcher.submit_waiting(4, 1, lambda job: answered.append(job.item))
+        assert blocked.cancelled_caught
+        answer.set()
+        await batcher.submit_waiting(4, 1, lambda job: answered.append(job.item))
+        await trio.testing.wait_all_tasks_blocked()
+        assert (sorted(answered), batcher.pending) == ([0, 1, 2, 3, 4], 0)
+        group.cancel_scope.cancel()
 
 
 async def test_publish_claim_ack_through_a_follower_first(tmp_path: Path) -> None:
@@ -577,7 +610,7 @@ async def test_a_pool_takes_the_next_delivery_before_its_ack_is_answered(tmp_pat
 
 
 async def test_publish_soon_confirms_each_message_through_its_callback(tmp_path: Path) -> None:
-    async with cluster_client(tmp_path, 3, publish_queued_max=100) as (_n, _c, client):
+    async with cluster_client(tmp_path, 3, publish_pending_max=100) as (_n, _c, client):
         await client.create_queue("q")
         confirmed: list[int] = []
         errors: list[object] = []
