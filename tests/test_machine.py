@@ -15,6 +15,7 @@ from paxq.broker.machine import (
     time_command,
 )
 from paxq.broker.machine.snapshots import write_snapshot
+from paxq.broker.machine.topics import stored_payload
 from paxq.client.wire import ErrorCode
 from paxq.storage import MemoryKeySpace
 
@@ -645,3 +646,12 @@ def test_the_machine_names_the_topics_a_waiting_reader_should_look_at_again(d: D
     assert "next_due_ms" not in d.ok("claim", topic="quiet")
     d.ok("delete", topic="q")
     assert d.machine.take_changed() == {"q"}
+
+
+@pytest.mark.parametrize("size", [0, 1, 23, 24, 255, 256, 65535, 65536, 1 << 20])
+def test_a_stored_payload_is_the_bytes_cbor2_writes(size: int) -> None:
+    body = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    for key, headers in [(None, None), (b"k", None), (b"k" * 300, None), (b"k", {"a": 1})]:
+        stored = stored_payload(body, key, headers)
+        assert stored == cbor2.dumps([body, key, headers])
+        assert cbor2.loads(stored) == [body, key, headers]

@@ -45,6 +45,7 @@ from .topics import (
     dead_letter_name,
     key_hash,
     payload_key,
+    stored_payload,
     topic_range,
 )
 
@@ -472,7 +473,7 @@ class QueueMachine:
         ):
             raise bad(f"headers map names to str, bytes or int, at most {limits.headers_max}")
         delay_ms = check.integer(message, "delay_ms", 0, 0, limits.delay_ms_max)
-        payload = cbor2.dumps([body, key, headers])
+        payload = stored_payload(body, key, headers)
         if len(payload) > limits.message_bytes_max:
             raise MachineError(
                 ErrorCode.TOO_LARGE,
