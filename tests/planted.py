@@ -116,6 +116,17 @@ class ForgetsSettles(QueueMachine):
         return act()
 
 
+class MisreadsAnsweredPayloads(QueueMachine):
+    """Reads the next message's payload for an answered claim, where there is one: the
+    bodies clients get are wrong while every replica's state (and its results without
+    payloads, which followers compute) agree."""
+
+    def payload(self, topic, offset):
+        if self._answered and offset + 1 < topic.next:
+            return super().payload(topic, offset + 1)
+        return super().payload(topic, offset)
+
+
 def expiring_on_local_clock(keys: KeySpace, clock: Callable[[], int]) -> QueueMachine:
     """A machine that evaluates expiry against the replica's own clock, not the stamps."""
 

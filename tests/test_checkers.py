@@ -6,8 +6,10 @@ import pickle
 
 import pytest
 
+from paxq.broker.machine.commands import command as command_of
 from paxq.broker.paxos import Ballot
 from paxq.broker.sim import History, Violation
+from paxq.broker.sim.oracle import QueueOracle
 
 
 def history_of(*commands: bytes) -> History:
@@ -95,3 +97,26 @@ def test_an_acceptor_may_not_vote_below_a_ballot_it_promised() -> None:
     with pytest.raises(Violation) as caught:
         h.on_vote(1, Ballot(1, 0), "Accepted")
     assert caught.value.invariant == "promise"
+
+
+def test_an_answered_claim_must_carry_the_bodies_published_there() -> None:
+    oracle = QueueOracle({})
+    oracle.on_command(
+        0,
+        command_of(
+            b"s" * 8,
+            1,
+            "publish",
+            {"topic": "q", "messages": [{"body": b"first"}, {"body": b"second"}]},
+        ),
+        {"offset": 0, "count": 2},
+    )
+    claim = command_of(b"s" * 8, 2, "claim", {"topic": "q"})
+    # A follower's result (no payloads) passes on_command; the leader's answer is checked.
+    lease = {"offset": 0, "deliveries": 1, "token": 1, "deadline_ms": 30_000, "published_ms": 0}
+    oracle.on_command(1, claim, {"messages": [lease], "now_ms": 0})
+    oracle.on_answer(1, claim, {"messages": [{**lease, "body": b"first"}], "now_ms": 0})
+    with pytest.raises(Violation, match="answered b'second'"):
+        oracle.on_answer(1, claim, {"messages": [{**lease, "body": b"second"}], "now_ms": 0})
+    with pytest.raises(Violation, match="without its body"):
+        oracle.on_answer(1, claim, {"messages": [lease], "now_ms": 0})

@@ -15,6 +15,7 @@ from planted import (
     IgnoresClockBound,
     IgnoresPhaseOneValues,
     InstallsEarly,
+    MisreadsAnsweredPayloads,
     QuorumTooSmall,
     SkipsTheSync,
     VotesAtOnce,
@@ -213,6 +214,10 @@ def forgetting_settles(keys, clock) -> ForgetsSettles:
     return ForgetsSettles(keys)
 
 
+def misreading_answered_payloads(keys, clock) -> MisreadsAnsweredPayloads:
+    return MisreadsAnsweredPayloads(keys)
+
+
 @pytest.mark.parametrize(
     ("factory", "invariants"),
     [
@@ -222,6 +227,8 @@ def forgetting_settles(keys, clock) -> ForgetsSettles:
         (accepting_stale_tokens, {"fencing"}),
         (expiring_on_local_clock, {"determinism", "time"}),
         (forgetting_settles, {"idempotence"}),
+        # Caught only by the check of the answers (a follower's claim reads no payloads).
+        (misreading_answered_payloads, {"total order"}),
     ],
 )
 def test_planted_machine_bugs_are_caught(factory, invariants: set[str]) -> None:

@@ -152,6 +152,8 @@ class QueueMachine:
         self.changed: set[str] = set()
         #: leases that ran out (a metric: counted here, not replicated nor snapshotted)
         self.lease_expiries = 0
+        #: the slot being applied will be answered (its claims carry payloads); see apply
+        self._answered = True
         self._ops: dict[str, Callable[[dict], object]] = {
             "create": self._create,
             "delete": self._delete,
@@ -167,9 +169,13 @@ class QueueMachine:
 
     # ----------------------------------------------------------------------------- apply
 
-    def apply(self, slot: int, value: Value) -> list[object]:
+    def apply(self, slot: int, value: Value, answered: bool = True) -> list[object]:
         self.slots = slot + 1
-        return [self.run(command) for command in value]
+        self._answered = answered
+        try:
+            return [self.run(command) for command in value]
+        finally:
+            self._answered = True
 
     def run(self, command: bytes) -> object:
         """One command's result (a refusal is returned as a MachineError, not raised)."""
@@ -580,19 +586,16 @@ class QueueMachine:
             token = self.token
             deliveries = sub.lease(offset, token, deadline, consumer)
             self._expire_at((deadline, topic.id, sub.name, offset, token))
-            body, key, headers = self.payload(topic, offset)
-            out.append(
-                {
-                    "offset": offset,
-                    "body": body,
-                    "key": key,
-                    "headers": headers,
-                    "deliveries": deliveries,
-                    "token": token,
-                    "deadline_ms": deadline,
-                    "published_ms": topic.time_of(offset),
-                }
-            )
+            message = {
+                "offset": offset,
+                "deliveries": deliveries,
+                "token": token,
+                "deadline_ms": deadline,
+                "published_ms": topic.time_of(offset),
+            }
+            if self._answered:  # else nobody reads it: no payload read on followers
+                message["body"], message["key"], message["headers"] = self.payload(topic, offset)
+            out.append(message)
         result: dict = {"messages": out, "now_ms": now}
         if not out:
             # When to look again, for a claim that waits (a hint: it may be early, never

@@ -479,7 +479,8 @@ class NodeCore:
                 continue
             if hook is not None:
                 hook(slot, False)
-            results = machine.apply(slot, value)
+            # Only the slots this leader proposed have waiters to answer.
+            results = machine.apply(slot, value, slot in by_slot)
             if hook is not None:
                 hook(slot, True)
             out.applied.append((slot, value, results))

@@ -50,8 +50,11 @@ class Machine(Protocol):
         """(how many, the chunks) a lagging peer receives for the stored snapshot `view`."""
         ...
 
-    def apply(self, slot: int, value: Value) -> list[object]:
-        """Apply one chosen slot; return one result per command, in order."""
+    def apply(self, slot: int, value: Value, answered: bool = True) -> list[object]:
+        """Apply one chosen slot; return one result per command, in order. `answered`
+        False: no client hears these results (a slot another node proposed), so they may
+        leave out what only an answer needs, such as payloads read back; the state they
+        leave must be the same."""
         ...
 
     def snapshot(self, chunk_bytes: int) -> list[bytes]:
@@ -79,7 +82,7 @@ class LogMachine:
         self._recent_bytes = 0
         self._retain_bytes = retain_bytes
 
-    def apply(self, slot: int, value: Value) -> list[object]:
+    def apply(self, slot: int, value: Value, answered: bool = True) -> list[object]:
         self.slots = slot + 1
         results: list[object] = []
         for command in value:

@@ -448,6 +448,7 @@ class Simulation:
                 client_id, command = waiter
                 if outcome == OK:
                     self._check_durable_quorum(slot)
+                    self.oracle.on_answer(slot, command, result)
                     self._reply(client_id, command, _OK, (slot, result))
                 elif outcome == NOT_LEADER:
                     self._reply(client_id, command, _NOT_LEADER, core.replica.leader_hint)

@@ -27,13 +27,27 @@ from .checkers import Violation
 Key = tuple[str, str, int]  # (topic, subscription, offset)
 
 
+#: what only an answered claim carries (a follower's results leave it out)
+_ANSWER_ONLY = ("body", "key", "headers")
+
+
 def encode_results(results: list[object]) -> bytes:
-    """Results in a form two replicas' can be compared by."""
+    """Results in a form two replicas' can be compared by: without what only the proposing
+    leader's carry."""
     plain = [
-        ["error", int(r.code), r.message, r.detail] if isinstance(r, MachineError) else r
+        ["error", int(r.code), r.message, r.detail]
+        if isinstance(r, MachineError)
+        else _without_payloads(r)
         for r in results
     ]
     return cbor2.dumps(plain)
+
+
+def _without_payloads(result: object) -> object:
+    if type(result) is not dict or type(result.get("messages")) is not list:
+        return result
+    messages = [{k: v for k, v in m.items() if k not in _ANSWER_ONLY} for m in result["messages"]]
+    return {**result, "messages": messages}
 
 
 class QueueOracle:
@@ -97,6 +111,22 @@ class QueueOracle:
         if handler is not None:
             handler(slot, args, result)
 
+    def on_answer(self, slot: int, command: bytes, result: object) -> None:
+        """A leader answers a command it proposed: a claim's deliveries carry the bodies
+        published at their offsets (the results `on_command` saw may be a follower's, which
+        carry none)."""
+        op, args = cbor2.loads(command[HEADER_BYTES:])
+        if op != "claim" or isinstance(result, MachineError):
+            return
+        topic = args["topic"]
+        for m in result["messages"]:
+            where = f"slot {slot}: {topic}@{m['offset']}"
+            if "body" not in m:
+                raise Violation("total order", f"{where} answered without its body")
+            known = self.content.get(topic, {}).get(m["offset"])
+            if known is not None and known != m["body"]:
+                raise Violation("total order", f"{where} answered {m['body']!r}, not {known!r}")
+
     def _sub(self, args: dict) -> str:
         return args.get("subscription") or ""
 
@@ -153,7 +183,7 @@ class QueueOracle:
             known = self.content.get(topic, {}).get(offset)
             if known is None and not topic.endswith(".dlq"):
                 raise Violation("total order", f"{where} delivered, but never published")
-            if known is not None and known != m["body"]:
+            if known is not None and "body" in m and known != m["body"]:
                 raise Violation("total order", f"{where} delivered {m['body']!r}, not {known!r}")
             if key in self.acked:
                 raise Violation("redelivery", f"{where} delivered again after its ack")

@@ -36,9 +36,9 @@ class Recorder:
     def slots(self) -> int:
         return self.inner.slots
 
-    def apply(self, slot: int, value: Value) -> list[object]:
+    def apply(self, slot: int, value: Value, answered: bool = True) -> list[object]:
         self._on_apply(slot, value, len(self.log))
-        results = self.inner.apply(slot, value)
+        results = self.inner.apply(slot, value, answered)
         self.log.append(value)
         return results
 
