@@ -25,6 +25,10 @@ log = logging.getLogger("paxq.client.consumer")
 #: anyway); yielding after each one costs a fast loop 10 to 15 % of its throughput
 _CHECKPOINT_EVERY = 32
 
+#: claims out at once at most: the next one goes while the last waits for its slot, so the
+#: time a claim takes through the log does not leave the consumer with nothing to hand out
+_CLAIMS_IN_FLIGHT = 2
+
 #: how long the consumer spends handing back what it holds when it stops
 HAND_BACK_S = 5.0
 
@@ -59,6 +63,7 @@ class Consumer:
         self.wait_s = wait_s
         self.consumer = consumer
         self.held: dict[int, Delivery] = {}  # offset -> delivery, until finished
+        self._claiming = 0  # deliveries the claims out may bring
         self.lost = 0  # leases found gone while extending
         self._room = anyio.Event()
         # Claimed and not yet taken: at most `prefetch`, as every one of them is held.
@@ -97,8 +102,7 @@ class Consumer:
             with anyio.CancelScope(shield=True):
                 with anyio.move_on_after(self.client.request_timeout_s):
                     while any(d.finished for d in self.held.values()):
-                        self._room = anyio.Event()
-                        await self._room.wait()
+                        await self._wait_for_room()
                 with anyio.move_on_after(HAND_BACK_S):
                     await self.hand_back()
         return None
@@ -138,6 +142,11 @@ class Consumer:
             except PaxqError as error:  # e.g. a lease already gone: it comes back anyway
                 log.info("handing back %d deliveries: %s", len(held), error)
 
+    async def _wait_for_room(self) -> None:
+        if self._room.is_set():  # replaced only once set: every waiter wakes
+            self._room = anyio.Event()
+        await self._room.wait()
+
     def _settled(self, delivery: Delivery) -> None:
         # Only this delivery: the offset may be held again since, under a newer lease.
         if self.held.get(delivery.offset) is delivery:
@@ -148,23 +157,26 @@ class Consumer:
         assert self._fetching is not None
         try:
             with self._fetching:
-                await self._fetch_until_stopped()
+                async with anyio.create_task_group() as claims:
+                    for _ in range(_CLAIMS_IN_FLIGHT):
+                        claims.start_soon(self._fetch_until_stopped)
         finally:
             self._fetched_all = True
             self._arrived.set()
 
     async def _fetch_until_stopped(self) -> None:
+        least = max(1, self.prefetch // 4)  # fewer, larger claims
         try:
             while True:
-                # Claim again once half the prefetch is used: fewer, larger claims.
-                while len(self.held) > self.prefetch // 2:
-                    self._room = anyio.Event()
-                    await self._room.wait()
+                while self.prefetch - len(self.held) - self._claiming < least:
+                    await self._wait_for_room()
+                room = self.prefetch - len(self.held) - self._claiming
+                self._claiming += room
                 try:
                     deliveries = await self.client.claim(
                         self.topic,
                         self.subscription,
-                        max=self.prefetch - len(self.held),
+                        max=room,
                         lease_s=self.lease_s,
                         wait_s=self.wait_s,
                         consumer=self.consumer,
@@ -172,6 +184,8 @@ class Consumer:
                 except Unavailable as error:  # a long outage: keep trying, as it said
                     log.warning("claiming from %s: %s", self.topic, error)
                     continue
+                finally:
+                    self._claiming -= room
                 for delivery in deliveries:
                     delivery.on_finish = self._settled
                     self.held[delivery.offset] = delivery
@@ -180,6 +194,7 @@ class Consumer:
                 self._arrived = anyio.Event()
         except PaxqError as error:  # the topic went away, a bad argument: the end
             self._error = error
+            self.stop_fetching()
 
     async def _keep(self) -> None:
         period = self.lease_s / 3

@@ -658,3 +658,36 @@ async def test_every_idle_worker_wakes_when_deliveries_arrive(tmp_path: Path) ->
                 await trio.sleep(0.01)
             pool.stop()
         assert most_active == 4
+
+
+async def test_a_consumer_keeps_a_second_claim_out_within_its_prefetch(tmp_path: Path) -> None:
+    async with cluster_client(tmp_path, 1) as (_nodes, _clients, client):
+        await client.create_queue("q")
+        await client.publish_many("q", [b"%d" % i for i in range(20)])
+        out = most_out = 0
+        claim = client.claim
+
+        async def counted(*args, **kwargs):
+            nonlocal out, most_out
+            out += 1
+            most_out = max(most_out, out)
+            try:
+                return await claim(*args, **kwargs)
+            finally:
+                out -= 1
+
+        client.claim = counted
+        taken = []
+        async with client.consume("q", prefetch=8, wait_s=0.5) as deliveries:
+            async for delivery in deliveries:
+                taken.append(delivery)
+                assert len(deliveries.held) <= 8  # what claims brought never passes it
+                if len(taken) % 2 == 0:
+                    await client.ack(taken[-2:])
+                if len(taken) == 20:
+                    # Nothing left: both claims wait (long poll) at once.
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert out == 2
+                    break
+        assert most_out == 2
+        assert sorted(int(d.body) for d in taken) == list(range(20))

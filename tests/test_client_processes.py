@@ -102,10 +102,12 @@ async def test_four_worker_processes_finish_every_task_through_kills(
     print(f"acks per worker {per_worker}, started by the killed one {len(started_by_killed)}")
     twice = [task for task, count in acked.items() if count > 1]
     assert not twice, f"acknowledged twice: {twice[:10]}"
-    # Every task's ack was seen, but for the few the killed worker may have acked in its
-    # last instant (its ack confirmed, the line not yet written).
+    # Every task's ack was seen, but for those the killed worker acked in its last instant
+    # (applied, the answer or the line not yet there): at most what its pool holds, the
+    # default prefetch of twice the concurrency, since a delivery is held until its ack is
+    # answered.
     missing = set(range(TASKS)) - set(acked)
-    assert missing <= started_by_killed and len(missing) <= CONCURRENCY, sorted(missing)[:10]
+    assert missing <= started_by_killed and len(missing) <= 2 * CONCURRENCY, sorted(missing)[:10]
     assert sum(1 for out in outs[1:] if "acked" in out.read_text()) == WORKERS - 1
 
 
