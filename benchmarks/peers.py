@@ -424,7 +424,9 @@ def paxq_client(info: dict, shape: Shape, out) -> None:
         return {"messages": done, "latencies": []}
 
     async def run() -> None:
-        async with Client(info["seeds"], publish_pending_max=shape.window) as client:
+        # The producer's window is the client's bound on what is unanswered.
+        pending = {"publish_pending_max": shape.window} if shape.phase == "publish" else {}
+        async with Client(info["seeds"], **pending) as client:
             if shape.phase == "publish":
                 result = await publish(client, 0)
             elif shape.phase == "callers":

@@ -124,6 +124,8 @@ def main() -> None:
         f"--snapshot-every {args.snapshot_every}, probe {args.probe:,}"
     )
     per = args.per_command
+    if args.probe and args.probe < per:
+        parser.error(f"--probe {args.probe} is less than one publish (--per-command {per})")
     commands, probe = args.messages // per, args.probe // per
     extra = ("--snapshot-every", str(args.snapshot_every), "--snapshot-keep", "64")
     with paxq_cluster(extra=extra) as (procs, data, addresses, leader):

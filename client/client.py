@@ -586,16 +586,15 @@ class Client:
         finished = _publish_finished(on_done)
         context = caller() if self._tracing is not None else None
         batcher = self._publisher(topic)
+        self._published_nowait += 1
+        if self._published_nowait >= _PUBLISH_CHECKPOINT_EVERY:
+            self._published_nowait = 0
+            await anyio.lowlevel.checkpoint()  # before queueing: cancelled means not queued
         try:
             batcher.submit_nowait(message, _size(message), finished, context)
         except anyio.WouldBlock:
             self._published_nowait = 0
             await batcher.submit_waiting(message, _size(message), finished, context)
-            return
-        self._published_nowait += 1
-        if self._published_nowait >= _PUBLISH_CHECKPOINT_EVERY:
-            self._published_nowait = 0
-            await anyio.lowlevel.checkpoint()
 
     def _publisher(self, topic: str) -> Batcher[dict]:
         batcher = self._publishers.get(topic)

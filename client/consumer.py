@@ -14,7 +14,7 @@ from anyio.abc import TaskGroup
 
 from .errors import LeaseLost, PaxqError, Unavailable
 from .messages import Delivery
-from .wire.protocol import LEASES_MAX
+from .wire.protocol import CLAIM_MAX, LEASES_MAX
 
 if TYPE_CHECKING:
     from .client import Client
@@ -165,12 +165,12 @@ class Consumer:
             self._arrived.set()
 
     async def _fetch_until_stopped(self) -> None:
-        least = max(1, self.prefetch // 4)  # fewer, larger claims
+        least = max(1, min(CLAIM_MAX, self.prefetch) // 4)  # fewer, larger claims
         try:
             while True:
                 while self.prefetch - len(self.held) - self._claiming < least:
                     await self._wait_for_room()
-                room = self.prefetch - len(self.held) - self._claiming
+                room = min(CLAIM_MAX, self.prefetch - len(self.held) - self._claiming)
                 self._claiming += room
                 try:
                     deliveries = await self.client.claim(

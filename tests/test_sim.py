@@ -227,7 +227,7 @@ def misreading_answered_payloads(keys, clock) -> MisreadsAnsweredPayloads:
         (accepting_stale_tokens, {"fencing"}),
         (expiring_on_local_clock, {"determinism", "time"}),
         (forgetting_settles, {"idempotence"}),
-        # Caught only by the check of the answers (a follower's claim reads no payloads).
+        # Caught by the check of the answers: the results replicas compare have no bodies.
         (misreading_answered_payloads, {"total order"}),
     ],
 )
@@ -238,6 +238,8 @@ def test_planted_machine_bugs_are_caught(factory, invariants: set[str]) -> None:
             break
     assert not result.ok, "the planted machine bug survived 10 seeds"
     assert result.violation.invariant in invariants, report(result)
+    if factory is misreading_answered_payloads:
+        assert "answered" in str(result.violation), report(result)
 
 
 def test_the_machine_is_exercised_in_every_phase() -> None:

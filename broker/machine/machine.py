@@ -593,7 +593,7 @@ class QueueMachine:
                 "deadline_ms": deadline,
                 "published_ms": topic.time_of(offset),
             }
-            if self._answered:  # else nobody reads it: no payload read on followers
+            if self._answered:  # else nobody hears it: no payload is read back
                 message["body"], message["key"], message["headers"] = self.payload(topic, offset)
             out.append(message)
         result: dict = {"messages": out, "now_ms": now}

@@ -479,7 +479,7 @@ class NodeCore:
                 continue
             if hook is not None:
                 hook(slot, False)
-            # Only the slots this leader proposed have waiters to answer.
+            # Only the slots this node has waiters for are answered.
             results = machine.apply(slot, value, slot in by_slot)
             if hook is not None:
                 hook(slot, True)

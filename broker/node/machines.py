@@ -52,7 +52,7 @@ class Machine(Protocol):
 
     def apply(self, slot: int, value: Value, answered: bool = True) -> list[object]:
         """Apply one chosen slot; return one result per command, in order. `answered`
-        False: no client hears these results (a slot another node proposed), so they may
+        False: no client hears these results (no waiter on this node), so they may
         leave out what only an answer needs, such as payloads read back; the state they
         leave must be the same."""
         ...

@@ -21,8 +21,9 @@ from random import Random
 
 from paxq.storage import CorruptRecord, Identity, KeySpace, MemoryDisk, MemoryJournal
 
-from ..machine import QueueMachine
+from ..machine import QUEUE_SUBSCRIPTION, QueueMachine
 from ..machine.snapshots import write_snapshot
+from ..machine.topics import QUEUE, payload_key
 from ..node.core import NOT_LEADER, OK, UNKNOWN, CoreSettings, NodeCore
 from ..node.machines import SnapshotInvalid
 from ..node.transfer import SnapshotChunk
@@ -981,6 +982,10 @@ class Simulation:
         states = {b"".join(write_snapshot(machine, 1 << 20)) for machine in machines}
         if len(states) != 1:
             raise Violation("determinism", "replicas at the same slot hold different machines")
+        # The stored snapshot leaves payloads out, and followers read them back only to
+        # dead-letter: every retained one must be there, the same on every replica.
+        if len({_payloads(machine) for machine in machines}) != 1:
+            raise Violation("determinism", "replicas at the same slot hold different payloads")
 
     def _check_liveness(self) -> None:
         settled = self.settled_at
@@ -1051,3 +1056,19 @@ def run_seed(
     core_factory: CoreFactory | None = None,
 ) -> SimResult:
     return Simulation(settings, replica_factory, machine_factory, core_factory).run()
+
+
+def _payloads(machine: QueueMachine) -> tuple[bytes | None, ...]:
+    """The stored payload (None where it is missing) of every message a claim or read may
+    still return, topic by topic: a queue's acked ones give theirs up, at each replica's
+    own next snapshot."""
+    keys = machine.keys
+    out = []
+    for topic in sorted(machine.topics.values(), key=lambda t: t.id):
+        done = topic.subs[QUEUE_SUBSCRIPTION].done if topic.kind == QUEUE else {}
+        out.extend(
+            keys.get(payload_key(topic.id, offset))
+            for offset in range(topic.first, topic.next)
+            if offset not in done
+        )
+    return tuple(out)

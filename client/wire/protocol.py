@@ -38,3 +38,5 @@ PRODUCER_WINDOW = 32
 #: the most messages in one publish, and leases in one ack, nack or extend
 PUBLISH_MESSAGES_MAX = 1000
 LEASES_MAX = 1000
+#: the most messages one claim takes (the machine's claim_max)
+CLAIM_MAX = 1000
