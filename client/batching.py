@@ -90,8 +90,6 @@ class Batcher(Generic[Item]):
         self._closed: BaseException | None = None
 
     async def submit(self, item: Item, size: int, context: object = None) -> object:
-        if self._closed is not None:
-            raise self._closed
         await self._wait_for_room()
         job = Job(item, size, context)
         self._enqueue(job)
@@ -160,9 +158,10 @@ class Batcher(Generic[Item]):
         finally:
             # The client is closing (its task group is cancelled): nobody may wait forever.
             self._closed = Unavailable("the client is closed")
+            dropped = len(self._queue)
             while self._queue:
                 self._queue.popleft().finish(error=self._closed)
-                self._answered(1)
+            self._answered(dropped)
 
     async def _gather(self) -> None:
         queue = self._queue
