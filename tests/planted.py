@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from paxq.broker.machine import MachineError, QueueMachine
+from paxq.broker.machine.topics import piece_key
 from paxq.broker.node.core import NodeCore
 from paxq.broker.node.transfer import Assembler
 from paxq.broker.paxos import ZERO, Accepted, Replica, Role
@@ -125,6 +126,27 @@ class MisreadsAnsweredPayloads(QueueMachine):
         if self._answered and offset + 1 < topic.next:
             return super().payload(topic, offset + 1)
         return super().payload(topic, offset)
+
+
+class MisplacesPieces(QueueMachine):
+    """Cuts a full piece of arrays for the key space counting from the first retained offset
+    where the arrays start at `base`: once a queue's front has gone but not yet been cut off
+    the arrays, the piece holds other messages' times, sizes and keys. Memory stays right;
+    only a replica that restores from a snapshot holds the wrong ones."""
+
+    def _store_piece(self, topic, end):
+        size = self.limits.array_piece_messages
+        start = max(end - size, topic.first)
+        low, high = start - topic.first, end - topic.first
+        piece = b"".join(
+            (
+                start.to_bytes(8, "big"),
+                topic.times[low:high].tobytes(),
+                topic.sizes[low:high].tobytes(),
+                topic.keys[low:high].tobytes(),
+            )
+        )
+        self.keys.put(piece_key(topic.id, end // size - 1), piece)
 
 
 def expiring_on_local_clock(keys: KeySpace, clock: Callable[[], int]) -> QueueMachine:

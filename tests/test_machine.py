@@ -3,6 +3,8 @@ command leaves the state exactly as it was."""
 
 from __future__ import annotations
 
+import io
+
 import cbor2
 import pytest
 
@@ -459,6 +461,61 @@ def test_a_shipped_snapshot_carries_the_payloads_and_they_bypass_memory() -> Non
     assert kept == chunks  # only the metadata is held; every payload went to the key space
     receiver.restore(kept)
     assert receiver.read("q", 0, 100) == d.machine.read("q", 0, 100)
+
+
+def arrays(machine: QueueMachine, topic: str) -> tuple[int, list[int], list[int], list[int]]:
+    t = machine.topics[topic]
+    start = t.first - t.base
+    return t.first, t.times[start:].tolist(), t.sizes[start:].tolist(), t.keys[start:].tolist()
+
+
+def test_a_snapshot_names_the_full_pieces_of_arrays_and_carries_only_the_last() -> None:
+    d = Driver(Limits(array_piece_messages=4))
+    d.ok("create", topic="q", kind="queue")
+    for i in range(1000):
+        d.at(1000 + i)  # every message its own time
+        d.ok("publish", topic="q", messages=[{"body": b"x" * (i % 7), "key": b"k%d" % (i % 5)}])
+    chunks = d.machine.snapshot(1 << 20)
+    assert sum(map(len, chunks)) < 1000, "not 24 bytes per message: the pieces stay behind"
+    copy = QueueMachine(MemoryKeySpace(d.store), Limits(array_piece_messages=4))
+    copy.restore(chunks)
+    assert arrays(copy, "q") == arrays(d.machine, "q")
+    assert copy.describe("q") == d.machine.describe("q")
+    # Without the pieces in its key space, a machine refuses the snapshot.
+    with pytest.raises(SnapshotInvalid, match="piece 0 is missing"):
+        QueueMachine(MemoryKeySpace({}), Limits(array_piece_messages=4)).restore(chunks)
+
+
+def test_pieces_of_arrays_go_once_every_offset_in_them_has() -> None:
+    d = Driver(Limits(array_piece_messages=4))
+    d.ok("create", topic="q", kind="queue")
+    d.publish("q", *[b"%d" % i for i in range(12)])
+    taken = d.claim("q", max=12)
+    # The front (0-5) leaves, and 7 (the last of piece 1) is acked behind 6, still out.
+    d.ok("ack", topic="q", leases=[lease(m) for m in taken[:6] + taken[7:8]])
+    d.machine.snapshot(1 << 20)
+    d.machine.snapshot_saved()
+    pieces = [offset - (1 << 63) for offset in payload_offsets(d, "q") if offset >= 1 << 63]
+    assert pieces == [1, 2]  # piece 0 (offsets 0-3) went; piece 1 still holds 6
+    copy = QueueMachine(MemoryKeySpace(d.store), Limits(array_piece_messages=4))
+    copy.restore(d.machine.snapshot(1 << 20))
+    assert arrays(copy, "q") == arrays(d.machine, "q")
+
+
+def test_a_snapshot_of_the_format_that_carried_every_array_inline_is_read(d: Driver) -> None:
+    d.ok("create", topic="q", kind="queue")
+    d.publish("q", b"a", b"b", b"c")
+    records = []
+    for chunk in d.machine.snapshot(1 << 20):
+        source = io.BytesIO(chunk)
+        decoder = cbor2.CBORDecoder(source)
+        while source.tell() < len(chunk):
+            records.append(decoder.decode())
+    assert records[0][:2] == ["head", 3] and not any(r[0] == "pieces" for r in records)
+    records[0][1] = 2
+    copy = QueueMachine(MemoryKeySpace(d.store))
+    copy.restore([b"".join(cbor2.dumps(record) for record in records)])
+    assert arrays(copy, "q") == arrays(d.machine, "q")
 
 
 def payload_offsets(d: Driver, topic: str) -> list[int]:

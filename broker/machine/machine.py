@@ -45,6 +45,7 @@ from .topics import (
     dead_letter_name,
     key_hash,
     payload_key,
+    piece_key,
     stored_payload,
     topic_range,
 )
@@ -94,6 +95,13 @@ class Limits:
     read_max: int = 1000
     #: a read stops adding messages past this many payload bytes (it always gets one)
     read_bytes_max: int = 1 << 20
+    #: a topic's per-message arrays go to the key space in pieces of this many offsets
+    #: (topics.py), which a snapshot names rather than carries
+    array_piece_messages: int = 16_384
+
+    def __post_init__(self) -> None:
+        if self.array_piece_messages < 1:
+            raise ValueError(f"array_piece_messages is {self.array_piece_messages}: at least 1")
 
 
 _CREATE = frozenset(
@@ -129,7 +137,9 @@ _PUBLISH = frozenset({"topic", "messages"}) | _ONCE
 
 
 class QueueMachine:
-    FORMAT = 2
+    FORMAT = 3
+    #: snapshot formats `restore` reads: 2 carried every array inline
+    FORMATS_READ = frozenset({2, 3})
 
     def __init__(self, keys: KeySpace, limits: Limits | None = None) -> None:
         self.keys = keys
@@ -379,13 +389,21 @@ class QueueMachine:
         now = self.now_ms
         first = topic.next
         put = self.keys.put
+        piece = self.limits.array_piece_messages
         for payload, key, delay_ms in ready:
             offset = topic.append(now, len(payload), key, now + delay_ms)
             put(payload_key(topic.id, offset), payload)
+            if (offset + 1) % piece == 0:
+                self._store_piece(topic, offset + 1)
         if topic.kind == TOPIC and topic.over_limit():
             self._drop(topic, self._first_within_limits(topic), expired=True)
         self.changed.add(topic.name)
         return first
+
+    def _store_piece(self, topic: Topic, end: int) -> None:
+        """The full piece of arrays ending before `end` into the key space (topics.py)."""
+        size = self.limits.array_piece_messages
+        self.keys.put(piece_key(topic.id, end // size - 1), topic.stored_piece(end, size))
 
     def _free(self, start: bytes, end: bytes) -> None:
         """Payload keys in [start, end) may go after the next snapshot. Adjacent ranges are
@@ -404,6 +422,9 @@ class QueueMachine:
             if expired:
                 topic.expired += new - old
             self._free(payload_key(topic.id, old), payload_key(topic.id, new))
+            size = self.limits.array_piece_messages
+            if new // size > old // size:  # pieces of arrays wholly dropped
+                self._free(piece_key(topic.id, old // size), piece_key(topic.id, new // size))
             for sub in topic.subs.values():
                 sub.skip_below(new, self.now_ms)
 
@@ -820,14 +841,17 @@ class QueueMachine:
     def restore(self, chunks: list[bytes]) -> None:
         """Adopt a snapshot. Payloads it no longer covers (whose deletion a crash kept from
         becoming durable: everything of topics that are gone, and below each topic's first
-        offset) go at the next `snapshot_saved`, once this snapshot is stored: deleted
-        before, a crash could leave the older stored snapshot without payloads it needs."""
+        offset, with the pieces of arrays wholly below it) go at the next `snapshot_saved`,
+        once this snapshot is stored: deleted before, a crash could leave the older stored
+        snapshot without payloads it needs."""
         read_snapshot(self, chunks)
         self.keys.flush()
         low = 0
+        size = self.limits.array_piece_messages
         for topic_id in sorted(self.by_id):
-            first = payload_key(topic_id, self.by_id[topic_id].first)
-            self._releasable.append((topic_range(low)[0], first))
+            first = self.by_id[topic_id].first
+            self._releasable.append((topic_range(low)[0], payload_key(topic_id, first)))
+            self._releasable.append((piece_key(topic_id, 0), piece_key(topic_id, first // size)))
             low = topic_id + 1
         self._releasable.append((topic_range(low)[0], topic_range(self.next_topic_id)[0]))
 

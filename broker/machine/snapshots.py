@@ -1,7 +1,9 @@
 """The machine's state as a stream of small CBOR records, cut into chunks.
 
 A chunk is a run of CBOR items, each a record `[kind, ...]`. Large arrays and sets are cut
-into pieces of `PIECE` elements, so no record outgrows a chunk by much. The last record is
+into pieces of `PIECE` elements, so no record outgrows a chunk by much. A topic's full pieces of
+arrays are in the key space (topics.py): a `pieces` record names them, and only the arrays of
+the last, unfinished piece travel inline. The last record is
 `["end", records before it]`; a snapshot without it, or with anything malformed, is refused
 (`SnapshotInvalid`). When a snapshot travels to a peer, `payload` records follow the metadata:
 the peer stores them in its key space.
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 import cbor2
 
 from .subscriptions import Subscription
-from .topics import Topic
+from .topics import Topic, piece_key
 
 if TYPE_CHECKING:
     from .machine import QueueMachine
@@ -59,7 +61,11 @@ def _records(machine: QueueMachine) -> Iterator[list]:
             topic.next,
             topic.expired,
         ]
-        start = topic.first - topic.base
+        piece = machine.limits.array_piece_messages
+        full = topic.next // piece  # pieces below this one are full, so in the key space
+        if full > topic.first // piece:
+            yield ["pieces", topic.id, piece, topic.first // piece, full]
+        start = max(topic.first, full * piece) - topic.base
         for at in range(start, len(topic.times), PIECE):
             end = at + PIECE
             yield [
@@ -204,14 +210,29 @@ def read_snapshot(machine: QueueMachine, chunks: list[bytes]) -> None:
                     machine.keys.put(key, value)
                 else:
                     state.count += 1
-                    state.take(record, machine.FORMAT)
+                    state.take(record, machine.FORMATS_READ)
         if not ended or state.head is None:
             raise SnapshotInvalid("the snapshot is cut short")
+        state.fill(machine.keys)
     except SnapshotInvalid:
         raise
     except Exception as error:
         raise SnapshotInvalid(f"malformed machine snapshot: {error!r}") from error
     state.install(machine)
+
+
+def _extend(topic: Topic, times_bytes: bytes, sizes_bytes: bytes, keys_bytes: bytes) -> None:
+    times, sizes, keys = array("q"), array("q"), array("q")
+    times.frombytes(times_bytes)
+    sizes.frombytes(sizes_bytes)
+    keys.frombytes(keys_bytes)
+    if not len(times) == len(sizes) == len(keys):
+        raise SnapshotInvalid("arrays of unequal length")
+    topic.times.extend(times)
+    topic.sizes.extend(sizes)
+    topic.keys.extend(keys)
+    topic.next += len(times)
+    topic.bytes += sum(sizes)
 
 
 class _State:
@@ -222,15 +243,17 @@ class _State:
         self.head: list | None = None
         self.topics: dict[int, Topic] = {}
         self.ends: dict[int, int] = {}
+        #: per topic, in order: ("pieces", piece, first index, end index) or ("arrays", ...)
+        self.arrays: dict[int, list[tuple]] = {}
         self.subs: dict[tuple[int, str], Subscription] = {}
         self.producers: list[tuple[tuple[int, str], dict[int, object]]] = []
 
-    def take(self, record: list, expected_format: int) -> None:
+    def take(self, record: list, formats: frozenset[int]) -> None:
         kind = record[0]
         if kind == "head":
             _, fmt, slots, now, token, next_topic_id = record
-            if fmt != expected_format:
-                raise SnapshotInvalid(f"snapshot format {fmt}, expected {expected_format}")
+            if fmt not in formats:
+                raise SnapshotInvalid(f"snapshot format {fmt}, expected one of {sorted(formats)}")
             self.head = [slots, now, token, next_topic_id]
         elif kind == "topic":
             (_, tid, name, kind_, created, max_messages, max_bytes, max_age, options, first,
@@ -240,19 +263,14 @@ class _State:
             topic.expired = expired
             self.ends[tid] = next_  # checked once the arrays are in
             self.topics[tid] = topic
+            self.arrays[tid] = []
+        elif kind == "pieces":
+            _, tid, piece, low, high = record
+            if not (type(piece) is int and piece > 0 and type(low) is int and type(high) is int):
+                raise SnapshotInvalid(f"a malformed pieces record: {record[1:]!r}")
+            self.arrays[tid].append(("pieces", piece, low, high))
         elif kind == "arrays":
-            topic = self.topics[record[1]]
-            times, sizes, keys = array("q"), array("q"), array("q")
-            times.frombytes(record[2])
-            sizes.frombytes(record[3])
-            keys.frombytes(record[4])
-            if not len(times) == len(sizes) == len(keys):
-                raise SnapshotInvalid("arrays of unequal length")
-            topic.times.extend(times)
-            topic.sizes.extend(sizes)
-            topic.keys.extend(keys)
-            topic.next += len(times)
-            topic.bytes += sum(sizes)
+            self.arrays[record[1]].append(("arrays", record[2], record[3], record[4]))
         elif kind == "delayed":
             self.topics[record[1]].delayed.update((o, at) for o, at in record[2])
         elif kind == "sub":
@@ -290,6 +308,38 @@ class _State:
             self.producers.append(((record[1], record[2]), results))
         else:
             raise SnapshotInvalid(f"unknown record {kind!r}")
+
+    def fill(self, keys) -> None:
+        """Each topic's arrays, from the pieces in the key space, then those inline. Last,
+        once a shipped snapshot's payload records (and pieces) are all in."""
+        for tid, parts in self.arrays.items():
+            topic = self.topics[tid]
+            for part in parts:
+                if part[0] == "arrays":
+                    _extend(topic, part[1], part[2], part[3])
+                    continue
+                _, piece, low, high = part
+                if low != topic.next // piece or topic.next >= high * piece:
+                    raise SnapshotInvalid(
+                        f"topic {topic.name!r}: pieces {low}..{high} of {piece} do not follow "
+                        f"offset {topic.next}"
+                    )
+                for index in range(low, high):
+                    end = (index + 1) * piece
+                    raw = keys.get(piece_key(tid, index))
+                    if raw is None:
+                        raise SnapshotInvalid(f"topic {topic.name!r}: piece {index} is missing")
+                    start = int.from_bytes(raw[:8], "big")
+                    width = (end - start) * 8
+                    if start > topic.next or len(raw) != 8 + 3 * width:
+                        raise SnapshotInvalid(f"topic {topic.name!r}: piece {index} is malformed")
+                    skip = (topic.next - start) * 8
+                    _extend(
+                        topic,
+                        raw[8 + skip : 8 + width],
+                        raw[8 + width + skip : 8 + 2 * width],
+                        raw[8 + 2 * width + skip :],
+                    )
 
     def install(self, machine: QueueMachine) -> None:
         for topic in self.topics.values():

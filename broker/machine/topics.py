@@ -3,6 +3,12 @@
 Payloads are not here: they sit in the key space under `payload_key(topic id, offset)`. Per
 message this keeps 24 bytes in three arrays, so a million queued messages cost about 24 MB of
 memory however large their bodies are.
+
+Those arrays never change once written, so each full piece of them (offsets [i * n, (i + 1) * n)
+for the machine's `array_piece_messages` n) is also written to the key space when its last
+message arrives, and a snapshot names the pieces instead of carrying them: its cost does not
+grow with the depth of a queue. Pieces have keys of their own, above every payload key of the
+topic (`piece_key`), and go when the topic has dropped every offset they hold.
 """
 
 from __future__ import annotations
@@ -24,6 +30,15 @@ QUEUE = "queue"
 
 def payload_key(topic_id: int, offset: int) -> bytes:
     return _PAYLOAD.pack(topic_id, offset)
+
+
+#: piece keys are payload keys from this "offset" on, which no message reaches
+PIECE_KEYS_FROM = 1 << 63
+
+
+def piece_key(topic_id: int, index: int) -> bytes:
+    """The key of a topic's stored piece of arrays number `index`."""
+    return _PAYLOAD.pack(topic_id, PIECE_KEYS_FROM + index)
 
 
 def stored_payload(body: bytes, key: bytes | None, headers: dict | None) -> bytes:
@@ -137,6 +152,20 @@ class Topic:
         if deliver_at_ms > now_ms:
             self.delayed[offset] = deliver_at_ms
         return offset
+
+    def stored_piece(self, end: int, piece: int) -> bytes:
+        """The full piece ending before `end`, as stored: its first retained offset (8 bytes),
+        then its times, sizes and keys. Only retained offsets: the same on every replica."""
+        start = max(end - piece, self.first)
+        low, high = start - self.base, end - self.base
+        return b"".join(
+            (
+                start.to_bytes(8, "big"),
+                self.times[low:high].tobytes(),
+                self.sizes[low:high].tobytes(),
+                self.keys[low:high].tobytes(),
+            )
+        )
 
     def time_of(self, offset: int) -> int:
         return self.times[offset - self.base]

@@ -21,7 +21,7 @@ from random import Random
 
 from paxq.storage import CorruptRecord, Identity, KeySpace, MemoryDisk, MemoryJournal
 
-from ..machine import QUEUE_SUBSCRIPTION, QueueMachine
+from ..machine import QUEUE_SUBSCRIPTION, Limits, QueueMachine
 from ..machine.snapshots import write_snapshot
 from ..machine.topics import QUEUE, payload_key
 from ..node.core import NOT_LEADER, OK, UNKNOWN, CoreSettings, NodeCore
@@ -51,8 +51,12 @@ CoreFactory = type[NodeCore]
 _CHUNK_BYTES = 16384  # small snapshot chunks: records cross chunk bounds
 
 
+#: pieces of arrays small enough that a seed's topics fill many (the real ones hold 16,384)
+_LIMITS = Limits(array_piece_messages=16)
+
+
 def _queue_machine(keys: KeySpace, clock: Callable[[], int]) -> QueueMachine:
-    return QueueMachine(keys)
+    return QueueMachine(keys, _LIMITS)
 
 
 # Event kinds, in the heap as (time_ms, seq, kind, target, payload).
@@ -986,6 +990,17 @@ class Simulation:
         # dead-letter: every retained one must be there, the same on every replica.
         if len({_payloads(machine) for machine in machines}) != 1:
             raise Violation("determinism", "replicas at the same slot hold different payloads")
+        # Nor does it carry a topic's full pieces of arrays, only names them in the key space:
+        # each replica restored from its own snapshot must hold what it holds now.
+        if len({_arrays(machine) for machine in machines}) != 1:
+            raise Violation("determinism", "replicas at the same slot hold different arrays")
+        for node, machine in zip(self.nodes, machines, strict=True):
+            copy = QueueMachine(machine.keys, machine.limits)
+            copy.restore(write_snapshot(machine, 1 << 20))
+            if _arrays(copy) != _arrays(machine):
+                raise Violation(
+                    "snapshot", f"node {node.id}'s snapshot restores other arrays than it holds"
+                )
 
     def _check_liveness(self) -> None:
         settled = self.settled_at
@@ -1056,6 +1071,22 @@ def run_seed(
     core_factory: CoreFactory | None = None,
 ) -> SimResult:
     return Simulation(settings, replica_factory, machine_factory, core_factory).run()
+
+
+def _arrays(machine: QueueMachine) -> tuple[tuple[int, bytes, bytes, bytes], ...]:
+    """Every topic's retained offsets: the first, then their times, sizes and key hashes."""
+    out = []
+    for topic in sorted(machine.topics.values(), key=lambda t: t.id):
+        start = topic.first - topic.base
+        out.append(
+            (
+                topic.first,
+                topic.times[start:].tobytes(),
+                topic.sizes[start:].tobytes(),
+                topic.keys[start:].tobytes(),
+            )
+        )
+    return tuple(out)
 
 
 def _payloads(machine: QueueMachine) -> tuple[bytes | None, ...]:
