@@ -19,6 +19,7 @@ from .errors import (
     UnknownOutcome,
     UnknownSubscription,
     UnknownTopic,
+    Unreachable,
 )
 from .messages import Delivery, Message
 from .tasks import Task, Tasks, UnknownTask
@@ -49,6 +50,7 @@ __all__ = [
     "UnknownSubscription",
     "UnknownTask",
     "UnknownTopic",
+    "Unreachable",
     "WorkerPool",
     "connect",
     "parse_address",

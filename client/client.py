@@ -25,6 +25,7 @@ import enum
 import logging
 import os
 import random
+import socket
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -59,6 +60,7 @@ from .errors import (
     UnknownOutcome,
     UnknownSubscription,
     UnknownTopic,
+    Unreachable,
     error_from_reply,
 )
 from .messages import Delivery, Headers, Message
@@ -113,6 +115,10 @@ class Client:
     comma-separated string); by default PAXQ_NODES, else the `paxq dev` cluster.
     `request_timeout_s`: how long one call keeps trying (leader changes included) before
     raising Unavailable (or UnknownOutcome for a command that may have been applied).
+    `first_contact_s`: while no node has ever answered this client's hello (wrong addresses,
+    a cluster that is down), a call gives up after this long with `Unreachable`, which names
+    each address and what happened there; once one has answered, outages are retried for
+    the whole `request_timeout_s`.
     """
 
     def __init__(
@@ -121,6 +127,7 @@ class Client:
         *,
         request_timeout_s: float = 30.0,
         connect_timeout_s: float = 3.0,
+        first_contact_s: float = 5.0,
         silence_s: float | None = SILENCE_S,
         backoff_initial_s: float = 0.02,
         backoff_max_s: float = 1.0,
@@ -148,6 +155,11 @@ class Client:
             raise ValueError(f"publish_batch_messages is 1 to {PUBLISH_MESSAGES_MAX}")
         self.request_timeout_s = request_timeout_s
         self.connect_timeout_s = connect_timeout_s
+        self.first_contact_s = first_contact_s
+        #: some node answered a hello once: from then on an outage is waited through
+        self._reached = False
+        #: while none has: what happened at each address last
+        self._contact: dict[Address, str] = {}
         #: a connection with requests waiting that hears nothing this long is left (None:
         #: never; the node may be paused, cut off or wedged)
         self.silence_s = silence_s
@@ -248,9 +260,15 @@ class Client:
                         frame_bytes_max=self.frame_bytes_max,
                         silence_s=self.silence_s,
                     )
-                except (OSError, ConnectionLost):  # (TimeoutError is an OSError)
+                except (OSError, ConnectionLost) as error:  # (TimeoutError is an OSError)
                     self._avoid[address] = anyio.current_time() + _AVOID_S
+                    if not self._reached:
+                        self._contact[address] = _contact_failure(address, error, timeout_s)
                     raise
+                except PaxqError:  # refused, but answered: it is there (overloaded, ...)
+                    self._reached = True
+                    raise
+                self._reached = True
                 connection.on_orphan = self._orphan
                 self._connections[address] = connection
                 if self._leader is None and connection.leader is not None:
@@ -383,14 +401,18 @@ class Client:
                 wait_ms = max(0, min(WAIT_MS_MAX, int((wait_until - now) * 1000)))
                 fields = {**fields, "wait_ms": wait_ms}
             pause = True
+            connect_s = min(self.connect_timeout_s, deadline - now)
+            if not self._reached:  # time for every seed within first_contact_s
+                share = self.first_contact_s / len(self._addresses)
+                connect_s = max(0.001, min(connect_s, share, start + self.first_contact_s - now))
             try:
-                connection = await self._connection(
-                    command, min(self.connect_timeout_s, deadline - now)
-                )
+                connection = await self._connection(command, connect_s)
             except (OSError, TimeoutError, ConnectionLost, PaxqError) as error:
                 last = error
                 if self._leader is not None:
                     self._lost(self._leader)
+                if not self._reached and anyio.current_time() >= start + self.first_contact_s:
+                    raise self._unreachable(anyio.current_time() - start) from error
             else:
                 try:
                     with anyio.fail_after(max(0.001, deadline - anyio.current_time())):
@@ -450,10 +472,22 @@ class Client:
                 # one, which takes a few hundred milliseconds: poll it at a short interval.
                 cap = self.backoff_max_s if isinstance(last, Overloaded) else _LEADERLESS_S
                 delay = min(cap, delay * 2)
+        if not self._reached:
+            raise self._unreachable(anyio.current_time() - start)
         what = f"{op}: no answer from the cluster within {deadline - start:.1f}s (last: {last})"
         if command and sent and retry is not Retry.HARMLESS:
             raise UnknownOutcome(what + "; it may or may not have been applied")
         raise Unavailable(what)
+
+    def _unreachable(self, elapsed_s: float) -> Unreachable:
+        failures = {
+            format_address(address): self._contact.get(address, "not tried in time")
+            for address in self._addresses
+        }
+        listed = "; ".join(
+            text if text.startswith(name) else f"{name}: {text}" for name, text in failures.items()
+        )
+        return Unreachable(f"no paxq node answered within {elapsed_s:.1f}s: {listed}", failures)
 
     async def sequenced(
         self, op: str, topic: str, fields: dict, callers: list[Caller] | None = None
@@ -906,6 +940,21 @@ def _message(
 def _size(message: dict) -> int:
     headers = message.get("headers") or ()
     return len(message["body"]) + len(message.get("key") or b"") + 32 * len(headers)
+
+
+def _contact_failure(address: Address, error: BaseException, timeout_s: float) -> str:
+    """What went wrong at an address, in a user's words."""
+    name = format_address(address)
+    if isinstance(error, ConnectionLost):
+        return str(error)
+    if isinstance(error, TimeoutError):
+        return f"{name}: no connection within {timeout_s:.1f}s"
+    if isinstance(error, socket.gaierror):
+        return f"{name}: unknown host ({error.strerror})"
+    cause = error.__cause__ if isinstance(error.__cause__, OSError) else error
+    if isinstance(cause, ConnectionRefusedError):
+        return f"{name}: connection refused (nothing listens there)"
+    return f"{name}: {getattr(cause, 'strerror', None) or cause}"
 
 
 def _ms(seconds: float) -> int:

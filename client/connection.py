@@ -121,28 +121,36 @@ class Connection:
         """Connect and say hello within `timeout_s`; raises OSError, TimeoutError or a
         PaxqError (e.g. UnsupportedVersion, Overloaded) if the node refuses. The reader
         starts in `task_group` (without one: call `start` before the first request)."""
+        began = anyio.current_time()
         with anyio.fail_after(timeout_s):
             stream = await anyio.connect_tcp(*address)
-            connection = cls(stream, address, frame_bytes_max, silence_s)
-            # A paused node's kernel still accepts connections: its silence must not cost
-            # the whole connect timeout.
-            hello_s = timeout_s if silence_s is None else min(timeout_s, silence_s)
-            try:
-                with anyio.fail_after(hello_s):
-                    await stream.send(encode_frame(HELLO))
-                    answer = await connection._first_frame()
-            except TimeoutError as error:  # (an OSError: before _BROKEN)
-                await anyio.aclose_forcefully(stream)
-                raise ConnectionLost(
-                    f"{format_address(address)} accepted the connection but answered no hello "
-                    f"within {hello_s:.1f}s: the node is paused or overloaded"
-                ) from error
-            except _BROKEN as error:  # the node went away during the hello
-                await anyio.aclose_forcefully(stream)
-                raise ConnectionLost(f"{format_address(address)}: {error!r}") from error
-            except BaseException:
-                await anyio.aclose_forcefully(stream)
-                raise
+        connection = cls(stream, address, frame_bytes_max, silence_s)
+        # A paused node's kernel still accepts connections: its silence must not cost the
+        # whole connect timeout.
+        hello_s = max(0.001, began + timeout_s - anyio.current_time())
+        hello_s = hello_s if silence_s is None else min(hello_s, silence_s)
+        try:
+            with anyio.fail_after(hello_s):
+                await stream.send(encode_frame(HELLO))
+                answer = await connection._first_frame()
+        except TimeoutError as error:  # (an OSError: before _BROKEN)
+            await anyio.aclose_forcefully(stream)
+            raise ConnectionLost(
+                f"{format_address(address)} accepted the connection but answered no hello "
+                f"within {hello_s:.1f}s: the node is paused or overloaded"
+            ) from error
+        except WireError as error:  # something else listens there
+            await anyio.aclose_forcefully(stream)
+            raise ConnectionLost(
+                f"{format_address(address)} answered the hello with something that is "
+                f"not paxq ({error}): not a paxq client port"
+            ) from error
+        except _BROKEN as error:  # the node went away during the hello
+            await anyio.aclose_forcefully(stream)
+            raise ConnectionLost(f"{format_address(address)}: {error!r}") from error
+        except BaseException:
+            await anyio.aclose_forcefully(stream)
+            raise
         if not isinstance(answer, dict) or answer.get("ok") is not True:
             await anyio.aclose_forcefully(stream)
             if isinstance(answer, dict) and "error" in answer:
@@ -195,8 +203,15 @@ class Connection:
                     return
 
     async def _first_frame(self) -> object:
+        first = True
         while True:
             data = await self._stream.receive(_READ_BYTES)
+            if first and data.startswith(b"HTTP/"):  # e.g. a node's metrics port
+                raise ConnectionLost(
+                    f"{format_address(self.address)} answered HTTP: not a paxq client port "
+                    "(a node's metrics port?)"
+                )
+            first = False
             for frame in self._decoder.feed(data):
                 # The hello is answered before anything else is sent: one frame, no more.
                 return frame

@@ -107,6 +107,16 @@ class Unavailable(PaxqError):
     """No node answered in time (every address tried, with backoff, until the deadline)."""
 
 
+class Unreachable(Unavailable):
+    """No node has answered this client's hello since it was made, within its
+    `first_contact_s`: the addresses are wrong, or the cluster is down. `detail` maps each
+    address to what happened there (refused, timed out, not a paxq client port, ...)."""
+
+    @property
+    def failures(self) -> dict[str, str]:
+        return dict(self.detail) if isinstance(self.detail, dict) else {}
+
+
 _BY_CODE: dict[int, type[PaxqError]] = {
     cls.code: cls
     for cls in (

@@ -5,7 +5,9 @@ their leases, live tails, worker pools, tasks, the blocking facade and asyncio."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -26,6 +28,7 @@ from paxq.client import (
     TopicExists,
     UnknownOutcome,
     UnknownTopic,
+    Unreachable,
     WorkerPool,
 )
 from paxq.client.batching import Batcher, Job, Sequencer
@@ -531,6 +534,50 @@ async def test_a_node_that_hangs_up_during_the_hello_is_skipped(tmp_path: Path) 
                 assert await client.publish("t", b"x") == 0
                 assert client.retries >= 1
             nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_never_reached_a_node_says_what_happened_at_each_address() -> None:
+    async def http(stream: trio.SocketStream) -> None:  # as a node's metrics port answers
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.receive_some(1024)
+            await stream.send_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await stream.aclose()
+
+    async def ssh(stream: trio.SocketStream) -> None:  # its first bytes read as a length
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(b"SSH-2.0-OpenSSH_9.2\r\n")
+            await trio.sleep_forever()
+
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        refused = f"127.0.0.1:{probe.getsockname()[1]}"
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            addresses = [refused, "nonexistent.invalid:7000"]
+            for handler in (http, ssh, silent):
+                [listener] = await nursery.start(
+                    partial(trio.serve_tcp, handler, 0, host="127.0.0.1")
+                )
+                addresses.append(f"127.0.0.1:{listener.socket.getsockname()[1]}")
+            async with Client(addresses, first_contact_s=2.5) as client:
+                began = trio.current_time()
+                with pytest.raises(Unreachable) as caught:
+                    await client.publish("t", b"x")
+                waited = trio.current_time() - began
+            nursery.cancel_scope.cancel()
+    assert waited < client.request_timeout_s, "not the whole deadline of a call"
+    failures = caught.value.failures
+    assert list(failures) == addresses
+    assert "connection refused" in failures[refused]
+    assert "unknown host" in failures["nonexistent.invalid:7000"]
+    assert "answered HTTP: not a paxq client port" in failures[addresses[2]]
+    assert "not a paxq client port" in failures[addresses[3]]
+    assert "answered no hello within" in failures[addresses[4]]
+    text = str(caught.value)
+    assert text.startswith("no paxq node answered within") and all(a in text for a in addresses)
 
 
 async def test_a_node_just_lost_is_tried_last_while_no_leader_is_known() -> None:
