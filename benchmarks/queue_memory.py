@@ -6,6 +6,10 @@ A 3-node cluster (synced RocksDB, `--snapshot-every` slots between snapshots) ge
 (VmRSS) and the data folder's size, the last snapshot's duration and size, and kills one node
 with SIGKILL, starts it again and times how long until it serves again with everything
 applied (its snapshot restored and the log above it replayed). RSS after the restart too.
+With `--probe N`, it times N messages into the empty queue at the start and N more into the
+full one, then `--turns` turns of N into the deep queue and N into a new, empty queue of the
+same cluster, one after the other (the ratio of a queue's depth alone, the drift of the
+machine and the store's compactions falling on both).
 
     .venv/bin/python benchmarks/queue_memory.py [--messages 1000000 --size 1024]
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import statistics
 import subprocess
 import time
 
@@ -46,7 +51,12 @@ class LeaderLost(Exception):
 
 
 def load(
-    addresses: list[tuple[str, int]], seqs: range, size: int, per: int, depth: int
+    addresses: list[tuple[str, int]],
+    seqs: range,
+    size: int,
+    per: int,
+    depth: int,
+    queue: str = QUEUE,
 ) -> tuple[float, int]:
     """Publish the commands numbered `seqs` (`per` messages each) as an idempotent producer,
     following the leader if it moves (a command whose outcome was lost is sent again under
@@ -58,13 +68,15 @@ def load(
     changes = 0
     while len(done) < len(seqs):
         try:
-            _load_from(addresses[find_leader(addresses)], body, per, seqs, depth, done)
+            _load_from(addresses[find_leader(addresses)], queue, body, per, seqs, depth, done)
         except (OSError, LeaderLost):
             changes += 1
     return time.perf_counter() - started, changes
 
 
-def _load_from(address, body: bytes, per: int, seqs: range, depth: int, done: set[int]) -> None:
+def _load_from(
+    address, queue: str, body: bytes, per: int, seqs: range, depth: int, done: set[int]
+) -> None:
     sock, decoder = connect(address)
     messages = [{"body": body}] * per
     todo = (seq for seq in seqs if seq not in done)
@@ -78,7 +90,7 @@ def _load_from(address, body: bytes, per: int, seqs: range, depth: int, done: se
                 {
                     "id": seq,
                     "op": "publish",
-                    "topic": QUEUE,
+                    "topic": queue,
                     "messages": messages,
                     "producer": "loader",
                     "seq": seq,
@@ -117,6 +129,12 @@ def main() -> None:
         help="also time this many messages into the empty queue (the first of the load) and "
         "as many more once it holds --messages, and compare the two rates",
     )
+    parser.add_argument(
+        "--turns",
+        type=int,
+        default=3,
+        help="with --probe: then as many turns of the deep queue and a new empty one",
+    )
     args = parser.parse_args()
     print(
         f"commit {git_commit()}; {args.messages:,} messages of {args.size} B into one queue, "
@@ -151,6 +169,27 @@ def main() -> None:
                 f"queue holding {commands * per:,}: {full_rate:,.0f}/s "
                 f"(ratio {full_rate / empty_rate:.2f}; {more} leader changes followed)"
             )
+            # The rate at the start met an empty store on an idle machine; this compares a
+            # queue's depth alone: the deep queue and a new, empty one of the same cluster,
+            # taking turns so that the machine's drift and the store's compactions hit both.
+            ratios = []
+            for turn in range(args.turns):
+                empty = f"{QUEUE}-empty-{turn}"
+                request = {"id": 1, "op": "create", "topic": empty, "kind": "queue"}
+                sock, decoder = connect(addresses[find_leader(addresses)])
+                with sock:
+                    assert _exchange(sock, decoder, request)["ok"]
+                seqs = range(commands + probe * (turn + 1), commands + probe * (turn + 2))
+                deep_s, more = load(addresses, seqs, *shape)
+                fresh_s, more_fresh = load(addresses, range(probe), *shape, queue=empty)
+                ratios.append(fresh_s / deep_s)
+                print(
+                    f"turn {turn + 1}: into the deep queue {probe * per / deep_s:,.0f}/s, into "
+                    f"an empty one {probe * per / fresh_s:,.0f}/s (ratio {ratios[-1]:.2f}; "
+                    f"{more + more_fresh} leader changes followed)"
+                )
+            median = statistics.median(ratios)
+            print(f"deep / empty queue, median of {args.turns} turns: {median:.2f}")
         leader = find_leader(addresses)
         commit = status(addresses[leader])["commit"]
         while min(status(a)["applied"] for a in addresses) < commit:
