@@ -6,6 +6,7 @@ from .client import Client, Retry
 from .connection import ConnectionLost, connect, parse_address
 from .errors import (
     BadRequest,
+    InvalidArgument,
     LeaseLost,
     NotLeader,
     Overloaded,
@@ -32,6 +33,7 @@ __all__ = [
     "Client",
     "ConnectionLost",
     "Delivery",
+    "InvalidArgument",
     "LeaseLost",
     "Message",
     "NotLeader",

@@ -49,6 +49,7 @@ from .connection import (
 )
 from .errors import (
     BadRequest,
+    InvalidArgument,
     LeaseLost,
     NotLeader,
     Overloaded,
@@ -67,7 +68,12 @@ from .messages import Delivery, Headers, Message
 from .tracing import Caller, RequestTracing, caller, traceparent
 from .wire import FRAME_BYTES_MAX
 from .wire.protocol import (
+    CLAIM_MAX,
     COMMANDS,
+    DELAY_MS_MAX,
+    HEADERS_MAX,
+    KEY_BYTES_MAX,
+    LEASE_MS_MAX,
     LEASES_MAX,
     PRODUCER_WINDOW,
     PUBLISH_MESSAGES_MAX,
@@ -712,7 +718,10 @@ class Client:
         """Lease up to `max` messages of a queue (or of a subscription of a topic) for
         `lease_s`. With `wait_s`, the node holds the request until a message is there or
         the time is up (then: an empty list)."""
-        fields: dict = {"topic": topic, "max": max, "lease_ms": _ms(lease_s)}
+        if type(max) is not int or not 1 <= max <= CLAIM_MAX:
+            raise InvalidArgument("max", f"{max!r}: messages from 1 to {CLAIM_MAX:,}")
+        lease_ms = _duration_ms("lease_s", lease_s, 1, LEASE_MS_MAX)
+        fields: dict = {"topic": topic, "max": max, "lease_ms": lease_ms}
         if subscription is not None:
             fields["subscription"] = subscription
         if max_bytes is not None:
@@ -850,7 +859,7 @@ class Client:
             return 0
         fields = _lease_fields(deliveries)
         if delay_s is not None:
-            fields["delay_ms"] = _ms(delay_s)
+            fields["delay_ms"] = _duration_ms("delay_s", delay_s, 0, DELAY_MS_MAX)
         try:
             result = await self.sequenced("nack", deliveries[0].topic, fields)
         finally:
@@ -862,7 +871,8 @@ class Client:
         """Hold these `lease_s` longer from now; returns the new deadline (stamped ms)."""
         if not deliveries:
             return 0
-        fields = {**_lease_fields(deliveries), "lease_ms": _ms(lease_s)}
+        lease_ms = _duration_ms("lease_s", lease_s, 1, LEASE_MS_MAX)
+        fields = {**_lease_fields(deliveries), "lease_ms": lease_ms}
         result = await self.sequenced("extend", deliveries[0].topic, fields)
         deadline = result["deadline_ms"]  # type: ignore[index]
         for delivery in deliveries:
@@ -925,16 +935,54 @@ def _message(
     headers: Headers | None,
     delay_s: float | None,
 ) -> dict:
-    message: dict = {"body": body.encode() if isinstance(body, str) else body}
-    if not isinstance(message["body"], bytes):
-        raise TypeError("a message body is bytes or str")
+    message: dict = {"body": _bytes("body", body)}
     if key is not None:
-        message["key"] = key.encode() if isinstance(key, str) else key
+        message["key"] = key = _bytes("key", key)
+        if len(key) > KEY_BYTES_MAX:
+            raise InvalidArgument("key", f"{len(key):,} bytes; the most is {KEY_BYTES_MAX:,}")
     if headers:
-        message["headers"] = headers
+        message["headers"] = _headers(headers)
     if delay_s:
-        message["delay_ms"] = _ms(delay_s)
+        message["delay_ms"] = _duration_ms("delay_s", delay_s, 0, DELAY_MS_MAX)
+    elif delay_s is not None:
+        _duration_ms("delay_s", delay_s, 0, DELAY_MS_MAX)  # a 0 of the wrong type, say
     return message
+
+
+def _duration_ms(argument: str, seconds: object, low_ms: int, high_ms: int) -> int:
+    """Seconds as whole milliseconds, refused unless a number within [low_ms, high_ms]."""
+    ms = seconds * 1000 if type(seconds) in (int, float) else None  # (not bool: not a number)
+    if ms is None or not low_ms <= ms <= high_ms:
+        low, high = _seconds(low_ms), _seconds(high_ms)
+        raise InvalidArgument(argument, f"{seconds!r}: seconds from {low} to {high}")
+    return max(low_ms, round(ms))
+
+
+def _seconds(ms: int) -> str:
+    return f"{ms // 1000:,}" if ms % 1000 == 0 else f"{ms / 1000:g}"
+
+
+def _bytes(argument: str, value: object) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise InvalidArgument(argument, f"bytes or str, not {type(value).__name__} ({value!r:.40})")
+
+
+def _headers(headers: object) -> dict:
+    if not isinstance(headers, dict):
+        raise InvalidArgument("headers", f"a dict, not {type(headers).__name__}")
+    if len(headers) > HEADERS_MAX:
+        raise InvalidArgument("headers", f"{len(headers)} of them; the most is {HEADERS_MAX}")
+    for name, value in headers.items():
+        if type(name) is not str or type(value) not in (str, bytes, int):
+            raise InvalidArgument(
+                "headers", f"{name!r}: {value!r:.40} (names are str, values str, bytes or int)"
+            )
+    return headers
 
 
 def _size(message: dict) -> int:

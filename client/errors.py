@@ -21,6 +21,16 @@ class BadRequest(PaxqError):
     code = ErrorCode.BAD_REQUEST
 
 
+class InvalidArgument(BadRequest, ValueError, TypeError):
+    """An argument this client refused before sending anything: a wrong type or a value out
+    of range. `argument` names it as the caller wrote it. (Also a ValueError and a TypeError,
+    for code that catches those.)"""
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(f"{argument}: {message}", argument)
+        self.argument = argument
+
+
 class BadFrame(PaxqError):
     code = ErrorCode.BAD_FRAME
 

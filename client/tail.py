@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
+from .errors import InvalidArgument
 from .messages import Message
 
 if TYPE_CHECKING:
@@ -20,7 +21,9 @@ class Tail:
         self, client: Client, topic: str, start: str | int, *, wait_s: float, batch: int
     ) -> None:
         if start not in ("earliest", "latest") and not (type(start) is int and start >= 0):
-            raise ValueError("start is 'earliest', 'latest' or an offset")
+            raise InvalidArgument(
+                "start", f"{start!r}: 'earliest', 'latest' or an offset (an int from 0)"
+            )
         self.client = client
         self.topic = topic
         self.start = start

@@ -20,8 +20,10 @@ from test_client_port import serving
 from test_node import leader_of
 
 from paxq.client import (
+    BadRequest,
     BlockingClient,
     Client,
+    InvalidArgument,
     LeaseLost,
     QueueFull,
     Tasks,
@@ -578,6 +580,32 @@ async def test_a_client_that_never_reached_a_node_says_what_happened_at_each_add
     assert "answered no hello within" in failures[addresses[4]]
     text = str(caught.value)
     assert text.startswith("no paxq node answered within") and all(a in text for a in addresses)
+
+
+async def test_wrong_arguments_are_refused_before_anything_is_sent() -> None:
+    async with Client(["127.0.0.1:1"]) as client:  # nothing listens: nothing may be sent
+
+        async def refused(argument: str, call, *words: str) -> None:
+            with pytest.raises(InvalidArgument) as caught:
+                await call
+            assert caught.value.argument == argument, caught.value
+            assert all(word in str(caught.value) for word in words), caught.value
+            assert isinstance(caught.value, BadRequest | ValueError | TypeError)
+
+        await refused("key", client.publish("t", b"x", key=5), "int")
+        big = b"k" * 1025
+        await refused("key", client.publish("t", b"x", key=big), "1,025 bytes", "1,024")
+        await refused("body", client.publish("t", 5), "bytes or str, not int")
+        await refused("delay_s", client.publish("t", b"x", delay_s="soon"), "'soon'")
+        await refused("delay_s", client.publish("t", b"x", delay_s=-1), "from 0 to 2,592,000")
+        await refused("delay_s", client.publish_soon("t", b"x", delay_s=True), "True")
+        await refused("headers", client.publish("t", b"x", headers={"a": 1.5}), "'a'")
+        await refused("headers", client.publish("t", b"x", headers=["a"]), "a dict")
+        await refused("max", client.claim("q", max=0), "from 1 to 1,000")
+        await refused("lease_s", client.claim("q", lease_s=-1), "-1")
+        with pytest.raises(InvalidArgument, match="start: 'bogus'"):
+            client.tail("t", start="bogus")
+        assert client.retries == 0
 
 
 async def test_a_node_just_lost_is_tried_last_while_no_leader_is_known() -> None:

@@ -23,7 +23,15 @@ from dataclasses import dataclass
 import cbor2
 
 from paxq.client.wire import ErrorCode
-from paxq.client.wire.protocol import LEASES_MAX, PRODUCER_WINDOW, PUBLISH_MESSAGES_MAX
+from paxq.client.wire.protocol import (
+    DELAY_MS_MAX,
+    HEADERS_MAX,
+    KEY_BYTES_MAX,
+    LEASE_MS_MAX,
+    LEASES_MAX,
+    PRODUCER_WINDOW,
+    PUBLISH_MESSAGES_MAX,
+)
 from paxq.storage import KeySpace, SnapshotView
 
 from . import args as check
@@ -69,17 +77,17 @@ class Limits:
     replica of a cluster must run with the same ones."""
 
     message_bytes_max: int = 1 << 20  # body + key + headers, encoded
-    key_bytes_max: int = 1024
-    headers_max: int = 64
+    key_bytes_max: int = KEY_BYTES_MAX
+    headers_max: int = HEADERS_MAX
     publish_messages_max: int = PUBLISH_MESSAGES_MAX
     claim_max: int = 1000
     #: a claim stops adding messages past this many payload bytes (it always gets one): the
     #: reply must fit a client frame, or the leases would be taken with nobody to hold them
     claim_bytes_max: int = 1 << 20
     leases_max: int = LEASES_MAX  # per ack, nack or extend
-    lease_ms_max: int = 12 * 3600 * 1000
+    lease_ms_max: int = LEASE_MS_MAX
     lease_ms_default: int = 30_000
-    delay_ms_max: int = 30 * 24 * 3600 * 1000
+    delay_ms_max: int = DELAY_MS_MAX
     topics_max: int = 10_000
     subscriptions_max: int = 1000  # per topic
     max_deliveries_default: int = 10

@@ -40,3 +40,9 @@ PUBLISH_MESSAGES_MAX = 1000
 LEASES_MAX = 1000
 #: the most messages one claim takes (the machine's claim_max)
 CLAIM_MAX = 1000
+#: a message's key in bytes, its headers, and its delay, at most (the machine's limits)
+KEY_BYTES_MAX = 1024
+HEADERS_MAX = 64
+DELAY_MS_MAX = 30 * 24 * 3600 * 1000
+#: the longest lease a claim or extend may ask for
+LEASE_MS_MAX = 12 * 3600 * 1000
