@@ -420,3 +420,45 @@ def test_records_through_the_journal_rebuild_what_replaying_them_would() -> None
     assert durable_state(journal.load()) == replayed
     with pytest.raises(TypeError):
         batch_of(["not a record"])
+
+
+def test_a_snapshot_view_holds_the_journal_as_of_its_making(opener: Opener) -> None:
+    journal = opener()
+    keys = journal.keyspace()
+    for n in range(5):
+        keys.put(b"m%d" % n, b"payload %d" % n)
+    keys.flush()
+    journal.save_snapshot(4, [b"four", b"chunks"], truncate_below=0)
+    view = journal.snapshot_view()
+    # What a node does while the view is shipped: a newer snapshot, then the deletion of
+    # the payloads the older one needed, and new payloads.
+    journal.save_snapshot(9, [b"nine"], truncate_below=0)
+    keys.delete_range(b"m0", b"m3")
+    keys.put(b"m9", b"later")
+    keys.flush()
+    assert (view.slot, view.chunks) == (4, [b"four", b"chunks"])
+    expected = [(b"m%d" % n, b"payload %d" % n) for n in range(5)]
+    assert list(view.keys()) == expected
+    assert list(view.keys()) == expected, "a second pass sees the same"
+    assert [key for key, _ in keys.items(b"m", b"n")] == [b"m3", b"m4", b"m9"]
+
+
+def test_payloads_a_journal_kept_beside_its_records_move_to_their_column_family(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal"
+    RocksJournal.open(path, ME).close()
+    raw = _raw(path)  # payloads where a journal of before kept them: the default family
+    for n in range(25_000):
+        full = b"P" + b"m%06d" % n
+        value = b"v%d" % n
+        raw[full] = zlib.crc32(value, zlib.crc32(full)).to_bytes(4, "big") + value
+    raw.close()
+    journal = RocksJournal.open(path, ME)
+    keys = journal.keyspace()
+    assert keys.get(b"m000000") == b"v0" and keys.get(b"m024999") == b"v24999"
+    assert sum(1 for _ in keys.items(b"m", b"n")) == 25_000
+    journal.close()
+    raw = _raw(path)
+    assert not [key for key in raw.keys(from_key=b"P") if key.startswith(b"P")]
+    raw.close()
