@@ -3,15 +3,18 @@ scripts), `WorkerPool` and `Tasks` (worker processes), and the typed errors."""
 
 from .blocking import BlockingClient, BlockingDelivery
 from .client import Client, Retry
-from .connection import ConnectionLost, connect, parse_address
+from .connection import connect, parse_address
 from .errors import (
     BadRequest,
+    ClusterError,
+    ConnectionLost,
     InvalidArgument,
     LeaseLost,
     NotLeader,
     Overloaded,
     PaxqError,
     QueueFull,
+    RequestError,
     SequenceTooOld,
     SubscriptionExists,
     TooLarge,
@@ -24,6 +27,7 @@ from .errors import (
 )
 from .messages import Delivery, Message
 from .tasks import Task, Tasks, UnknownTask
+from .wire import FrameTooLarge, MalformedFrame, WireError
 from .worker import WorkerPool
 
 __all__ = [
@@ -31,15 +35,19 @@ __all__ = [
     "BlockingClient",
     "BlockingDelivery",
     "Client",
+    "ClusterError",
     "ConnectionLost",
     "Delivery",
+    "FrameTooLarge",
     "InvalidArgument",
     "LeaseLost",
+    "MalformedFrame",
     "Message",
     "NotLeader",
     "Overloaded",
     "PaxqError",
     "QueueFull",
+    "RequestError",
     "Retry",
     "SequenceTooOld",
     "SubscriptionExists",
@@ -53,6 +61,7 @@ __all__ = [
     "UnknownTask",
     "UnknownTopic",
     "Unreachable",
+    "WireError",
     "WorkerPool",
     "connect",
     "parse_address",

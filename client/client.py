@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
+import cbor2
 from anyio.abc import TaskGroup
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
@@ -51,7 +52,6 @@ from .errors import (
     BadRequest,
     InvalidArgument,
     LeaseLost,
-    NotLeader,
     Overloaded,
     PaxqError,
     SubscriptionExists,
@@ -59,14 +59,12 @@ from .errors import (
     TopicExists,
     Unavailable,
     UnknownOutcome,
-    UnknownSubscription,
-    UnknownTopic,
     Unreachable,
     error_from_reply,
 )
 from .messages import Delivery, Headers, Message
 from .tracing import Caller, RequestTracing, caller, traceparent
-from .wire import FRAME_BYTES_MAX
+from .wire import FRAME_BYTES_MAX, ErrorCode
 from .wire.protocol import (
     CLAIM_MAX,
     COMMANDS,
@@ -75,9 +73,11 @@ from .wire.protocol import (
     KEY_BYTES_MAX,
     LEASE_MS_MAX,
     LEASES_MAX,
+    MESSAGE_BYTES_MAX,
     PRODUCER_WINDOW,
     PUBLISH_MESSAGES_MAX,
     WAIT_MS_MAX,
+    message_bytes,
 )
 
 if TYPE_CHECKING:
@@ -99,6 +99,8 @@ _PUBLISH_CHECKPOINT_EVERY = 32
 _ADDRESSES_MAX = 64
 #: the longest pause between attempts while no leader is known (an election is under way)
 _LEADERLESS_S = 0.1
+_EXISTS = (ErrorCode.TOPIC_EXISTS, ErrorCode.SUBSCRIPTION_EXISTS)
+_GONE = (ErrorCode.UNKNOWN_TOPIC, ErrorCode.UNKNOWN_SUBSCRIPTION)
 #: a node whose connection was just lost is tried last for this long while no leader is
 #: known (a paused node still accepts connections, and would hold every request up)
 _AVOID_S = 2.0
@@ -159,6 +161,9 @@ class Client:
             raise ValueError("give at least one node address")
         if not 0 < publish_batch_messages <= PUBLISH_MESSAGES_MAX:
             raise ValueError(f"publish_batch_messages is 1 to {PUBLISH_MESSAGES_MAX}")
+        if not 1 <= publish_batch_bytes <= MESSAGE_BYTES_MAX:
+            # A request holds this much, or one message larger: either way one command.
+            raise ValueError(f"publish_batch_bytes is 1 to {MESSAGE_BYTES_MAX:,}")
         self.request_timeout_s = request_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.first_contact_s = first_contact_s
@@ -268,7 +273,9 @@ class Client:
                     )
                 except (OSError, ConnectionLost) as error:  # (TimeoutError is an OSError)
                     self._avoid[address] = anyio.current_time() + _AVOID_S
-                    if not self._reached:
+                    # A later attempt's shorter time out says less than what happened before.
+                    known = address in self._contact and isinstance(error, TimeoutError)
+                    if not self._reached and not known:
                         self._contact[address] = _contact_failure(address, error, timeout_s)
                     raise
                 except PaxqError:  # refused, but answered: it is there (overloaded, ...)
@@ -438,37 +445,31 @@ class Client:
                         return reply.get("result", reply.get("status"))
                     error = error_from_reply(reply)
                     last = error
-                    lagging = reply.get("follower") is True and isinstance(
-                        error, (UnknownTopic, UnknownSubscription)
-                    )  # a follower that may not have applied the creation yet
-                    if isinstance(error, NotLeader) or lagging:
-                        if self._follow(connection, reply.get("leader")) and redirects < 3:
-                            redirects += 1
-                            pause = False  # straight to the leader it named
-                    elif isinstance(error, UnknownOutcome):
+                    code = error.code
+                    # A follower's "no such topic" may be a creation it has not applied yet.
+                    lagging = reply.get("follower") is True and code in _GONE
+                    if code is ErrorCode.UNKNOWN_OUTCOME:
+                        # Not retriable for the caller, but a command under a producer
+                        # sequence may be sent again: the machine answers it, not twice.
                         if retry is Retry.NEVER:
                             raise error
                         sent = True
-                        # A deposed leader answers at once, naming its successor if it
-                        # knows one: resend there without a pause.
-                        hint = reply.get("leader")
-                        if hint is not None and self._follow(connection, hint) and redirects < 3:
-                            redirects += 1
-                            pause = False
-                    elif not isinstance(error, Overloaded):
-                        if (
-                            sent
-                            and retry is Retry.EXISTS
-                            and isinstance(error, (TopicExists, SubscriptionExists))
-                        ):
-                            return {"existed": True}
-                        if (
-                            sent
-                            and retry is Retry.GONE
-                            and isinstance(error, (UnknownTopic, UnknownSubscription))
-                        ):
+                    elif not (error.retriable or lagging):
+                        if sent and retry is Retry.EXISTS and code in _EXISTS:
+                            return {"existed": True}  # the first send did it
+                        if sent and retry is Retry.GONE and code in _GONE:
                             return {"gone": True}
                         raise error
+                    # A node that cannot serve this goes to the leader it names, without a
+                    # pause (or, naming none, elsewhere); so does a deposed leader's unknown
+                    # outcome that names its successor.
+                    hint = reply.get("leader")
+                    redirect = lagging or code is ErrorCode.NOT_LEADER
+                    if code is ErrorCode.UNKNOWN_OUTCOME:
+                        redirect = hint is not None
+                    if redirect and self._follow(connection, hint) and redirects < 3:
+                        redirects += 1
+                        pause = False
             self.retries += 1
             if pause:
                 redirects = 0
@@ -601,11 +602,11 @@ class Client:
     ) -> int:
         """Append one message; returns its offset once it is committed. Concurrent calls
         share requests. A delayed message is not delivered to claims before `delay_s`."""
-        message = _message(body, key, headers, delay_s)
+        message, size = _message(body, key, headers, delay_s)
         batcher = self._publisher(topic)
         if self._tracing is None:
-            return await batcher.submit(message, _size(message))  # type: ignore[return-value]
-        return await batcher.submit(message, _size(message), caller())  # type: ignore[return-value]
+            return await batcher.submit(message, size)  # type: ignore[return-value]
+        return await batcher.submit(message, size, caller())  # type: ignore[return-value]
 
     async def publish_soon(
         self,
@@ -622,7 +623,7 @@ class Client:
         next request, and `on_done(offset, None)` or `on_done(None, error)` is called once
         it is answered. Waits only while `publish_pending_max` messages of the topic are
         unanswered (so a loop of these needs no window of its own)."""
-        message = _message(body, key, headers, delay_s)
+        message, size = _message(body, key, headers, delay_s)
         finished = _publish_finished(on_done)
         context = caller() if self._tracing is not None else None
         batcher = self._publisher(topic)
@@ -631,10 +632,10 @@ class Client:
             self._published_nowait = 0
             await anyio.lowlevel.checkpoint()  # before queueing: cancelled means not queued
         try:
-            batcher.submit_nowait(message, _size(message), finished, context)
+            batcher.submit_nowait(message, size, finished, context)
         except anyio.WouldBlock:
             self._published_nowait = 0
-            await batcher.submit_waiting(message, _size(message), finished, context)
+            await batcher.submit_waiting(message, size, finished, context)
 
     def _publisher(self, topic: str) -> Batcher[dict]:
         batcher = self._publishers.get(topic)
@@ -663,8 +664,7 @@ class Client:
         offsets: list[int] = []
         chunk: list[dict] = []
         size = 0
-        for message in ready:
-            message_size = _size(message)
+        for message, message_size in ready:
             if chunk and (
                 len(chunk) >= self.publish_batch_messages
                 or size + message_size > self.publish_batch_bytes
@@ -934,19 +934,30 @@ def _message(
     key: bytes | str | None,
     headers: Headers | None,
     delay_s: float | None,
-) -> dict:
+) -> tuple[dict, int]:
+    """The message to send, checked, and its size as the limit counts it (which is what
+    publish requests are cut by, so that one never outgrows a command)."""
     message: dict = {"body": _bytes("body", body)}
     if key is not None:
         message["key"] = key = _bytes("key", key)
         if len(key) > KEY_BYTES_MAX:
             raise InvalidArgument("key", f"{len(key):,} bytes; the most is {KEY_BYTES_MAX:,}")
+    encoded_headers = None
     if headers:
-        message["headers"] = _headers(headers)
+        message["headers"] = checked = _headers(headers)
+        encoded_headers = cbor2.dumps(checked)
+    size = message_bytes(message["body"], message.get("key"), encoded_headers)
+    if size > MESSAGE_BYTES_MAX:
+        raise TooLarge(
+            f"message of {size:,} bytes; the largest is {MESSAGE_BYTES_MAX:,}"
+            " (body, key and encoded headers)",
+            {"bytes": size, "max": MESSAGE_BYTES_MAX},
+        )
     if delay_s:
         message["delay_ms"] = _duration_ms("delay_s", delay_s, 0, DELAY_MS_MAX)
     elif delay_s is not None:
         _duration_ms("delay_s", delay_s, 0, DELAY_MS_MAX)  # a 0 of the wrong type, say
-    return message
+    return message, size
 
 
 def _duration_ms(argument: str, seconds: object, low_ms: int, high_ms: int) -> int:
@@ -983,11 +994,6 @@ def _headers(headers: object) -> dict:
                 "headers", f"{name!r}: {value!r:.40} (names are str, values str, bytes or int)"
             )
     return headers
-
-
-def _size(message: dict) -> int:
-    headers = message.get("headers") or ()
-    return len(message["body"]) + len(message.get("key") or b"") + 32 * len(headers)
 
 
 def _contact_failure(address: Address, error: BaseException, timeout_s: float) -> str:

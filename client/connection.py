@@ -15,8 +15,8 @@ from contextlib import asynccontextmanager
 import anyio
 from anyio.abc import ByteStream, TaskGroup
 
-from .errors import PaxqError, UnsupportedVersion, error_from_reply
-from .wire import FRAME_BYTES_MAX, FrameDecoder, WireError, encode_frame
+from .errors import ConnectionLost, PaxqError, TooLarge, UnsupportedVersion, error_from_reply
+from .wire import FRAME_BYTES_MAX, FrameDecoder, FrameTooLarge, WireError, encode_frame
 from .wire.protocol import HELLO, PING
 
 Address = tuple[str, int]
@@ -41,11 +41,6 @@ def parse_address(text: str) -> Address:
 
 def format_address(address: Address) -> str:
     return f"{address[0]}:{address[1]}"
-
-
-class ConnectionLost(Exception):
-    """The connection broke (or was closed) before the reply came: a command sent on it may
-    or may not have been applied."""
 
 
 class _Pending:
@@ -231,7 +226,10 @@ class Connection:
         if self._closed:
             raise ConnectionLost(self.error or "the connection is closed")
         rid = next(self._ids)
-        frame = encode_frame({**fields, "id": rid, "op": op}, self.frame_bytes_max)
+        try:
+            frame = encode_frame({**fields, "id": rid, "op": op}, self.frame_bytes_max)
+        except FrameTooLarge as error:  # nothing sent: this request can never go as it is
+            raise TooLarge(f"{op}: a request {error.message}", error.detail) from error
         if not self._pending:
             self._heard = anyio.current_time()  # silence counts from the first waiting one
         pending = self._pending[rid] = _Pending()
@@ -305,7 +303,7 @@ class Connection:
                     elif reply.get("id") is None and reply.get("ok") is False:
                         # The node ends the session over something it says here.
                         self.error = str(error_from_reply(reply))
-        except (*_BROKEN, ConnectionLost) as error:
+        except (*_BROKEN, ConnectionLost, WireError) as error:  # (a reply that cannot be read)
             self._fail(self.error or f"the connection ended: {error!r}")
         except anyio.get_cancelled_exc_class():
             self._fail("the client closed")

@@ -1,23 +1,38 @@
-"""What the client raises: one exception class per error code of the wire, under `PaxqError`,
-and the client's own failures (no node reachable, outcome unknown)."""
+"""What the client raises: one tree under `PaxqError` (code, message, detail, retriable).
+
+- `RequestError`: this side did wrong. The request can never succeed as made (a wrong
+  argument, a message over the limit, a client the cluster does not speak to); fix the call.
+- `ClusterError`: the cluster answered. Its state refuses the request (no such topic, a lease
+  gone, a queue full), or it is busy electing or overloaded: those are `retriable`, and the
+  client's own retries handle them until the call's deadline.
+- `Unavailable`: no answer within the call's deadline (retriable: later, the same call may
+  succeed); `Unreachable` when no node has ever answered this client; `ConnectionLost` for a
+  connection that broke under a request (seen only from `Connection`).
+- `WireError`: the bytes on a connection could not be read (`FrameTooLarge`, `MalformedFrame`).
+
+A call's retry loop asks the error: a retriable one is tried again until the deadline. Of the
+others, a few answers to a command sent more than once are what its first send caused (the
+topic exists, or is gone already) and become the call's result, and an unknown outcome of a
+command under a producer sequence is sent again; everything else is raised at once.
+"""
 
 from __future__ import annotations
 
 from .wire import ErrorCode
+from .wire.errors import PaxqError
+
+__all__ = ["PaxqError"]
 
 
-class PaxqError(Exception):
-    """An error a node answered, or the client's own. `code` is the wire's error code."""
-
-    code: ErrorCode | None = None
-
-    def __init__(self, message: str, detail: object = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.detail = detail
+class RequestError(PaxqError):
+    """The request is wrong and would be refused again: this side must change it."""
 
 
-class BadRequest(PaxqError):
+class ClusterError(PaxqError):
+    """The cluster answered the request with a refusal or its condition."""
+
+
+class BadRequest(RequestError):
     code = ErrorCode.BAD_REQUEST
 
 
@@ -31,64 +46,68 @@ class InvalidArgument(BadRequest, ValueError, TypeError):
         self.argument = argument
 
 
-class BadFrame(PaxqError):
+class BadFrame(RequestError):
     code = ErrorCode.BAD_FRAME
 
 
-class TooLarge(PaxqError):
+class TooLarge(RequestError):
+    """A message, command or frame over its bound; the message names both sizes."""
+
     code = ErrorCode.TOO_LARGE
 
 
-class UnknownOperation(PaxqError):
+class UnknownOperation(RequestError):
     code = ErrorCode.UNKNOWN_OPERATION
 
 
-class NotLeader(PaxqError):
-    """Only seen when retries are exhausted: the client follows leader hints itself."""
-
-    code = ErrorCode.NOT_LEADER
-
-
-class Overloaded(PaxqError):
-    code = ErrorCode.OVERLOADED
-
-
-class NotAMember(PaxqError):
+class NotAMember(RequestError):
     code = ErrorCode.NOT_A_MEMBER
 
 
-class WrongCluster(PaxqError):
+class WrongCluster(RequestError):
     code = ErrorCode.WRONG_CLUSTER
 
 
-class UnsupportedVersion(PaxqError):
+class UnsupportedVersion(RequestError):
     code = ErrorCode.UNSUPPORTED_VERSION
 
 
-class UnknownOutcome(PaxqError):
+class NotLeader(ClusterError):
+    """Only seen when retries are exhausted: the client follows leader hints itself."""
+
+    code = ErrorCode.NOT_LEADER
+    retriable = True
+
+
+class Overloaded(ClusterError):
+    code = ErrorCode.OVERLOADED
+    retriable = True
+
+
+class UnknownOutcome(ClusterError):
     """The command may or may not have been applied, and it is not safe to send again
     (it carries no producer sequence). Check the state before acting on it."""
 
     code = ErrorCode.UNKNOWN_OUTCOME
 
 
-class UnknownTopic(PaxqError):
+class UnknownTopic(ClusterError):
     code = ErrorCode.UNKNOWN_TOPIC
 
 
-class TopicExists(PaxqError):
+class TopicExists(ClusterError):
     code = ErrorCode.TOPIC_EXISTS
 
 
-class UnknownSubscription(PaxqError):
+class UnknownSubscription(ClusterError):
     code = ErrorCode.UNKNOWN_SUBSCRIPTION
 
 
-class SubscriptionExists(PaxqError):
+class SubscriptionExists(ClusterError):
     code = ErrorCode.SUBSCRIPTION_EXISTS
 
 
-class LeaseLost(PaxqError):
+class LeaseLost(ClusterError):
     """The lease expired or went to another consumer: the ack, nack or extend changed
     nothing. `offsets` are the messages concerned."""
 
@@ -99,28 +118,44 @@ class LeaseLost(PaxqError):
         return list(self.detail) if isinstance(self.detail, list) else []
 
 
-class QueueFull(PaxqError):
+class QueueFull(ClusterError):
     code = ErrorCode.FULL
 
 
-class SequenceTooOld(PaxqError):
+class SequenceTooOld(ClusterError):
     code = ErrorCode.SEQUENCE_TOO_OLD
 
 
-class RequestCancelled(PaxqError):
+class RequestCancelled(ClusterError):
     """The client cancelled the waiting request (the client library's own cancel)."""
 
     code = ErrorCode.CANCELLED
 
 
 class Unavailable(PaxqError):
-    """No node answered in time (every address tried, with backoff, until the deadline)."""
+    """No node answered in time (every address tried, with backoff, until the deadline).
+    The same call may succeed later."""
+
+    retriable = True
+
+
+class ConnectionLost(Unavailable):
+    """The connection broke (or was closed) before the reply came: a command sent on it may
+    or may not have been applied, so it is not retriable as such. `Client` never lets it
+    out: it sends again elsewhere only what is safe to (under a producer sequence, or
+    harmless), and reports the rest as UnknownOutcome."""
+
+    retriable = False
 
 
 class Unreachable(Unavailable):
     """No node has answered this client's hello since it was made, within its
     `first_contact_s`: the addresses are wrong, or the cluster is down. `detail` maps each
-    address to what happened there (refused, timed out, not a paxq client port, ...)."""
+    address to what happened there (refused, timed out, not a paxq client port, ...).
+    Not retriable: the same addresses are expected to fail the same way until someone
+    starts the cluster or fixes them."""
+
+    retriable = False
 
     @property
     def failures(self) -> dict[str, str]:

@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 import anyio
 
 from .client import Client
+from .errors import RequestError
 from .messages import Delivery
 from .worker import WorkerPool
 
 
-class UnknownTask(Exception):
-    """A task message names a function this worker has not registered."""
+class UnknownTask(RequestError):
+    """A task message this worker cannot run: not a task's JSON, or a task it has not
+    registered (the message names it and those it knows)."""
 
 
 @dataclass
@@ -84,12 +86,17 @@ class Tasks:
 
     async def run(self, delivery: Delivery) -> object:
         """Run the task a delivery names (raises UnknownTask, or what the task raises)."""
+        where = f"{delivery.topic}@{delivery.offset}"
         try:
             call = json.loads(delivery.body)
-            task = self.tasks[call["task"]]
+            name = call["task"]
             args, kwargs = call.get("args", []), call.get("kwargs", {})
-        except (ValueError, KeyError, TypeError) as error:
-            raise UnknownTask(f"{delivery.topic}@{delivery.offset}: {error!r}") from error
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise UnknownTask(f"{where}: not a task message ({error!r})") from error
+        task = self.tasks.get(name) if isinstance(name, str) else None
+        if task is None:
+            known = ", ".join(sorted(self.tasks)) or "none"
+            raise UnknownTask(f"{where}: no task {name!r} registered here (known: {known})")
         if inspect.iscoroutinefunction(task.function):
             return await task.function(*args, **kwargs)
         return await anyio.to_thread.run_sync(lambda: task.function(*args, **kwargs))

@@ -19,10 +19,10 @@ async def _status_of(address: Address) -> dict:
         with trio.fail_after(TIMEOUT_S):
             async with connect(address, timeout_s=TIMEOUT_S) as connection:
                 return await call(connection, "status")  # type: ignore[return-value]
-    except PaxqError as error:
-        return {"error": str(error)}
     except (OSError, TimeoutError, trio.TooSlowError, ConnectionLost) as error:
         return {"error": f"unreachable: {error.__class__.__name__}"}
+    except PaxqError as error:  # (after ConnectionLost, which is one)
+        return {"error": str(error)}
 
 
 async def gather_status(addresses: list[Address]) -> list[dict]:

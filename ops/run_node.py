@@ -15,6 +15,7 @@ from paxq.broker.node.metrics import NodeMetrics, watch_node
 from paxq.broker.node.scrape import ScrapeEndpoint
 from paxq.broker.node.tracing import CommitTracing
 from paxq.broker.paxos import Config
+from paxq.client.wire.protocol import COMMAND_BYTES_MAX
 from paxq.storage import Identity, JournalClosed, RocksJournal, StorageError
 
 from .config import NodeConfig
@@ -69,6 +70,7 @@ def run(config: NodeConfig, bootstrap: bool = False) -> int:
             Config(
                 nodes=tuple(sorted(config.peers)),
                 batch_count_max=config.batch_max,
+                command_bytes_max=COMMAND_BYTES_MAX,
                 window_slots_max=config.window,
             ),
             tick_s=config.tick_ms / 1000,

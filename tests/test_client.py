@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 import anyio
+import cbor2
 import pytest
 import trio
 import trio.testing
@@ -23,10 +24,13 @@ from paxq.client import (
     BadRequest,
     BlockingClient,
     Client,
+    ClusterError,
     InvalidArgument,
     LeaseLost,
     QueueFull,
+    RequestError,
     Tasks,
+    TooLarge,
     TopicExists,
     UnknownOutcome,
     UnknownTopic,
@@ -34,8 +38,10 @@ from paxq.client import (
     WorkerPool,
 )
 from paxq.client.batching import Batcher, Job, Sequencer
+from paxq.client.connection import connect, parse_address
 from paxq.client.errors import _BY_CODE, PaxqError, error_from_reply
 from paxq.client.wire import ErrorCode
+from paxq.client.wire.protocol import MESSAGE_BYTES_MAX
 
 LIMIT_S = 60
 
@@ -67,6 +73,26 @@ def test_every_error_code_has_its_exception() -> None:
         assert type(error) is cls and error.code == code and error.message == "m"
     newer = error_from_reply({"ok": False, "error": 999, "message": "from the future"})
     assert type(newer) is PaxqError and newer.code == 999
+
+
+def test_everything_the_client_raises_is_one_tree_that_says_what_to_retry() -> None:
+    import paxq.client as api
+
+    raised = [
+        getattr(api, name)
+        for name in api.__all__
+        if isinstance(getattr(api, name), type) and issubclass(getattr(api, name), Exception)
+    ]
+    assert len(raised) > 20 and all(issubclass(cls, PaxqError) for cls in raised)
+    # This side did wrong, or the cluster answered; never both.
+    assert issubclass(InvalidArgument, RequestError) and issubclass(TooLarge, RequestError)
+    assert issubclass(api.UnknownTask, RequestError)
+    assert issubclass(LeaseLost, ClusterError) and issubclass(QueueFull, ClusterError)
+    assert not any(
+        issubclass(cls, RequestError) and issubclass(cls, ClusterError) for cls in raised
+    )
+    retriable = {cls.__name__ for cls in raised if cls.retriable}
+    assert retriable == {"NotLeader", "Overloaded", "Unavailable"}
 
 
 async def test_a_sequencer_never_outruns_the_window() -> None:
@@ -606,6 +632,55 @@ async def test_wrong_arguments_are_refused_before_anything_is_sent() -> None:
         with pytest.raises(InvalidArgument, match="start: 'bogus'"):
             client.tail("t", start="bogus")
         assert client.retries == 0
+
+
+async def test_the_documented_message_limit_is_the_real_one(tmp_path: Path) -> None:
+    async with cluster_client(tmp_path, 1) as (_nodes, clients, client):
+        await client.create_queue("q")
+        # The largest message goes through the log and comes back whole, key and headers
+        # counted: MESSAGE_BYTES_MAX of body + key + encoded headers.
+        headers = {"a": "b"}
+        room = MESSAGE_BYTES_MAX - 3 - len(cbor2.dumps(headers))
+        largest = {"body": b"x" * room, "key": b"key", "headers": headers}
+        assert await client.publish_many("q", [largest, b"y" * MESSAGE_BYTES_MAX]) == [0, 1]
+        [first] = await client.claim("q")
+        assert (first.body, first.key, first.headers) == (b"x" * room, b"key", headers)
+        [second] = await client.claim("q", max=10)  # one reply holds one of these
+        assert len(second.body) == MESSAGE_BYTES_MAX
+        await client.ack([first])
+        await client.ack([second])
+
+        # Requests are cut by the messages' real sizes: five of 256 KiB in headers go in five.
+        heavy = {"body": b"", "headers": {f"h{i}": b"v" * 4000 for i in range(64)}}
+        assert await client.publish_many("q", [heavy] * 5) == [2, 3, 4, 5, 6]
+
+        # One byte more is refused by the client at once, naming both sizes.
+        with pytest.raises(TooLarge, match="message of 1,048,577 bytes; the largest is 1,048,576"):
+            await client.publish("q", b"z" * (MESSAGE_BYTES_MAX + 1))
+        with pytest.raises(TooLarge, match="message of 2,097,152 bytes"):
+            await client.publish_soon("q", b"z" * (2 << 20))
+        assert client.retries == 0
+
+        # The node holds the same limit for clients that do not check, and its own command
+        # bound; neither costs the session.
+        async with connect(parse_address(seeds_of(clients)[0])) as raw:
+            over = {"body": b"z" * (MESSAGE_BYTES_MAX + 1)}
+            reply = await raw.request("publish", topic="q", messages=[over])
+            assert reply["error"] == ErrorCode.TOO_LARGE
+            assert "message of 1,048,577 bytes; the largest is 1,048,576" in reply["message"]
+            two = [{"body": b"z" * (600 << 10)}] * 2
+            reply = await raw.request("publish", topic="q", messages=two)
+            assert reply["error"] == ErrorCode.TOO_LARGE
+            assert "the largest is 1,114,112" in reply["message"], reply
+            assert (await raw.request("status"))["ok"] is True
+        messages, after = await client.read("q", 6, limit=10)  # nothing past the last
+        assert [m.offset for m in messages] == [6] and after == 7
+
+        # A request over the client's own frame bound is TooLarge at once, not a WireError.
+        async with Client(seeds_of(clients), frame_bytes_max=1000) as small:
+            with pytest.raises(TooLarge, match=r"publish: a request frame of 2,0\d\d bytes; the"):
+                await small.publish("q", b"x" * 2000)
+            assert small.retries == 0
 
 
 async def test_a_node_just_lost_is_tried_last_while_no_leader_is_known() -> None:

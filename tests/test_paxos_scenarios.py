@@ -214,11 +214,49 @@ def test_commands_are_batched_into_one_slot_and_applied_everywhere() -> None:
 
 
 def test_batches_close_at_the_count_and_byte_bounds() -> None:
-    c = Cluster(3, batch_count_max=2, batch_bytes_max=10, pending_bytes_max=1000)
+    c = Cluster(
+        3,
+        batch_count_max=2,
+        batch_bytes_max=10,
+        command_bytes_max=10,
+        window_bytes_max=1000,
+        pending_bytes_max=1000,
+    )
     c.elect(0)
     c.propose(0, b"1", b"2", b"3", b"4567890", b"abcd")
     values = [m.value for _, dst, m in c.messages(Accept) if dst == 1]
     assert values == [(b"1", b"2"), (b"3", b"4567890"), (b"abcd",)]
+
+
+def test_a_command_larger_than_a_batch_goes_alone_in_its_slot() -> None:
+    c = Cluster(3, batch_bytes_max=10, command_bytes_max=30, window_bytes_max=100)
+    c.elect(0)
+    c.propose(0, b"a", b"x" * 25, b"b", b"c")
+    values = [m.value for _, dst, m in c.messages(Accept) if dst == 1]
+    assert values == [(b"a",), (b"x" * 25,), (b"b", b"c")]
+    assert c[0].propose(b"y" * 31) is ProposeResult.TOO_LARGE
+    c.stabilize()
+    assert c.applied[0] == [(b"a",), (b"x" * 25,), (b"b", b"c")]
+
+
+def test_the_byte_window_holds_proposals_until_chosen_slots_are_applied() -> None:
+    c = Cluster(3, batch_count_max=1, batch_bytes_max=8, command_bytes_max=8, window_bytes_max=20)
+    c.elect(0)
+    c.propose(0, b"1" * 8, b"2" * 8, b"3" * 8, b"4" * 8)
+    assert sorted({m.slot for _, _, m in c.messages(Accept)}) == [0, 1], "24 bytes > 20"
+    assert c[0].pending_count == 2
+    c.deliver(lambda src, dst, m: isinstance(m, Accept) and m.slot == 1)
+    c.deliver(of(Accepted))
+    assert c[0].commit == 0
+    assert not c.messages(Accept) or {m.slot for _, _, m in c.messages(Accept)} == {0}, (
+        "slot 1 is chosen but not yet committed: its bytes still count in the window"
+    )
+    c.deliver(of(Accept))
+    c.deliver(of(Accepted))
+    assert c[0].commit == 2
+    assert sorted({m.slot for _, _, m in c.messages(Accept)}) == [2, 3]
+    c.stabilize()
+    assert c.applied[0] == [(b"1" * 8,), (b"2" * 8,), (b"3" * 8,), (b"4" * 8,)]
 
 
 def test_the_pipeline_window_bounds_slots_in_flight() -> None:
@@ -235,7 +273,14 @@ def test_the_pipeline_window_bounds_slots_in_flight() -> None:
 
 
 def test_proposals_at_a_follower_are_redirected_and_bounds_are_typed() -> None:
-    c = Cluster(3, pending_count_max=2, batch_bytes_max=8, pending_bytes_max=16)
+    c = Cluster(
+        3,
+        pending_count_max=2,
+        batch_bytes_max=8,
+        command_bytes_max=8,
+        window_bytes_max=16,
+        pending_bytes_max=16,
+    )
     c.elect(0)
     assert c[1].propose(b"x") is ProposeResult.NOT_LEADER
     assert c[1].leader_hint == 0
@@ -513,7 +558,19 @@ def test_messages_from_non_members_are_ignored() -> None:
         {"nodes": (0, -1)},
         {"nodes": (0, 1, 2), "window_slots_max": 0},
         {"nodes": (0, 1, 2), "heartbeat_ticks": 10, "election_ticks_base": 10},
-        {"nodes": (0, 1, 2), "batch_bytes_max": 100, "pending_bytes_max": 50},
+        {
+            "nodes": (0, 1, 2),
+            "batch_bytes_max": 100,
+            "command_bytes_max": 100,
+            "pending_bytes_max": 50,
+        },
+        {
+            "nodes": (0, 1, 2),
+            "batch_bytes_max": 10,
+            "command_bytes_max": 100,
+            "window_bytes_max": 50,
+        },
+        {"nodes": (0, 1, 2), "command_bytes_max": 0},
         {"nodes": (0, 1, 2), "backoff_exponent_max": 40},
     ],
 )

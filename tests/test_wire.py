@@ -97,6 +97,8 @@ CONFIG = Config(
     nodes=(0, 1, 2),
     batch_count_max=8,
     batch_bytes_max=64,
+    command_bytes_max=64,
+    window_bytes_max=64,
     pending_bytes_max=64,
     catchup_slots_max=4,
 )
@@ -159,8 +161,8 @@ def test_every_message_round_trips_through_a_frame(message) -> None:
         ([1, 0, 1 << 62, -1, 0], "learned ballot"),
         ([4, 0, 1, 0, 1 << 63], "slot"),
         ([3, 0, 1, 0, 0, ["text"], 0], "byte string"),
-        ([3, 0, 1, 0, 0, [b"x"] * 9, 0], "commands exceeds"),
-        ([3, 0, 1, 0, 0, [b"x" * 65], 0], "bytes exceeds"),
+        ([3, 0, 1, 0, 0, [b"x"] * 9, 0], "a batch of 9 commands; the most is 8"),
+        ([3, 0, 1, 0, 0, [b"x" * 65], 0], "a batch of 65 bytes; the largest is 64"),
         ([3, 0, 1, 0, 0, b"not a list", 0], "array of commands"),
         ([2, 0, 1, 0, 0, [[0, 1, 0]]], "promise entry"),
         ([9, 0, 0, [[b"a"]] * 5, 0], "catchup_slots_max"),
@@ -206,3 +208,21 @@ def test_near_miss_messages_never_raise_anything_but_a_typed_error(tagged) -> No
     tag, fields = tagged
     with contextlib.suppress(MalformedMessage):
         DECODER.decode([tag, *fields])
+
+
+def test_the_limits_client_and_node_share_agree() -> None:
+    from paxq.broker.machine import Limits
+    from paxq.client.wire import protocol
+
+    assert Limits().message_bytes_max == protocol.MESSAGE_BYTES_MAX
+    assert Config(nodes=(0,)).command_bytes_max == protocol.COMMAND_BYTES_MAX
+    # The largest message with a request's fields fits a command, and a command a frame.
+    largest = {"body": b"x" * protocol.MESSAGE_BYTES_MAX}
+    request = {"id": 1 << 62, "op": "publish", "topic": "t" * 200, "messages": [largest]}
+    assert len(cbor2.dumps(request)) + 1024 < protocol.COMMAND_BYTES_MAX
+    assert protocol.COMMAND_BYTES_MAX + 4096 < protocol.FRAME_BYTES_MAX
+    # A claim's reply: its messages' bytes and a thousand deliveries' fields fit a frame.
+    fields = {"offset": 1 << 62, "key": None, "headers": None, "deliveries": 1 << 30}
+    fields |= {"token": 1 << 62, "deadline_ms": 1 << 50, "published_ms": 1 << 50, "body": b""}
+    reply = protocol.REPLY_MESSAGES_BYTES_MAX + protocol.CLAIM_MAX * len(cbor2.dumps(fields))
+    assert reply + 4096 < protocol.FRAME_BYTES_MAX

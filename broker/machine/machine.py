@@ -29,8 +29,11 @@ from paxq.client.wire.protocol import (
     KEY_BYTES_MAX,
     LEASE_MS_MAX,
     LEASES_MAX,
+    MESSAGE_BYTES_MAX,
     PRODUCER_WINDOW,
     PUBLISH_MESSAGES_MAX,
+    REPLY_MESSAGES_BYTES_MAX,
+    message_bytes,
 )
 from paxq.storage import KeySpace, SnapshotView
 
@@ -76,14 +79,14 @@ class Limits:
     """Bounds and defaults of the machine. They are part of its replicated behaviour: every
     replica of a cluster must run with the same ones."""
 
-    message_bytes_max: int = 1 << 20  # body + key + headers, encoded
+    message_bytes_max: int = MESSAGE_BYTES_MAX  # body, key and encoded headers
     key_bytes_max: int = KEY_BYTES_MAX
     headers_max: int = HEADERS_MAX
     publish_messages_max: int = PUBLISH_MESSAGES_MAX
     claim_max: int = 1000
     #: a claim stops adding messages past this many payload bytes (it always gets one): the
     #: reply must fit a client frame, or the leases would be taken with nobody to hold them
-    claim_bytes_max: int = 1 << 20
+    claim_bytes_max: int = REPLY_MESSAGES_BYTES_MAX
     leases_max: int = LEASES_MAX  # per ack, nack or extend
     lease_ms_max: int = LEASE_MS_MAX
     lease_ms_default: int = 30_000
@@ -102,7 +105,7 @@ class Limits:
     scan_max: int = 4096
     read_max: int = 1000
     #: a read stops adding messages past this many payload bytes (it always gets one)
-    read_bytes_max: int = 1 << 20
+    read_bytes_max: int = REPLY_MESSAGES_BYTES_MAX
     #: a topic's per-message arrays go to the key space in pieces of this many offsets
     #: (topics.py), which a snapshot names rather than carries
     array_piece_messages: int = 16_384
@@ -508,12 +511,14 @@ class QueueMachine:
         ):
             raise bad(f"headers map names to str, bytes or int, at most {limits.headers_max}")
         delay_ms = check.integer(message, "delay_ms", 0, 0, limits.delay_ms_max)
-        payload = stored_payload(body, key, headers)
-        if len(payload) > limits.message_bytes_max:
+        size = message_bytes(body, key, None if headers is None else cbor2.dumps(headers))
+        if size > limits.message_bytes_max:
             raise MachineError(
                 ErrorCode.TOO_LARGE,
-                f"a message of {len(payload)} bytes exceeds {limits.message_bytes_max}",
+                f"message of {size:,} bytes; the largest is {limits.message_bytes_max:,}"
+                " (body, key and encoded headers)",
             )
+        payload = stored_payload(body, key, headers)
         return payload, (NO_KEY if key is None else key_hash(key)), delay_ms
 
     def payload(self, topic: Topic, offset: int) -> tuple[bytes, bytes | None, dict | None]:

@@ -33,7 +33,14 @@ from collections.abc import Callable
 
 import trio
 
-from paxq.client.wire import ErrorCode, FrameDecoder, FrameTooLarge, WireError, encode_frame
+from paxq.client.wire import (
+    FRAME_BYTES_MAX,
+    ErrorCode,
+    FrameDecoder,
+    FrameTooLarge,
+    WireError,
+    encode_frame,
+)
 from paxq.client.wire.protocol import COMMANDS, PING, PROTOCOL_VERSION, WAIT_MS_MAX
 
 from ..machine import MachineError
@@ -65,7 +72,7 @@ class ClientPort:
         *,
         connections_max: int = 1024,
         in_flight_max: int = 4096,
-        frame_bytes_max: int = 2 << 20,
+        frame_bytes_max: int = FRAME_BYTES_MAX,
         hello_timeout_s: float = 5.0,
         extra_status: Callable[[], dict] | None = None,
     ) -> None:
@@ -254,8 +261,10 @@ class ClientPort:
         except Exception:
             session.answer(_error(rid, ErrorCode.BAD_REQUEST, "arguments cannot be encoded"))
             return None
-        if len(command) > self.node.settings.paxos.batch_bytes_max:
-            session.answer(_error(rid, ErrorCode.TOO_LARGE, "the command exceeds the batch bound"))
+        largest = self.node.settings.paxos.command_bytes_max
+        if len(command) > largest:
+            message = f"a command of {len(command):,} bytes; the largest is {largest:,}"
+            session.answer(_error(rid, ErrorCode.TOO_LARGE, message))
             return None
         return command
 

@@ -191,14 +191,18 @@ class Decoder:
         if not isinstance(value, list):
             raise MalformedMessage("a value is an array of commands")
         if len(value) > cfg.batch_count_max:
-            raise MalformedMessage(f"a batch of {len(value)} commands exceeds the bound")
+            raise MalformedMessage(
+                f"a batch of {len(value):,} commands; the most is {cfg.batch_count_max:,}"
+            )
         size = 0
         for command in value:
             if type(command) is not bytes:
                 raise MalformedMessage("a command is a byte string")
             size += len(command)
-        if size > cfg.batch_bytes_max:
-            raise MalformedMessage(f"a batch of {size} bytes exceeds the bound")
+        if size > cfg.slot_bytes_max:
+            raise MalformedMessage(
+                f"a batch of {size:,} bytes; the largest is {cfg.slot_bytes_max:,}"
+            )
         return tuple(value)
 
     # -------------------------------------------------------------------------- messages

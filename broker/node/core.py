@@ -55,10 +55,11 @@ ReplicaFactory = Callable[[int, Config, Random, object], Replica]
 OK = "ok"
 NOT_LEADER = "not leader"  # never got a slot here: safe to send again
 UNKNOWN = "unknown"  # may have been chosen (leadership lost, time ran out, node stopped)
+TOO_LARGE = "too large"  # over command_bytes_max: never chosen, and never will be
 _REFUSALS = {
     ProposeResult.NOT_LEADER: NOT_LEADER,
     ProposeResult.OVERLOADED: "overloaded",
-    ProposeResult.TOO_LARGE: "too large",
+    ProposeResult.TOO_LARGE: TOO_LARGE,
 }
 
 

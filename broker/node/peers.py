@@ -30,7 +30,9 @@ from .listen import serving
 
 log = logging.getLogger("paxq.node.peers")
 
-PROTOCOL_VERSION = 3
+#: nodes of different versions do not talk: 4 takes slots of one command up to
+#: command_bytes_max, which a node of 3 refuses as malformed (it would stall, not diverge)
+PROTOCOL_VERSION = 4
 Address = tuple[str, int]
 
 

@@ -73,17 +73,16 @@ class NodeSettings:
         # Every peer message must fit a frame: the largest are a promise carrying a window of
         # full batches, and a catch-up reply.
         cfg, frame = self.paxos, self.peer.frame_bytes_max
-        if 2 * cfg.window_slots_max * cfg.batch_bytes_max > frame:
+        if 2 * cfg.window_bytes_max > frame:
             raise ValueError(
-                f"window_slots_max x batch_bytes_max x 2 = "
-                f"{2 * cfg.window_slots_max * cfg.batch_bytes_max} exceeds the peer frame bound "
-                f"{frame}: lower the batch bytes or the window, or raise frame_bytes_max"
+                f"window_bytes_max x 2 = {2 * cfg.window_bytes_max:,} exceeds the peer frame "
+                f"bound {frame:,}: lower window_bytes_max or raise frame_bytes_max"
             )
         if 2 * cfg.catchup_bytes_max > frame:
             raise ValueError("catchup_bytes_max x 2 exceeds the peer frame bound")
-        if self.snapshot_chunk_bytes + cfg.batch_bytes_max + 1024 > frame:
-            # A chunk may run over its nominal size by one machine entry.
-            raise ValueError("snapshot_chunk_bytes + batch_bytes_max exceeds the peer frame bound")
+        if self.snapshot_chunk_bytes + cfg.slot_bytes_max + 1024 > frame:
+            # A chunk may run over its nominal size by one machine entry (a message at most).
+            raise ValueError("snapshot_chunk_bytes + slot_bytes_max exceeds the peer frame bound")
         if self.snapshot_every_slots < 0 or self.snapshot_keep_slots < 0:
             raise ValueError("snapshot_every_slots and snapshot_keep_slots must be >= 0")
         if self.snapshot_window_chunks < 1:

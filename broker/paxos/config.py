@@ -19,11 +19,15 @@ class Config:
     nodes: tuple[int, ...]
     #: commands in one batch (one slot) at most
     batch_count_max: int = 1024
-    #: payload bytes in one batch at most (a single larger command is refused); small enough
-    #: that a promise carrying a window of full batches fits one peer frame
+    #: payload bytes in one batch at most; a single larger command goes alone in its slot
     batch_bytes_max: int = 256 << 10
+    #: one command's bytes at most (larger ones are refused): the client protocol's
+    #: COMMAND_BYTES_MAX, a message of the largest with its request's fields
+    command_bytes_max: int = (1 << 20) + (64 << 10)
     #: slots proposed but not yet chosen, at most (the pipeline window)
     window_slots_max: int = 32
+    #: payload bytes in those slots at most: a promise carrying the window fits a peer frame
+    window_bytes_max: int = 8 << 20
     #: commands queued at the leader waiting for a slot, at most (backpressure past it)
     pending_count_max: int = 65536
     pending_bytes_max: int = 64 << 20
@@ -51,7 +55,9 @@ class Config:
         positive = (
             "batch_count_max",
             "batch_bytes_max",
+            "command_bytes_max",
             "window_slots_max",
+            "window_bytes_max",
             "pending_count_max",
             "pending_bytes_max",
             "heartbeat_ticks",
@@ -69,8 +75,21 @@ class Config:
             raise ConfigError("heartbeat_ticks must be below election_ticks_base")
         if not 0 <= self.backoff_exponent_max <= 16:
             raise ConfigError("backoff_exponent_max must be in 0..16")
-        if self.pending_bytes_max < self.batch_bytes_max:
-            raise ConfigError("pending_bytes_max must hold at least one full batch")
+        if self.window_bytes_max < self.slot_bytes_max:
+            raise ConfigError(
+                f"window_bytes_max ({self.window_bytes_max:,}) must hold one slot of the largest "
+                f"({self.slot_bytes_max:,}: batch_bytes_max or command_bytes_max)"
+            )
+        if self.pending_bytes_max < self.slot_bytes_max:
+            raise ConfigError(
+                f"pending_bytes_max ({self.pending_bytes_max:,}) must hold one slot of the "
+                f"largest ({self.slot_bytes_max:,}: batch_bytes_max or command_bytes_max)"
+            )
+
+    @property
+    def slot_bytes_max(self) -> int:
+        """One slot's payload bytes at most: a full batch, or one command alone."""
+        return max(self.batch_bytes_max, self.command_bytes_max)
 
     @property
     def quorum(self) -> int:

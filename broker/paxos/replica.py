@@ -89,7 +89,7 @@ class ProposeResult(enum.IntEnum):
     QUEUED = 0  # it will be put in a slot by this leader (or reported in Ready.dropped)
     NOT_LEADER = 1  # try `leader_hint`
     OVERLOADED = 2  # the leader's queue is at its bound; back off
-    TOO_LARGE = 3  # larger than a whole batch may be
+    TOO_LARGE = 3  # larger than command_bytes_max
 
 
 class Ready:
@@ -146,12 +146,13 @@ class Ready:
 class _InFlight:
     """A slot this leader proposed and has not yet seen chosen."""
 
-    __slots__ = ("acks", "sent_tick", "value")
+    __slots__ = ("acks", "bytes", "sent_tick", "value")
 
     def __init__(self, value: Value, acks: set[int], sent_tick: int) -> None:
         self.value = value
         self.acks = acks
         self.sent_tick = sent_tick
+        self.bytes = sum(map(len, value))
 
 
 class Replica:
@@ -211,7 +212,8 @@ class Replica:
         self.next_slot = self.commit
         self._lead_from = self.commit  # first slot this leader proposes; below it, catch-up
         self._inflight: dict[int, _InFlight] = {}
-        self._chosen_ahead: set[int] = set()  # chosen slots above the commit point
+        #: chosen slots above the commit point, with their payload bytes (still in the window)
+        self._chosen_ahead: dict[int, int] = {}
         self._pending: deque[bytes] = deque()
         self._tokens: deque[object] = deque()  # one per pending command
         self._pending_bytes = 0
@@ -289,7 +291,7 @@ class Replica:
         if self.role is not Role.LEADER:
             return ProposeResult.NOT_LEADER
         size = len(command)
-        if size > self.config.batch_bytes_max:
+        if size > self.config.command_bytes_max:
             return ProposeResult.TOO_LARGE
         if (
             len(self._pending) >= self.config.pending_count_max
@@ -356,7 +358,7 @@ class Replica:
             del self.log[slot]
         for slot in [s for s in self._inflight if s < through_slot]:
             del self._inflight[slot]
-        self._chosen_ahead = {s for s in self._chosen_ahead if s >= through_slot}
+        self._chosen_ahead = {s: n for s, n in self._chosen_ahead.items() if s >= through_slot}
         self.log_start = self.commit = self.applied = through_slot
         self._known_commit = max(self._known_commit, through_slot)
         self.next_slot = max(self.next_slot, through_slot)
@@ -460,7 +462,7 @@ class Replica:
         self._failed_campaigns = 0
         self._promises = {}
         self._inflight = {}
-        self._chosen_ahead = set()
+        self._chosen_ahead = {}
         self._heard = {}
         self._heartbeat_elapsed = 0
         self._quorum_check_elapsed = 0
@@ -487,7 +489,7 @@ class Replica:
             self._tokens.clear()
             self._pending_bytes = 0
             self._inflight = {}
-            self._chosen_ahead = set()
+            self._chosen_ahead = {}
         self._promises = {}
         self.role = Role.FOLLOWER
         self.leader_hint = None
@@ -659,7 +661,7 @@ class Replica:
         if len(inflight.acks) >= self.quorum:
             del self._inflight[slot]
             if slot >= self.commit:  # catch-up may have taught us this slot already
-                self._chosen_ahead.add(slot)
+                self._chosen_ahead[slot] = inflight.bytes
                 self._advance_commit()
 
     def _on_reject(self, m: Reject) -> None:
@@ -723,7 +725,7 @@ class Replica:
                 if current is None or current[1] != value:
                     self.log[slot] = (LEARNED, value)
                     self._out.persist.append(AcceptRecord(slot, LEARNED, value))
-                self._chosen_ahead.discard(slot)
+                self._chosen_ahead.pop(slot, None)
                 self._inflight.pop(slot, None)
             new_commit = m.from_slot + len(m.values)
             if new_commit > self.commit:
@@ -787,7 +789,7 @@ class Replica:
         chosen = self._chosen_ahead
         slot = self.commit
         while slot in chosen:
-            chosen.discard(slot)
+            del chosen[slot]
             slot += 1
         if slot > self.commit:
             self._set_commit(slot)
@@ -814,16 +816,21 @@ class Replica:
         pending = self._pending
         tokens = self._tokens
         proposed = self._out.proposed
+        in_window = sum(f.bytes for f in self._inflight.values())
+        room = cfg.window_bytes_max - in_window - sum(self._chosen_ahead.values())
         while pending and len(self._inflight) + len(self._chosen_ahead) < cfg.window_slots_max:
+            if len(pending[0]) > room:
+                break  # until the window drains: it always has room for one slot when empty
             batch: list[bytes] = []
             size = 0
             while pending and len(batch) < cfg.batch_count_max:
                 n = len(pending[0])
-                if batch and size + n > cfg.batch_bytes_max:
+                if batch and (size + n > cfg.batch_bytes_max or size + n > room):
                     break
                 batch.append(pending.popleft())
                 size += n
             self._pending_bytes -= size
+            room -= size
             value = tuple(batch)
             proposed.append((self.next_slot, value, tuple(tokens.popleft() for _ in batch)))
             self._propose_slot(self.next_slot, value)

@@ -24,7 +24,7 @@ from paxq.storage import CorruptRecord, Identity, KeySpace, MemoryDisk, MemoryJo
 from ..machine import QUEUE_SUBSCRIPTION, Limits, QueueMachine
 from ..machine.snapshots import write_snapshot
 from ..machine.topics import QUEUE, payload_key
-from ..node.core import NOT_LEADER, OK, UNKNOWN, CoreSettings, NodeCore
+from ..node.core import NOT_LEADER, OK, TOO_LARGE, UNKNOWN, CoreSettings, NodeCore
 from ..node.machines import SnapshotInvalid
 from ..node.transfer import SnapshotChunk
 from ..paxos import (
@@ -76,7 +76,7 @@ _TURN = 12  # `target`'s core has committed slots left to apply; payload: its in
 #: a turn of the node's loop, as the sim counts it: what a backlog waits before its next take
 _TURN_MS = 0.1
 
-_OK, _NOT_LEADER, _RETRY, _UNKNOWN = 0, 1, 2, 3
+_OK, _NOT_LEADER, _RETRY, _UNKNOWN, _REFUSED = 0, 1, 2, 3, 4
 #: the wall clocks start here (a real date), so that no offset makes one read below zero
 _EPOCH_MS = 1_700_000_000_000
 
@@ -92,6 +92,7 @@ class SimStats:
     commands_issued: int = 0
     commands_acked: int = 0
     commands_abandoned: int = 0
+    commands_refused: int = 0  # over command_bytes_max
     slots_chosen: int = 0
     sim_ms: float = 0.0
     wall_s: float = 0.0
@@ -459,7 +460,9 @@ class Simulation:
                     self._reply(client_id, command, _NOT_LEADER, core.replica.leader_hint)
                 elif outcome == UNKNOWN:  # a deposed leader answers at once
                     self._reply(client_id, command, _UNKNOWN, core.replica.leader_hint)
-                else:  # overloaded, too large: never got a slot
+                elif outcome == TOO_LARGE:  # refused for good, as a client hears TooLarge
+                    self._reply(client_id, command, _REFUSED, node.id)
+                else:  # overloaded: never got a slot
                     self._reply(client_id, command, _RETRY, node.id)
             for stamp in effects.stamps:
                 self.history.on_propose(stamp)
@@ -714,6 +717,14 @@ class Simulation:
             self.history.on_ack(command, slot, issued, self.now)
             op, args = client.ops.pop(command)
             client.app.on_result(op, args, result)
+            return
+        if status == _REFUSED:
+            # Never applied. The application hears it as an unknown outcome, which allows
+            # that (a refused ack's leases expire and come back, as a dead worker's do).
+            del client.outstanding[command]
+            del client.attempts[command]
+            client.app.on_unknown(*client.ops.pop(command))
+            self.stats.commands_refused += 1
             return
         if status == _UNKNOWN:
             # It may have been chosen: give it up and let the application decide, as the

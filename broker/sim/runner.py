@@ -24,7 +24,8 @@ def report(result: SimResult) -> str:
         f"{s.crashes} crashes, {s.partitions} partitions, {s.slots_chosen} slots, "
         f"{s.snapshots_taken} snapshots taken, {s.snapshots_installed} installed, "
         f"{s.commands_acked}/{s.commands_issued} commands acknowledged "
-        f"({s.commands_abandoned} abandoned), {s.sim_ms / 1000:.1f} s simulated, "
+        f"({s.commands_abandoned} abandoned, {s.commands_refused} refused), "
+        f"{s.sim_ms / 1000:.1f} s simulated, "
         f"{s.wall_s:.2f} s wall, {s.deliveries_per_s:,.0f} deliveries/s",
     ]
     if result.violation is not None:

@@ -1,4 +1,5 @@
-"""Typed errors of the wire: the codes a peer or a client sees, and the local exceptions."""
+"""Typed errors of the wire: the codes a peer or a client sees, the root of every error the
+client raises (`PaxqError`), and the wire's own exceptions under it."""
 
 from __future__ import annotations
 
@@ -28,14 +29,25 @@ class ErrorCode(enum.IntEnum):
     CANCELLED = 18  # a waiting claim or read ended by the client's `cancel`
 
 
-class WireError(Exception):
+class PaxqError(Exception):
+    """The root of every error paxq raises. `code` is the wire's error code (None for the
+    client's own), `message` says what happened naming the limit, value, argument or address
+    concerned, `detail` carries the structured part, and `retriable` says whether the same
+    call may succeed if made again unchanged (later, or elsewhere)."""
+
+    code: ErrorCode | None = None
+    retriable: bool = False
+
+    def __init__(self, message: str, detail: object = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class WireError(PaxqError):
     """Something on the wire was wrong; `code` says what to answer, if anything."""
 
     code = ErrorCode.BAD_FRAME
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class FrameTooLarge(WireError):

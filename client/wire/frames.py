@@ -13,17 +13,19 @@ from collections.abc import Iterator
 import cbor2
 
 from .errors import FrameTooLarge, MalformedFrame
+from .protocol import FRAME_BYTES_MAX
 
 _LENGTH = struct.Struct(">I")
 HEADER_BYTES = _LENGTH.size
-#: The default bound on one frame's body; every endpoint may set a smaller one.
-FRAME_BYTES_MAX = 16 << 20
 
 
 def encode_frame(body: object, frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
     data = cbor2.dumps(body)
     if len(data) > frame_bytes_max:
-        raise FrameTooLarge(f"frame of {len(data)} bytes exceeds the bound of {frame_bytes_max}")
+        raise FrameTooLarge(
+            f"frame of {len(data):,} bytes; the largest is {frame_bytes_max:,}",
+            {"bytes": len(data), "max": frame_bytes_max},
+        )
     return _LENGTH.pack(len(data)) + data
 
 
@@ -56,7 +58,8 @@ class FrameDecoder:
             if length > self.frame_bytes_max:
                 self._failed = True
                 raise FrameTooLarge(
-                    f"frame of {length} bytes announced, the bound is {self.frame_bytes_max}"
+                    f"frame of {length:,} bytes announced; the largest is {self.frame_bytes_max:,}",
+                    {"bytes": length, "max": self.frame_bytes_max},
                 )
             end = start + HEADER_BYTES + length
             if len(buffer) < end:

@@ -40,9 +40,24 @@ PUBLISH_MESSAGES_MAX = 1000
 LEASES_MAX = 1000
 #: the most messages one claim takes (the machine's claim_max)
 CLAIM_MAX = 1000
+#: a message's bytes (`message_bytes`: body, key and encoded headers), at most
+MESSAGE_BYTES_MAX = 1 << 20
+#: a command the log takes, at most: one message of the largest with its request's fields
+#: (a command over the node's batch_bytes_max goes alone in its slot)
+COMMAND_BYTES_MAX = MESSAGE_BYTES_MAX + (64 << 10)
+#: the stored bytes of the messages one claim or read returns (past the first), at most
+REPLY_MESSAGES_BYTES_MAX = 1 << 20
+#: one frame on the client port, either way: a request of the largest command, a reply of
+#: the largest claim with its per-delivery fields
+FRAME_BYTES_MAX = 2 << 20
 #: a message's key in bytes, its headers, and its delay, at most (the machine's limits)
 KEY_BYTES_MAX = 1024
 HEADERS_MAX = 64
 DELAY_MS_MAX = 30 * 24 * 3600 * 1000
 #: the longest lease a claim or extend may ask for
 LEASE_MS_MAX = 12 * 3600 * 1000
+
+
+def message_bytes(body: bytes, key: bytes | None, headers: bytes | None) -> int:
+    """A message's size as its limit counts it: body, key and the headers' CBOR encoding."""
+    return len(body) + (0 if key is None else len(key)) + (0 if headers is None else len(headers))
