@@ -96,7 +96,15 @@ def _contains(roots: list, name: str) -> bool:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from .dev import run
+    from .dev import DevError, control, run
+
+    if args.action is not None:
+        try:
+            print(control(Path(args.data), args.action, args.node))
+        except DevError as error:
+            print(f"paxq dev {args.action}: {error}", file=sys.stderr)
+            return 1
+        return 0
 
     flags = ("--tracing", args.tracing)
     if args.trace_sample is not None and not 0.0 <= args.trace_sample <= 1.0:
@@ -241,7 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="ratio of new traces each node starts (default 0.01)",
     )
-    dev.set_defaults(run=_dev)
+    dev.set_defaults(run=_dev, action=None)
+    one_node = dev.add_subparsers(
+        dest="action",
+        metavar="{stop,start,restart} N",
+        description="With one of these, ask the paxq dev running on --data to stop, start or "
+        "restart node N (and wait until it has); without, start the cluster.",
+    )
+    for action in ("stop", "start", "restart"):
+        sub = one_node.add_parser(
+            action,
+            help=f"{action} one node of the running paxq dev",
+            epilog=f"example: paxq dev {action} 1",
+        )
+        sub.add_argument("node", type=int, help="the node's id (0, 1 or 2)")
+        # SUPPRESS: a --data given before the action is not overwritten by this default.
+        sub.add_argument("--data", default=argparse.SUPPRESS, help="its data folder")
 
     nodes_help = "client addresses host:port,... (default: PAXQ_NODES, else the paxq dev nodes)"
     status = commands.add_parser("status", help="show every node's role, ballot, commit, lag")
