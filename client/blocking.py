@@ -45,8 +45,13 @@ class BlockingDelivery:
         """Queued from the client's own thread; `on_done` runs there too."""
         self._portal.call(self.delivery.ack_nowait, on_done)
 
-    def nack(self, delay_s: float | None = None) -> None:
-        self._portal.call(functools.partial(self.delivery.nack, delay_s))
+    def nack(
+        self, delay_s: float | None = None, *, error: BaseException | str | None = None
+    ) -> None:
+        self._portal.call(functools.partial(self.delivery.nack, delay_s, error=error))
+
+    def release(self) -> None:
+        self._portal.call(self.delivery.release)
 
     def extend(self, lease_s: float) -> None:
         self._portal.call(self.delivery.extend, lease_s)
@@ -139,6 +144,9 @@ class BlockingClient:
 
     def nack(self, deliveries: Sequence[BlockingDelivery | Delivery], **options: object) -> int:
         return self.call(self.client.nack, [_unwrap(d) for d in deliveries], **options)
+
+    def release(self, deliveries: Sequence[BlockingDelivery | Delivery]) -> int:
+        return self.call(self.client.release, [_unwrap(d) for d in deliveries])
 
     def read(self, topic: str, start: int = 0, **options: object) -> tuple[list[Message], int]:
         return self.call(self.client.read, topic, start, **options)

@@ -74,6 +74,7 @@ from .wire.protocol import (
     LEASE_MS_MAX,
     LEASES_MAX,
     MESSAGE_BYTES_MAX,
+    NACK_ERROR_CHARS_MAX,
     PRODUCER_WINDOW,
     PUBLISH_MESSAGES_MAX,
     WAIT_MS_MAX,
@@ -127,6 +128,9 @@ class Client:
     a cluster that is down), a call gives up after this long with `Unreachable`, which names
     each address and what happened there; once one has answered, outages are retried for
     the whole `request_timeout_s`.
+    `outage_s`: how long the long-lived readers (`consume`, `tail`, `WorkerPool`) keep trying
+    through an outage, counted from their last answer, saying so every 10 s in the log, before
+    they raise Unavailable; None: for ever.
     """
 
     def __init__(
@@ -136,6 +140,7 @@ class Client:
         request_timeout_s: float = 30.0,
         connect_timeout_s: float = 3.0,
         first_contact_s: float = 5.0,
+        outage_s: float | None = 300.0,
         silence_s: float | None = SILENCE_S,
         backoff_initial_s: float = 0.02,
         backoff_max_s: float = 1.0,
@@ -167,6 +172,9 @@ class Client:
         self.request_timeout_s = request_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.first_contact_s = first_contact_s
+        if outage_s is not None and outage_s < 0:
+            raise ValueError(f"outage_s is {outage_s}: at least 0, or None for no limit")
+        self.outage_s = outage_s
         #: some node answered a hello once: from then on an outage is waited through
         self._reached = False
         #: while none has: what happened at each address last
@@ -298,11 +306,11 @@ class Client:
         leases = [[m["offset"], m["token"]] for m in result.get("messages", ())]
         if not leases:
             return
-        back = {"leases": leases, "delay_ms": 0}
+        back: dict = {"leases": leases}
         if "subscription" in fields:
             back["subscription"] = fields["subscription"]
         with contextlib.suppress(PaxqError, RuntimeError):  # RuntimeError: closed meanwhile
-            await self.sequenced("nack", fields["topic"], back, callers=[])
+            await self.sequenced("release", fields["topic"], back, callers=[])
 
     async def _connection(self, command: bool, timeout_s: float) -> Connection:
         """The leader's connection if it is known; else, for a query, any open one; else the
@@ -852,20 +860,45 @@ class Client:
                 job.finish(True)
             return
 
-    async def nack(self, deliveries: Sequence[Delivery], *, delay_s: float | None = None) -> int:
+    async def nack(
+        self,
+        deliveries: Sequence[Delivery],
+        *,
+        delay_s: float | None = None,
+        error: BaseException | str | None = None,
+    ) -> int:
         """Give these back for redelivery after `delay_s` (or the backoff by delivery
-        count). Returns how many went to the dead letters instead."""
+        count). Returns how many went to the dead letters instead; those carry `error` (an
+        exception, as "Type: message", or text; cut to 512 characters) as x-death-error."""
         if not deliveries:
             return 0
         fields = _lease_fields(deliveries)
         if delay_s is not None:
             fields["delay_ms"] = _duration_ms("delay_s", delay_s, 0, DELAY_MS_MAX)
+        if error is not None:
+            text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
+            if not isinstance(text, str):
+                raise InvalidArgument("error", f"an exception or str, not {type(error).__name__}")
+            fields["error"] = text[:NACK_ERROR_CHARS_MAX]
         try:
             result = await self.sequenced("nack", deliveries[0].topic, fields)
         finally:
             for delivery in deliveries:
                 delivery.settle()
         return result["dead_lettered"]  # type: ignore[index]
+
+    async def release(self, deliveries: Sequence[Delivery]) -> int:
+        """Hand these back unprocessed: another consumer may have them at once, and this
+        delivery does not count (toward max_deliveries or the backoff), unlike a nack's.
+        For messages no handler has seen (a consumer stopping with some prefetched)."""
+        if not deliveries:
+            return 0
+        try:
+            result = await self.sequenced("release", deliveries[0].topic, _lease_fields(deliveries))
+        finally:
+            for delivery in deliveries:
+                delivery.settle()
+        return result["released"]  # type: ignore[index]
 
     async def extend(self, deliveries: Sequence[Delivery], *, lease_s: float) -> int:
         """Hold these `lease_s` longer from now; returns the new deadline (stamped ms)."""

@@ -14,6 +14,7 @@ from anyio.abc import TaskGroup
 
 from .errors import LeaseLost, PaxqError, Unavailable
 from .messages import Delivery
+from .outage import Outage
 from .wire.protocol import CLAIM_MAX, LEASES_MAX
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ class Consumer:
     At most `prefetch` deliveries are held at once (claimed and not yet acked or nacked);
     each is extended by `lease_s` every `lease_s / 3` until it is finished, so a slow handler
     keeps its message and a dead one gives it back after at most `lease_s`. On leaving the
-    block, what is still held is nacked without delay: another consumer gets it at once.
+    block, what is still held is released: another consumer gets it at once, and the hand-back
+    does not count as a delivery.
     """
 
     def __init__(
@@ -134,11 +136,12 @@ class Consumer:
             self._fetching.cancel()
 
     async def hand_back(self) -> None:
-        """Nack, without delay, everything held and not finished."""
+        """Release everything held and not finished: redelivered at once, and not counted
+        as a delivery (no handler finished with it)."""
         held = [d for d in self.held.values() if not d.finished]
         for start in range(0, len(held), LEASES_MAX):
             try:
-                await self.client.nack(held[start : start + LEASES_MAX], delay_s=0)
+                await self.client.release(held[start : start + LEASES_MAX])
             except PaxqError as error:  # e.g. a lease already gone: it comes back anyway
                 log.info("handing back %d deliveries: %s", len(held), error)
 
@@ -165,6 +168,8 @@ class Consumer:
             self._arrived.set()
 
     async def _fetch_until_stopped(self) -> None:
+        where = self.topic if self.subscription is None else f"{self.topic}/{self.subscription}"
+        outage = Outage(f"consuming {where}", self.client.outage_s, log)
         least = max(1, min(CLAIM_MAX, self.prefetch) // 4)  # fewer, larger claims
         try:
             while True:
@@ -172,6 +177,7 @@ class Consumer:
                     await self._wait_for_room()
                 room = min(CLAIM_MAX, self.prefetch - len(self.held) - self._claiming)
                 self._claiming += room
+                outage.asking()
                 try:
                     deliveries = await self.client.claim(
                         self.topic,
@@ -181,11 +187,12 @@ class Consumer:
                         wait_s=self.wait_s,
                         consumer=self.consumer,
                     )
-                except Unavailable as error:  # a long outage: keep trying, as it said
-                    log.warning("claiming from %s: %s", self.topic, error)
+                except Unavailable as error:  # an outage: on, up to the client's outage_s
+                    await outage.failed(error)
                     continue
                 finally:
                     self._claiming -= room
+                outage.answered()
                 for delivery in deliveries:
                     delivery.on_finish = self._settled
                     self.held[delivery.offset] = delivery

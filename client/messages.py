@@ -72,10 +72,17 @@ class Delivery:
         `on_done(delivery, error)` hears how it went (error None, LeaseLost, ...)."""
         self._client.ack_nowait([self], on_done)
 
-    async def nack(self, delay_s: float | None = None) -> None:
+    async def nack(
+        self, delay_s: float | None = None, *, error: BaseException | str | None = None
+    ) -> None:
         """Give it back for another delivery: after `delay_s`, or by the subscription's
-        exponential backoff when None. Past `max_deliveries` it goes to the dead letters."""
-        await self._client.nack([self], delay_s=delay_s)
+        exponential backoff when None. Past `max_deliveries` it goes to the dead letters,
+        with `error` (why it failed) in its x-death-error header."""
+        await self._client.nack([self], delay_s=delay_s, error=error)
+
+    async def release(self) -> None:
+        """Hand it back unprocessed, at once and without counting this delivery."""
+        await self._client.release([self])
 
     async def extend(self, lease_s: float) -> None:
         """Hold it for `lease_s` more, counted from now."""

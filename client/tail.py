@@ -4,14 +4,18 @@ change shows neither a gap nor a duplicate."""
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, Unavailable
 from .messages import Message
+from .outage import Outage
 
 if TYPE_CHECKING:
     from .client import Client
+
+log = logging.getLogger("paxq.client.tail")
 
 
 class Tail:
@@ -33,6 +37,7 @@ class Tail:
         self._buffer: deque[Message] = deque()
         #: offsets that retention dropped before this tail could read them
         self.skipped = 0
+        self._outage: Outage | None = None
 
     @property
     def position(self) -> int | None:
@@ -43,17 +48,25 @@ class Tail:
         return self
 
     async def __anext__(self) -> Message:
+        if self._outage is None:
+            self._outage = Outage(f"tailing {self.topic}", self.client.outage_s, log)
         while not self._buffer:
-            if self._next is None:
-                if self.start == "earliest":
-                    self._next = 0
-                else:
-                    self._next = (await self.client.describe(self.topic))["next"]
-            result = await self.client.request(
-                "read",
-                {"topic": self.topic, "from": self._next, "limit": self.batch},
-                wait_s=self.wait_s,
-            )
+            self._outage.asking()
+            try:
+                if self._next is None:
+                    if self.start == "earliest":
+                        self._next = 0
+                    else:
+                        self._next = (await self.client.describe(self.topic))["next"]
+                result = await self.client.request(
+                    "read",
+                    {"topic": self.topic, "from": self._next, "limit": self.batch},
+                    wait_s=self.wait_s,
+                )
+            except Unavailable as error:  # an outage: on, up to the client's outage_s
+                await self._outage.failed(error)
+                continue
+            self._outage.answered()
             if result["from"] > self._next:  # type: ignore[index]
                 self.skipped += result["from"] - self._next  # type: ignore[index]
             for m in result["messages"]:  # type: ignore[index]

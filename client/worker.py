@@ -4,7 +4,8 @@ A handler that returns acks its delivery (unless it acked or nacked it itself); 
 raises nacks it, so it comes back after the subscription's backoff and goes to the dead
 letters once it has used up `max_deliveries`. Leases are kept extended while handlers run.
 `stop()` is graceful: nothing new is taken, running handlers get `grace_s` to finish, then
-they are cancelled and their messages handed back, as is what was prefetched. A plain (not
+they are cancelled and their messages released (handed back without counting a delivery),
+as is what was prefetched. A plain (not
 async) handler runs in a thread, which cannot be cancelled: it finishes, and is acked.
 """
 
@@ -148,14 +149,14 @@ class WorkerPool:
         except anyio.get_cancelled_exc_class():
             if not delivery.finished:  # not acked or nacked by the handler already
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                    await _quietly(delivery.nack(delay_s=0))
+                    await _quietly(delivery.release())  # stopped, not failed: uncounted
             raise
-        except Exception:
+        except Exception as error:
             self.failed += 1
             log.exception("handler failed on %s@%d", self.topic, delivery.offset)
             if not delivery.finished:
                 with anyio.CancelScope(shield=True):
-                    await _quietly(delivery.nack())
+                    await _quietly(delivery.nack(error=error))  # a dead letter says why
         else:
             await self._ack(delivery)
         finally:

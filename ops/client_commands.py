@@ -32,7 +32,8 @@ def run(args: argparse.Namespace, body: Callable[[Client], Awaitable[int | None]
     """Run `body` with a client of the cluster; a typed error is printed, exit status 1."""
 
     async def main() -> int:
-        async with Client(seeds(args), request_timeout_s=args.timeout_s) as client:
+        options = {"outage_s": args.outage_s} if hasattr(args, "outage_s") else {}
+        async with Client(seeds(args), request_timeout_s=args.timeout_s, **options) as client:
             return await body(client) or 0
 
     try:
@@ -315,6 +316,17 @@ def _worker(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ parsers
 
 
+def outage(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--outage-s",
+        dest="outage_s",
+        type=float,
+        default=300.0,
+        help="how long to keep trying while the cluster answers nothing, from the first "
+        "unanswered request, saying so every 10 s (default 300; inf: for ever); then exit 1",
+    )
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     def parser(name: str, help: str, run: Callable[[argparse.Namespace], int]):
         p = commands.add_parser(name, help=help, description=help)
@@ -379,8 +391,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--lease-s", dest="lease_s", type=float, default=30.0)
     p.add_argument("--wait-s", dest="wait_s", type=float, default=0.0, help="long-poll this long")
 
-    for op in ("ack", "nack"):
-        p = parser(op, f"{op} a claimed message by offset and token", _settle(op))
+    settles = {
+        "ack": "ack a claimed message by offset and token",
+        "nack": "nack a claimed message (redelivered after --delay-s or the backoff; counted)",
+        "release": "hand a claimed message back at once, its delivery not counted",
+    }
+    for op, text in settles.items():
+        p = parser(op, text, _settle(op))
         p.add_argument("topic")
         p.add_argument("offset", type=int)
         p.add_argument("token", type=int)
@@ -389,6 +406,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
             p.add_argument("--delay-s", dest="delay_s", type=float, help="default: backoff")
 
     p = parser("consume", "print and ack deliveries of a queue or subscription", _consume)
+    outage(p)
     p.add_argument("topic")
     p.add_argument("--subscription")
     p.add_argument("--count", type=int, help="stop after this many")
@@ -398,6 +416,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--no-ack", dest="no_ack", action="store_true", help="print only")
 
     p = parser("tail", "follow a topic's messages as they come (JSON lines)", _tail)
+    outage(p)
     p.add_argument("topic")
     p.add_argument("--from", dest="start", default="latest", help="earliest, latest or offset")
     p.add_argument("--count", type=int, help="stop after this many")
@@ -408,6 +427,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=20)
 
     p = parser("worker", "run task workers: MODULE:NAME of a Tasks or a handler", _worker)
+    outage(p)
     p.add_argument("target", help="e.g. myapp.tasks:tasks")
     p.add_argument("--queue", action="append", help="queues to work (default: all of Tasks)")
     p.add_argument("--concurrency", type=int, default=8)

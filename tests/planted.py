@@ -117,6 +117,24 @@ class ForgetsSettles(QueueMachine):
         return act()
 
 
+class CountsReleases(QueueMachine):
+    """Hands a released lease back as a nack without delay does: the delivery counts, so
+    a consumer's hand-backs push messages no handler saw toward the dead letters."""
+
+    def _release(self, arguments):
+        topic, sub, leases = self._leases(arguments, "release", frozenset())
+
+        def release() -> dict:
+            self._refuse_lost(sub, leases)
+            for offset, _ in leases:
+                if not sub.give_back(offset, self.now_ms):
+                    self._dead_letter(topic, sub, offset, "nacked")
+            self.changed.add(topic.name)
+            return {"released": len(leases)}
+
+        return self._once(topic, arguments, release)
+
+
 class MisreadsAnsweredPayloads(QueueMachine):
     """Reads the next message's payload for an answered claim, where there is one: the
     bodies clients get are wrong while every replica's state (and its results without

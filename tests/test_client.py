@@ -326,6 +326,11 @@ async def test_a_consumer_keeps_its_leases_and_hands_back_on_exit(tmp_path: Path
         assert (stats["in_flight"], stats["depth"], stats["acked"]) == (0, 3, 1)
         again = await client.claim("slow", max=3)
         assert sorted(d.body for d in again) == [b"b", b"c", b"d"]
+        # ... released: no handler saw them, so that delivery did not count.
+        assert [d.deliveries for d in again] == [1, 1, 1]
+        assert await client.release(again[:2]) == 2
+        await again[2].release()
+        assert [d.deliveries for d in await client.claim("slow", max=3)] == [1, 1, 1]
 
 
 async def test_a_live_tail_follows_in_order_and_resumes_by_offset(tmp_path: Path) -> None:
@@ -389,6 +394,8 @@ async def test_a_worker_pool_acks_retries_and_dead_letters(tmp_path: Path) -> No
         assert (pool.done, pool.failed) == (40, 3)
         [dead] = await client.claim("work.dlq")
         assert dead.body == b"poison" and dead.headers["x-death-deliveries"] == 3
+        assert dead.headers["x-death-reason"] == "nacked"
+        assert dead.headers["x-death-error"] == "ValueError: cannot handle this"
 
 
 async def test_stopping_a_pool_hands_back_what_runs_past_the_grace(tmp_path: Path) -> None:

@@ -238,7 +238,7 @@ def test_expiry_redelivers_and_stale_tokens_are_refused(d: Driver) -> None:
     assert d.stats("q")["in_flight"] == 0
     [again] = d.claim("q", lease_ms=100)
     assert again["deliveries"] == 2 and again["token"] != taken["token"]
-    for op, extra in (("ack", {}), ("nack", {}), ("extend", {"lease_ms": 10})):
+    for op, extra in (("ack", {}), ("nack", {}), ("release", {}), ("extend", {"lease_ms": 10})):
         error = d.refused(ErrorCode.LEASE_LOST, op, topic="q", leases=[lease(taken)], **extra)
         assert error.detail == [0]
     # A batch with one stale lease changes nothing at all.
@@ -286,6 +286,32 @@ def test_nack_delays_explicitly_or_backs_off_by_delivery_count() -> None:
     d.at(1200)
     [m] = d.claim("q")
     assert m["deliveries"] == 3
+
+
+def test_a_release_hands_back_at_once_without_counting_the_delivery() -> None:
+    d = Driver()
+    d.ok("create", topic="q", kind="queue", max_deliveries=2, key_ordered=True)
+    d.publish("q", b"a", b"b", key=b"k")
+    for _ in range(5):  # released more often than max_deliveries: never dead-lettered
+        [m] = d.claim("q")
+        assert (m["offset"], m["deliveries"]) == (0, 1)
+        assert d.ok("release", topic="q", leases=[lease(m)]) == {"released": 1}
+    [m] = d.claim("q", max=2)  # still first of its key, and the next still held behind it
+    assert (m["offset"], m["deliveries"]) == (0, 1)
+    d.ok("nack", topic="q", leases=[lease(m)], delay_ms=0)  # a nack counts
+    [m] = d.claim("q")
+    assert m["deliveries"] == 2
+    d.ok("release", topic="q", leases=[lease(m)])
+    [m] = d.claim("q")
+    assert m["deliveries"] == 2  # the backoff and the limit see two deliveries, not three
+    d.refused(ErrorCode.LEASE_LOST, "release", topic="q", leases=[[0, m["token"] + 1]])
+    assert d.stats("q")["dead_lettered"] == 0
+    too_long = "x" * 513
+    d.refused(ErrorCode.BAD_REQUEST, "nack", topic="q", leases=[lease(m)], error=too_long)
+    d.ok("nack", topic="q", leases=[lease(m)], error="KeyError: 'id'")
+    assert d.stats("q")["dead_lettered"] == 1
+    [dead] = d.claim("q.dlq")
+    assert dead["headers"]["x-death-error"] == "KeyError: 'id'"
 
 
 def test_dead_lettering_after_exactly_max_deliveries(d: Driver) -> None:

@@ -10,6 +10,7 @@ from planted import (
     AcceptsStaleTokens,
     CampaignsRegardless,
     CountsOwnVoteEarly,
+    CountsReleases,
     ForgetsPromise,
     ForgetsSettles,
     IgnoresClockBound,
@@ -216,6 +217,10 @@ def forgetting_settles(keys, clock) -> ForgetsSettles:
     return ForgetsSettles(keys)
 
 
+def counting_releases(keys, clock) -> CountsReleases:
+    return CountsReleases(keys)
+
+
 def misreading_answered_payloads(keys, clock) -> MisreadsAnsweredPayloads:
     return MisreadsAnsweredPayloads(keys)
 
@@ -233,6 +238,8 @@ def misplacing_pieces(keys, clock) -> MisplacesPieces:
         (accepting_stale_tokens, {"fencing"}),
         (expiring_on_local_clock, {"determinism", "time"}),
         (forgetting_settles, {"idempotence"}),
+        # A released delivery that counts: the next one's number, or a dead letter early.
+        (counting_releases, {"deliveries", "dead letter"}),
         # Caught by the check of the answers: the results replicas compare have no bodies.
         (misreading_answered_payloads, {"total order"}),
         # Seeds 0-11: 11 caught, at the final check of each replica's snapshot (0, 3) or as

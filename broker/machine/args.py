@@ -31,6 +31,13 @@ def optional_integer(args: dict, field: str, low: int = 0, high: int = 1 << 62) 
     return integer(args, field, 0, low, high)
 
 
+def optional_text(args: dict, field: str, chars_max: int) -> str | None:
+    value = args.get(field)
+    if value is not None and (type(value) is not str or len(value) > chars_max):
+        raise bad(f"{field} must be text of at most {chars_max:,} characters")
+    return value
+
+
 def flag(args: dict, field: str, default: bool) -> bool:
     value = args.get(field, default)
     if type(value) is not bool:

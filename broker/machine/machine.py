@@ -30,6 +30,7 @@ from paxq.client.wire.protocol import (
     LEASE_MS_MAX,
     LEASES_MAX,
     MESSAGE_BYTES_MAX,
+    NACK_ERROR_CHARS_MAX,
     PRODUCER_WINDOW,
     PUBLISH_MESSAGES_MAX,
     REPLY_MESSAGES_BYTES_MAX,
@@ -184,6 +185,7 @@ class QueueMachine:
             "claim": self._claim,
             "ack": self._ack,
             "nack": self._nack,
+            "release": self._release,
             "extend": self._extend,
             "purge": self._purge,
         }
@@ -675,8 +677,9 @@ class QueueMachine:
         return self._once(topic, arguments, ack)
 
     def _nack(self, arguments: dict) -> object:
-        topic, sub, leases = self._leases(arguments, "nack", frozenset({"delay_ms"}))
+        topic, sub, leases = self._leases(arguments, "nack", frozenset({"delay_ms", "error"}))
         delay_ms = check.optional_integer(arguments, "delay_ms", 0, self.limits.delay_ms_max)
+        error = check.optional_text(arguments, "error", NACK_ERROR_CHARS_MAX)
 
         def nack() -> dict:
             self._refuse_lost(sub, leases)
@@ -685,12 +688,28 @@ class QueueMachine:
             for offset, _ in leases:
                 wait = sub.backoff_ms(offset) if delay_ms is None else delay_ms
                 if not sub.give_back(offset, now + wait):
-                    self._dead_letter(topic, sub, offset, "nacked")
+                    self._dead_letter(topic, sub, offset, "nacked", error)
                     dead += 1
             self.changed.add(topic.name)
             return {"nacked": len(leases), "dead_lettered": dead}
 
         return self._once(topic, arguments, nack)
+
+    def _release(self, arguments: dict) -> object:
+        """Hand back leases unprocessed: redelivered at once, the delivery uncounted (a
+        consumer that stops with prefetched messages must not push them to the dead
+        letters)."""
+        topic, sub, leases = self._leases(arguments, "release", frozenset())
+
+        def release() -> dict:
+            self._refuse_lost(sub, leases)
+            now = self.now_ms
+            for offset, _ in leases:
+                sub.release(offset, now)
+            self.changed.add(topic.name)
+            return {"released": len(leases)}
+
+        return self._once(topic, arguments, release)
 
     def _extend(self, arguments: dict) -> object:
         limits = self.limits
@@ -711,7 +730,9 @@ class QueueMachine:
 
         return self._once(topic, arguments, extend)
 
-    def _dead_letter(self, topic: Topic, sub: Subscription, offset: int, reason: str) -> None:
+    def _dead_letter(
+        self, topic: Topic, sub: Subscription, offset: int, reason: str, error: str | None = None
+    ) -> None:
         """The message used up its deliveries: a copy goes to the dead-letter target (a queue
         created on first use, or an existing topic), and the subscription is done with it.
         With no room for the copy (its queue full, no room for a new queue) it is counted in
@@ -734,6 +755,8 @@ class QueueMachine:
                     "x-death-reason": reason,
                 }
             )
+            if error is not None:  # what the handler raised, as the nack that ended it said
+                death["x-death-error"] = error
             payload = cbor2.dumps([body, key, death])
             copy = (payload, NO_KEY if key is None else key_hash(key), 0)
             if target is not None and target is not topic and self._fits(target, 1, len(payload)):

@@ -170,6 +170,17 @@ class Subscription:
         heapq.heappush(self.waiting, (available_ms, offset))
         return True
 
+    def release(self, offset: int, now_ms: int) -> None:
+        """A lease handed back unprocessed: available at once, and this delivery is not
+        counted (toward max_deliveries, the backoff or the next delivery's number)."""
+        self.leases.pop(offset, None)
+        count = self.counts.get(offset, 0) - 1
+        if count > 0:
+            self.counts[offset] = count
+        else:
+            self.counts.pop(offset, None)
+        heapq.heappush(self.waiting, (now_ms, offset))
+
     def backoff_ms(self, offset: int) -> int:
         """Exponential by delivery count: base, 2 x base, 4 x base ... up to the max."""
         count = max(1, self.counts.get(offset, 1))

@@ -257,6 +257,13 @@ class QueueOracle:
         for key in self._held(slot, "nack", args):
             del self.leases[key]
 
+    def _release(self, slot: int, args: dict, result: dict) -> None:
+        if self._once(slot, args, result):
+            return
+        for key in self._held(slot, "release", args):
+            del self.leases[key]
+            self.counts[key] -= 1  # that delivery does not count: the next has its number
+
     def _extend(self, slot: int, args: dict, result: dict) -> None:
         if self._once(slot, args, result):
             return

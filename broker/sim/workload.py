@@ -160,12 +160,15 @@ class Consumer:
         if r < 0.6:
             del self.held[index]
             return "ack", _lease_args(topic, sub, leases)
-        if r < 0.8:
+        if r < 0.72:
             del self.held[index]
             args = _lease_args(topic, sub, leases)
             if rng.random() < 0.5:
                 args["delay_ms"] = rng.randrange(0, 50)
             return "nack", args
+        if r < 0.8:  # handed back unprocessed: uncounted
+            del self.held[index]
+            return "release", _lease_args(topic, sub, leases)
         args = _lease_args(topic, sub, leases)
         args["lease_ms"] = rng.randint(*workload.lease_ms)
         return "extend", args

@@ -18,6 +18,7 @@ COMMANDS = frozenset(
         "claim",
         "ack",
         "nack",
+        "release",
         "extend",
         "purge",
     }
@@ -29,7 +30,7 @@ QUERIES = frozenset({"status", "list", "describe", "read"})
 PING = "ping"
 CONTROL = frozenset({"cancel", PING})
 #: commands that may carry `producer` and `seq`, so that a retry is answered, not re-applied
-IDEMPOTENT = frozenset({"publish", "ack", "nack", "extend"})
+IDEMPOTENT = frozenset({"publish", "ack", "nack", "release", "extend"})
 #: the longest a claim or read may wait for a message (`wait_ms`)
 WAIT_MS_MAX = 60_000
 #: a producer's sequences on one topic that the machine remembers: a client keeps at most
@@ -54,6 +55,8 @@ FRAME_BYTES_MAX = 2 << 20
 KEY_BYTES_MAX = 1024
 HEADERS_MAX = 64
 DELAY_MS_MAX = 30 * 24 * 3600 * 1000
+#: a nack's `error` (what the handler raised, kept in a dead letter's x-death-error), at most
+NACK_ERROR_CHARS_MAX = 512
 #: the longest lease a claim or extend may ask for
 LEASE_MS_MAX = 12 * 3600 * 1000
 
