@@ -15,12 +15,15 @@ import functools
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .client import Client
 from .messages import Delivery, Message
+
+if TYPE_CHECKING:
+    from .tasks import Task
 
 T = TypeVar("T")
 
@@ -141,6 +144,10 @@ class BlockingClient:
 
     def ack(self, deliveries: Sequence[BlockingDelivery | Delivery]) -> None:
         self.call(self.client.ack, [_unwrap(d) for d in deliveries])
+
+    def enqueue(self, task: Task, *args: object, **kwargs: object) -> int:
+        """Queue one run of a task (as `await task.enqueue(client, ...)`); its offset."""
+        return self.call(task.enqueue, self.client, *args, **kwargs)
 
     def nack(self, deliveries: Sequence[BlockingDelivery | Delivery], **options: object) -> int:
         return self.call(self.client.nack, [_unwrap(d) for d in deliveries], **options)

@@ -6,8 +6,12 @@
     async def send_email(to: str, subject: str) -> None: ...
 
     await send_email.enqueue(client, "ada@example.com", subject="hi")   # a producer
+    await send_email.with_options(delay_s=60, key="ada").enqueue(client, "ada@example.com")
+    blocking_client.enqueue(send_email, "ada@example.com", subject="hi") # from sync code
     await tasks.work(client, concurrency=8)                              # a worker process
 
+Options of one call (`with_options`: delay_s, key, headers) are kept apart from the task's
+own arguments, which all go to the function.
 A task message is JSON: {"task": name, "args": [...], "kwargs": {...}}. A worker runs the
 registered function (a plain function runs in a thread); returning acks, raising nacks with
 backoff, and after the queue's `max_deliveries` the message is in its dead-letter queue.
@@ -18,13 +22,15 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import anyio
 
 from .client import Client
-from .errors import RequestError
+from .errors import InvalidArgument, RequestError
 from .messages import Delivery
 from .worker import WorkerPool
 
@@ -34,12 +40,21 @@ class UnknownTask(RequestError):
     registered (the message names it and those it knows)."""
 
 
+#: the publish options a task (or one call of it) may set
+OPTIONS = frozenset({"delay_s", "key", "headers"})
+
+
 @dataclass
 class Task:
     name: str
     queue: str
     function: Callable[..., object]
-    options: dict = field(default_factory=dict)  # publish options: key, delay_s
+    options: dict = field(default_factory=dict)  # publish options: delay_s, key, headers
+
+    def with_options(self, **options: object) -> Task:
+        """The same task with these publish options for the calls made through it:
+        `send.with_options(delay_s=60, key=user).enqueue(client, *args, **kwargs)`."""
+        return replace(self, options={**self.options, **_checked(options)})
 
     def message(self, *args: object, **kwargs: object) -> bytes:
         """The message that runs this task with these arguments (JSON-serializable)."""
@@ -71,8 +86,8 @@ class Tasks:
         """Register a function as a task (as `@tasks.task` or `@tasks.task(queue=...)`)."""
 
         def register(f: Callable[..., object]) -> Task:
-            task = Task(name or f"{f.__module__}.{f.__qualname__}", queue or self.default_queue, f)
-            task.options = dict(options)
+            task = Task(name or _task_name(f), queue or self.default_queue, f)
+            task.options = _checked(options)
             if task.name in self.tasks:
                 raise ValueError(f"a task named {task.name!r} is registered already")
             self.tasks[task.name] = task
@@ -121,3 +136,27 @@ class Tasks:
         async with anyio.create_task_group() as group:
             for pool in pools:
                 group.start_soon(pool.run)
+
+
+def _checked(options: dict) -> dict:
+    unknown = sorted(set(options) - OPTIONS)
+    if unknown:
+        raise InvalidArgument(
+            unknown[0], f"not a task option (those are {', '.join(sorted(OPTIONS))})"
+        )
+    return dict(options)
+
+
+def _task_name(function: Callable[..., object]) -> str:
+    """module.qualname, where a script's module is named as a worker imports it: a task
+    defined in `python jobs.py` is `jobs.send`, not `__main__.send` (which no worker that
+    imports `jobs` would know)."""
+    module = function.__module__
+    if module == "__main__":
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name:  # python -m package.jobs
+            module = spec.name
+        elif getattr(main, "__file__", None):
+            module = Path(main.__file__).stem
+    return f"{module}.{function.__qualname__}"

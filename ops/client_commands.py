@@ -8,6 +8,7 @@ import argparse
 import base64
 import importlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -285,6 +286,9 @@ def _read(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     """Import MODULE:NAME (a Tasks registry, or an async handler of one delivery) and run
     workers until SIGINT or SIGTERM, then stop gracefully."""
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     module_name, _, attribute = args.target.partition(":")
     sys.path.insert(0, os.getcwd())
     target = getattr(importlib.import_module(module_name), attribute or "tasks")
@@ -299,6 +303,14 @@ def _worker(args: argparse.Namespace) -> int:
             if not args.queue:
                 raise SystemExit("paxq worker: give --queue for a plain handler")
             pools = [WorkerPool(client, q, target, **options) for q in args.queue]
+        names = sorted(target.tasks) if isinstance(target, Tasks) else [args.target]
+        print(
+            f"paxq worker: {', '.join(names)} on {', '.join(p.topic for p in pools)}, "
+            f"{args.concurrency} at a time per queue, through {', '.join(seeds(args))}; "
+            "Ctrl-C or SIGTERM stops it after what runs",
+            file=sys.stderr,
+            flush=True,
+        )
         async with anyio.create_task_group() as group:
             for pool in pools:
                 group.start_soon(pool.run)
@@ -430,5 +442,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     outage(p)
     p.add_argument("target", help="e.g. myapp.tasks:tasks")
     p.add_argument("--queue", action="append", help="queues to work (default: all of Tasks)")
-    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--concurrency", type=int, default=8, help="handlers per queue (default 8)")
     p.add_argument("--lease-s", dest="lease_s", type=float, default=30.0)
+    p.add_argument(
+        "--log-level",
+        dest="log_level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="what the worker logs to stderr: handler failures are warnings (default info)",
+    )

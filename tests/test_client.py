@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import json
 import socket
+import subprocess
+import sys
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -439,6 +441,14 @@ async def test_tasks_run_like_celery_or_dramatiq(tmp_path: Path) -> None:
             await client.create_queue(queue)
         await add.enqueue(client, 2, b=3)
         await multiply.enqueue(client, 4, 5)
+        # Options of one call stay out of the task's arguments (which may use the same names).
+        later = add.with_options(delay_s=3600, key="k", headers={"who": "test"})
+        offset = await later.enqueue(client, 1, b=1)
+        [queued] = (await client.read("tasks", offset, limit=1))[0]
+        assert (queued.key, queued.headers) == (b"k", {"who": "test"})
+        assert json.loads(queued.body)["kwargs"] == {"b": 1} and add.options == {}
+        with pytest.raises(InvalidArgument, match="countdown: not a task option"):
+            add.with_options(countdown=5)
         assert json.loads(add.message(1, 2)) == {
             "task": "test_client.add",
             "args": [1, 2],
@@ -449,7 +459,25 @@ async def test_tasks_run_like_celery_or_dramatiq(tmp_path: Path) -> None:
             while len(results) < 2:
                 await trio.sleep(0.02)
             nursery.cancel_scope.cancel()
-        assert sorted(results) == [5, 20]
+        assert sorted(results) == [5, 20]  # the delayed one is not due for an hour
+
+
+def test_a_task_in_a_script_is_named_as_a_worker_that_imports_it_names_it(tmp_path: Path) -> None:
+    script = tmp_path / "jobs.py"
+    script.write_text(
+        "from paxq.client import Tasks\n"
+        "tasks = Tasks()\n"
+        "@tasks.task\n"
+        "def send(to): ...\n"
+        "if __name__ == '__main__':\n"
+        "    print(send.name)\n"
+        "    import jobs\n"
+        "    print(jobs.send.name)\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert ran.stdout.split() == ["jobs.send", "jobs.send"], ran.stderr
 
 
 async def test_a_blocking_script_and_an_asyncio_program(tmp_path: Path) -> None:
@@ -462,6 +490,8 @@ async def test_a_blocking_script_and_an_asyncio_program(tmp_path: Path) -> None:
                 with BlockingClient(seeds) as client:
                     client.create_queue("mixed")
                     client.publish("mixed", "from a thread")
+                    client.create_queue("tasks")
+                    assert client.enqueue(add, 1, b=2) == 0  # a task, from synchronous code
                     with client.consume("mixed", max_messages=1) as deliveries:
                         bodies = []
                         for delivery in deliveries:
