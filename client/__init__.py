@@ -25,7 +25,7 @@ from .errors import (
     UnknownTopic,
     Unreachable,
 )
-from .messages import Delivery, Message
+from .messages import Delivery, Message, Offset
 from .tasks import Task, Tasks, UnknownTask
 from .wire import FrameTooLarge, MalformedFrame, WireError
 from .worker import WorkerPool
@@ -44,6 +44,7 @@ __all__ = [
     "MalformedFrame",
     "Message",
     "NotLeader",
+    "Offset",
     "Overloaded",
     "PaxqError",
     "QueueFull",

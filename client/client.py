@@ -62,7 +62,7 @@ from .errors import (
     Unreachable,
     error_from_reply,
 )
-from .messages import Delivery, Headers, Message
+from .messages import Delivery, Headers, Message, Offset
 from .tracing import Caller, RequestTracing, caller, traceparent
 from .wire import FRAME_BYTES_MAX, ErrorCode
 from .wire.protocol import (
@@ -74,6 +74,7 @@ from .wire.protocol import (
     LEASE_MS_MAX,
     LEASES_MAX,
     MESSAGE_BYTES_MAX,
+    MESSAGE_ID_CHARS_MAX,
     NACK_ERROR_CHARS_MAX,
     PRODUCER_WINDOW,
     PUBLISH_MESSAGES_MAX,
@@ -607,10 +608,14 @@ class Client:
         key: bytes | str | None = None,
         headers: Headers | None = None,
         delay_s: float | None = None,
+        message_id: str | None = None,
     ) -> int:
         """Append one message; returns its offset once it is committed. Concurrent calls
-        share requests. A delayed message is not delivered to claims before `delay_s`."""
-        message, size = _message(body, key, headers, delay_s)
+        share requests. A delayed message is not delivered to claims before `delay_s`.
+        With `message_id`, a message the topic took under that id within its window (2
+        minutes) is not stored again: the offset returned is the first one's, and its
+        `.duplicate` is True (an `Offset`, an int)."""
+        message, size = _message(body, key, headers, delay_s, message_id)
         batcher = self._publisher(topic)
         if self._tracing is None:
             return await batcher.submit(message, size)  # type: ignore[return-value]
@@ -624,6 +629,7 @@ class Client:
         key: bytes | str | None = None,
         headers: Headers | None = None,
         delay_s: float | None = None,
+        message_id: str | None = None,
         on_done: Callable[[int | None, BaseException | None], object] | None = None,
     ) -> None:
         """Queue one message and return once it is queued, not committed (as NATS's
@@ -631,7 +637,7 @@ class Client:
         next request, and `on_done(offset, None)` or `on_done(None, error)` is called once
         it is answered. Waits only while `publish_pending_max` messages of the topic are
         unanswered (so a loop of these needs no window of its own)."""
-        message, size = _message(body, key, headers, delay_s)
+        message, size = _message(body, key, headers, delay_s, message_id)
         finished = _publish_finished(on_done)
         context = caller() if self._tracing is not None else None
         batcher = self._publisher(topic)
@@ -664,9 +670,15 @@ class Client:
         returns their offsets. Sent in requests of at most publish_batch_messages and
         publish_batch_bytes, in order, each one atomic."""
         ready = [
-            _message(m.get("body", b""), m.get("key"), m.get("headers"), m.get("delay_s"))
+            _message(
+                m.get("body", b""),
+                m.get("key"),
+                m.get("headers"),
+                m.get("delay_s"),
+                m.get("message_id"),
+            )
             if isinstance(m, dict)
-            else _message(m, None, None, None)
+            else _message(m, None, None, None, None)
             for m in messages
         ]
         offsets: list[int] = []
@@ -689,8 +701,16 @@ class Client:
         self, topic: str, messages: list[dict], callers: list[Caller] | None = None
     ) -> list[int]:
         result = await self.sequenced("publish", topic, {"messages": messages}, callers)
-        first = result["offset"]  # type: ignore[index]
-        return list(range(first, first + len(messages)))
+        offset = result["offset"]  # type: ignore[index]
+        duplicates = dict(result.get("duplicates", ()))  # type: ignore[union-attr]
+        offsets: list[int] = []
+        for index in range(len(messages)):
+            if index in duplicates:
+                offsets.append(Offset(duplicates[index], duplicate=True))
+            else:
+                offsets.append(Offset(offset))
+                offset += 1
+        return offsets
 
     async def _publish_jobs(self, topic: str, jobs: list[Job]) -> None:
         callers = [job.context for job in jobs] if self._tracing is not None else None
@@ -967,6 +987,7 @@ def _message(
     key: bytes | str | None,
     headers: Headers | None,
     delay_s: float | None,
+    message_id: str | None = None,
 ) -> tuple[dict, int]:
     """The message to send, checked, and its size as the limit counts it (which is what
     publish requests are cut by, so that one never outgrows a command)."""
@@ -986,6 +1007,12 @@ def _message(
             " (body, key and encoded headers)",
             {"bytes": size, "max": MESSAGE_BYTES_MAX},
         )
+    if message_id is not None:
+        if type(message_id) is not str or not 0 < len(message_id) <= MESSAGE_ID_CHARS_MAX:
+            raise InvalidArgument(
+                "message_id", f"{message_id!r:.40}: text of 1 to {MESSAGE_ID_CHARS_MAX} characters"
+            )
+        message["id"] = message_id
     if delay_s:
         message["delay_ms"] = _duration_ms("delay_s", delay_s, 0, DELAY_MS_MAX)
     elif delay_s is not None:

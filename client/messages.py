@@ -13,6 +13,21 @@ if TYPE_CHECKING:
 Headers = dict[str, str | bytes | int]
 
 
+class Offset(int):
+    """A published message's offset; `duplicate` is True when the topic had taken a message
+    of the same `message_id` within its window, whose offset this is (nothing was stored)."""
+
+    duplicate: bool
+
+    def __new__(cls, offset: int, duplicate: bool = False) -> Offset:
+        value = super().__new__(cls, offset)
+        value.duplicate = duplicate
+        return value
+
+    def __repr__(self) -> str:
+        return f"Offset({int(self)}, duplicate=True)" if self.duplicate else f"Offset({int(self)})"
+
+
 @dataclass(frozen=True)
 class Message:
     topic: str

@@ -10,8 +10,8 @@
     blocking_client.enqueue(send_email, "ada@example.com", subject="hi") # from sync code
     await tasks.work(client, concurrency=8)                              # a worker process
 
-Options of one call (`with_options`: delay_s, key, headers) are kept apart from the task's
-own arguments, which all go to the function.
+Options of one call (`with_options`: delay_s, key, headers, message_id) are kept apart from
+the task's own arguments, which all go to the function.
 A task message is JSON: {"task": name, "args": [...], "kwargs": {...}}. A worker runs the
 registered function (a plain function runs in a thread); returning acks, raising nacks with
 backoff, and after the queue's `max_deliveries` the message is in its dead-letter queue.
@@ -41,7 +41,7 @@ class UnknownTask(RequestError):
 
 
 #: the publish options a task (or one call of it) may set
-OPTIONS = frozenset({"delay_s", "key", "headers"})
+OPTIONS = frozenset({"delay_s", "key", "headers", "message_id"})
 
 
 @dataclass

@@ -135,6 +135,14 @@ class CountsReleases(QueueMachine):
         return self._once(topic, arguments, release)
 
 
+class IgnoresMessageIds(QueueMachine):
+    """Stores every message, its id never looked up: a producer that publishes again after
+    a restart stores its messages twice."""
+
+    def _deduplicate(self, topic, ready, ids):
+        return ready, {}, {}
+
+
 class MisreadsAnsweredPayloads(QueueMachine):
     """Reads the next message's payload for an answered claim, where there is one: the
     bodies clients get are wrong while every replica's state (and its results without

@@ -671,6 +671,34 @@ async def test_wrong_arguments_are_refused_before_anything_is_sent() -> None:
         assert client.retries == 0
 
 
+async def test_a_message_id_stores_a_message_once_across_producers(tmp_path: Path) -> None:
+    async with cluster_client(tmp_path, 1) as (_nodes, clients, client):
+        await client.create_queue("orders")
+        first = await client.publish("orders", b"order 7", message_id="order-7")
+        assert (first, first.duplicate) == (0, False)
+        async with Client(seeds_of(clients)) as restarted:  # another run of the producer
+            again = await restarted.publish("orders", b"order 7", message_id="order-7")
+            assert (again, again.duplicate) == (0, True)
+            batch = [
+                {"body": b"order 8", "message_id": "order-8"},
+                {"body": b"order 7", "message_id": "order-7"},
+                b"no id",
+            ]
+            offsets = await restarted.publish_many("orders", batch)
+            assert offsets == [1, 0, 2] and [o.duplicate for o in offsets] == [False, True, False]
+        await client.create_queue("tasks")
+        one = await add.with_options(message_id="run-1").enqueue(client, 1, b=1)
+        two = await add.with_options(message_id="run-1").enqueue(client, 1, b=1)
+        assert (one, two, two.duplicate) == (0, 0, True)
+        assert [d.body for d in await client.claim("orders", max=10)] == [
+            b"order 7",
+            b"order 8",
+            b"no id",
+        ]
+        with pytest.raises(InvalidArgument, match="message_id"):
+            await client.publish("orders", b"x", message_id="")
+
+
 async def test_the_documented_message_limit_is_the_real_one(tmp_path: Path) -> None:
     async with cluster_client(tmp_path, 1) as (_nodes, clients, client):
         await client.create_queue("q")

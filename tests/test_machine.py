@@ -314,6 +314,41 @@ def test_a_release_hands_back_at_once_without_counting_the_delivery() -> None:
     assert dead["headers"]["x-death-error"] == "KeyError: 'id'"
 
 
+def test_a_message_id_taken_within_the_window_is_answered_not_stored_again() -> None:
+    d = Driver(Limits(dedup_window_ms=1000, dedup_ids_max=3))
+    d.ok("create", topic="q", kind="queue")
+    first = d.ok("publish", topic="q", messages=[{"body": b"a", "id": "order-1"}])
+    assert first == {"offset": 0, "count": 1}
+    again = d.ok(
+        "publish",
+        topic="q",
+        messages=[{"body": b"a2", "id": "order-1"}, {"body": b"b", "id": "order-2"},
+                  {"body": b"b2", "id": "order-2"}, {"body": b"c"}],
+    )  # fmt: skip
+    assert again == {"offset": 1, "count": 2, "duplicates": [[0, 0], [2, 1]]}
+    assert [m["body"] for m in d.claim("q", max=10)] == [b"a", b"b", b"c"]
+    # Kept through a snapshot, and forgotten with the window or past the bound.
+    copy = Driver(Limits(dedup_window_ms=1000, dedup_ids_max=3))
+    copy.machine.restore(d.machine.snapshot(1 << 20))
+    copy.at(d.machine.now_ms)
+    assert copy.ok("publish", topic="q", messages=[{"body": b"x", "id": "order-2"}])[
+        "duplicates"
+    ] == [[0, 1]]
+    copy.at(copy.machine.now_ms + 1000)
+    assert copy.ok("publish", topic="q", messages=[{"body": b"x", "id": "order-1"}]) == {
+        "offset": 3,
+        "count": 1,
+    }
+    for n in range(3, 7):
+        copy.ok("publish", topic="q", messages=[{"body": b"n", "id": f"order-{n}"}])
+    assert len(copy.machine.message_ids[copy.machine.topics["q"].id]) == 3
+    d.refused(ErrorCode.BAD_REQUEST, "publish", topic="q", messages=[{"body": b"", "id": ""}])
+    long = "x" * 129
+    d.refused(ErrorCode.BAD_REQUEST, "publish", topic="q", messages=[{"body": b"", "id": long}])
+    d.ok("delete", topic="q")
+    assert d.machine.message_ids == {}
+
+
 def test_dead_lettering_after_exactly_max_deliveries(d: Driver) -> None:
     d.ok("create", topic="q", kind="queue", max_deliveries=3)
     d.publish("q", b"poison", key=b"k", headers={"trace": "1"})

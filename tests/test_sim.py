@@ -14,6 +14,7 @@ from planted import (
     ForgetsPromise,
     ForgetsSettles,
     IgnoresClockBound,
+    IgnoresMessageIds,
     IgnoresPhaseOneValues,
     InstallsEarly,
     MisplacesPieces,
@@ -79,7 +80,8 @@ def test_different_seeds_explore_different_histories() -> None:
 def test_without_faults_every_command_is_acknowledged() -> None:
     # A seed whose liveness phase holds no replica down (a held-down leader takes its
     # waiting commands along).
-    result = run_seed(SimSettings.from_seed(4, 5, 3_000, faults=False))
+    # (Which seeds do depends on the workload's draws: seed 1 does today.)
+    result = run_seed(SimSettings.from_seed(1, 5, 3_000, faults=False))
     assert result.ok, report(result)
     assert result.stats.held_down == 0
     assert result.stats.commands_abandoned == 0
@@ -189,7 +191,8 @@ def test_the_new_faults_happen() -> None:
     """Writes stay in flight while the node goes on, crashes undo unsynced writes, writes
     fail, restarts find damaged records and refuse them, snapshots travel in chunks."""
     totals: dict[str, int] = {}
-    for seed in range(12):
+    # Write failures are drawn only in the safety phase, a few seeds in four have one.
+    for seed in range(16):
         stats = run_seed(SimSettings.from_seed(seed, 5, 5_000)).stats
         for name in (
             "writes_lost",
@@ -221,6 +224,10 @@ def counting_releases(keys, clock) -> CountsReleases:
     return CountsReleases(keys)
 
 
+def ignoring_message_ids(keys, clock) -> IgnoresMessageIds:
+    return IgnoresMessageIds(keys)
+
+
 def misreading_answered_payloads(keys, clock) -> MisreadsAnsweredPayloads:
     return MisreadsAnsweredPayloads(keys)
 
@@ -240,6 +247,8 @@ def misplacing_pieces(keys, clock) -> MisplacesPieces:
         (forgetting_settles, {"idempotence"}),
         # A released delivery that counts: the next one's number, or a dead letter early.
         (counting_releases, {"deliveries", "dead letter"}),
+        # Seeds 0-11: all 12 (a producer publishes again under ids it used).
+        (ignoring_message_ids, {"deduplication"}),
         # Caught by the check of the answers: the results replicas compare have no bodies.
         (misreading_answered_payloads, {"total order"}),
         # Seeds 0-11: 11 caught, at the final check of each replica's snapshot (0, 3) or as
@@ -248,7 +257,7 @@ def misplacing_pieces(keys, clock) -> MisplacesPieces:
     ],
 )
 def test_planted_machine_bugs_are_caught(factory, invariants: set[str]) -> None:
-    for seed in range(10):  # a forgotten settle: first caught at seed 7
+    for seed in range(10):  # a forgotten settle: caught in 35 of seeds 0-39
         result = run_seed(SimSettings.from_seed(seed, 3, 4_000), None, factory)
         if not result.ok:
             break

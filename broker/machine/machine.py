@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from paxq.client.wire.protocol import (
     LEASE_MS_MAX,
     LEASES_MAX,
     MESSAGE_BYTES_MAX,
+    MESSAGE_ID_CHARS_MAX,
     NACK_ERROR_CHARS_MAX,
     PRODUCER_WINDOW,
     PUBLISH_MESSAGES_MAX,
@@ -102,6 +104,10 @@ class Limits:
     retention_age_ms_default: int = 7 * 24 * 3600 * 1000  # topics only; queues keep until acked
     producer_window: int = PRODUCER_WINDOW
     producers_max: int = 10_000
+    #: a message whose `id` the topic took within this long is a duplicate: not stored, and
+    #: answered with the first one's offset; a topic remembers this many ids at most
+    dedup_window_ms: int = 120_000
+    dedup_ids_max: int = 100_000
     #: a claim looks at most this many new offsets (delayed or key-blocked ones are set aside)
     scan_max: int = 4096
     read_max: int = 1000
@@ -142,7 +148,7 @@ _SUBSCRIBE = frozenset(
         "backoff_max_ms",
     }
 )
-_MESSAGE = frozenset({"body", "key", "headers", "delay_ms"})
+_MESSAGE = frozenset({"body", "key", "headers", "delay_ms", "id"})
 #: commands that may carry a producer id and sequence, which makes their retries harmless
 _ONCE = frozenset({"producer", "seq"})
 _PUBLISH = frozenset({"topic", "messages"}) | _ONCE
@@ -167,6 +173,9 @@ class QueueMachine:
         self.expiries: list[Expiry] = []
         self._expiries_bound = EXPIRIES_COMPACT_MIN
         self.producers = Producers(self.limits.producer_window, self.limits.producers_max)
+        #: per topic id, the message ids taken within the dedup window, oldest first:
+        #: id -> (offset, stamp ms)
+        self.message_ids: dict[int, OrderedDict[str, tuple[int, int]]] = {}
         self._garbage: list[tuple[bytes, bytes]] = []  # payload ranges to delete after a snapshot
         self._releasable: list[tuple[bytes, bytes]] = []
         #: names of topics where something became readable or claimable since the node last
@@ -377,6 +386,7 @@ class QueueMachine:
         topic = self._topic(arguments)
         del self.topics[topic.name]
         del self.by_id[topic.id]
+        self.message_ids.pop(topic.id, None)
         self._garbage.append(topic_range(topic.id))
         self.changed.add(topic.name)  # its waiting readers learn it is gone
         return {"topic": topic.name, "deleted": self._held(topic)[0]}
@@ -453,6 +463,11 @@ class QueueMachine:
             if type(messages) is not list or not 0 < len(messages) <= limits.publish_messages_max:
                 raise bad(f"messages must be a list of 1 to {limits.publish_messages_max}")
             ready = [self._message(message) for message in messages]  # all checked first
+            ids = [_message_id(message) for message in messages]
+            duplicates: dict[int, int] = {}
+            taken: dict[str, int] = {}
+            if any(ids):
+                ready, duplicates, taken = self._deduplicate(topic, ready, ids)
             total = sum(len(payload) for payload, _, _ in ready)
             if not self._fits(topic, len(ready), total):
                 held, held_bytes = self._held(topic)
@@ -461,9 +476,54 @@ class QueueMachine:
                     f"queue {topic.name!r} holds {held} messages, {held_bytes} bytes: "
                     f"its limit is {topic.max_messages} messages, {topic.max_bytes} bytes",
                 )
-            return {"offset": self._append(topic, ready), "count": len(ready)}
+            first = self._append(topic, ready) if ready else topic.next
+            result: dict = {"offset": first, "count": len(ready)}
+            if taken:
+                self._remember_ids(topic, taken)
+            if duplicates:  # [index in the request, the first one's offset]
+                result["duplicates"] = [[i, at] for i, at in sorted(duplicates.items())]
+            return result
 
         return self._once(topic, arguments, append)
+
+    def _deduplicate(
+        self, topic: Topic, ready: list[tuple[bytes, int, int]], ids: list[str | None]
+    ) -> tuple[list[tuple[bytes, int, int]], dict[int, int], dict[str, int]]:
+        """The messages to store, the duplicates (index -> the first one's offset: taken
+        within the window, or earlier in this request) and the new ids with their offsets."""
+        known = self.message_ids.get(topic.id, {})
+        since = self.now_ms - self.limits.dedup_window_ms
+        fresh: list[tuple[bytes, int, int]] = []
+        duplicates: dict[int, int] = {}
+        taken: dict[str, int] = {}
+        offset = topic.next
+        for index, (message, message_id) in enumerate(zip(ready, ids, strict=True)):
+            if message_id is not None:
+                earlier = known.get(message_id)
+                if earlier is not None and earlier[1] > since:
+                    duplicates[index] = earlier[0]
+                    continue
+                if message_id in taken:
+                    duplicates[index] = taken[message_id]
+                    continue
+                taken[message_id] = offset
+            fresh.append(message)
+            offset += 1
+        return fresh, duplicates, taken
+
+    def _remember_ids(self, topic: Topic, taken: dict[str, int]) -> None:
+        known = self.message_ids.get(topic.id)
+        if known is None:
+            known = self.message_ids[topic.id] = OrderedDict()
+        now = self.now_ms
+        for message_id, offset in taken.items():
+            known.pop(message_id, None)  # (one past the window: taken again, newest now)
+            known[message_id] = (offset, now)
+        since = now - self.limits.dedup_window_ms
+        while known and (
+            len(known) > self.limits.dedup_ids_max or next(iter(known.values()))[1] <= since
+        ):
+            known.popitem(last=False)
 
     def _once(self, topic: Topic, arguments: dict, act: Callable[[], dict]) -> object:
         """Run `act` once per (producer, seq) on the topic: a retried command that carries
@@ -916,3 +976,12 @@ __all__ = [
     "QueueMachine",
     "SnapshotInvalid",
 ]
+
+
+def _message_id(message: dict) -> str | None:
+    message_id = message.get("id")
+    if message_id is not None and (
+        type(message_id) is not str or not 0 < len(message_id) <= MESSAGE_ID_CHARS_MAX
+    ):
+        raise bad(f"a message id is text of 1 to {MESSAGE_ID_CHARS_MAX} characters")
+    return message_id

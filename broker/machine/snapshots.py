@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 from array import array
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -81,6 +81,9 @@ def _records(machine: QueueMachine) -> Iterator[list]:
             yield from _subscription(topic.id, sub)
     for (topic_id, producer), results in machine.producers.known.items():
         yield ["producer", topic_id, producer, sorted(results.items())]
+    for topic_id, known in machine.message_ids.items():  # oldest first, as they are kept
+        for piece in _pieces([[mid, offset, stamp] for mid, (offset, stamp) in known.items()]):
+            yield ["ids", topic_id, piece]
 
 
 def _subscription(topic_id: int, sub: Subscription) -> Iterator[list]:
@@ -247,6 +250,7 @@ class _State:
         self.arrays: dict[int, list[tuple]] = {}
         self.subs: dict[tuple[int, str], Subscription] = {}
         self.producers: list[tuple[tuple[int, str], dict[int, object]]] = []
+        self.message_ids: dict[int, OrderedDict[str, tuple[int, int]]] = {}
 
     def take(self, record: list, formats: frozenset[int]) -> None:
         kind = record[0]
@@ -306,6 +310,10 @@ class _State:
         elif kind == "producer":
             results = {seq: result for seq, result in record[3]}
             self.producers.append(((record[1], record[2]), results))
+        elif kind == "ids":
+            known = self.message_ids.setdefault(record[1], OrderedDict())
+            for message_id, offset, stamp in record[2]:
+                known[message_id] = (offset, stamp)
         else:
             raise SnapshotInvalid(f"unknown record {kind!r}")
 
@@ -360,5 +368,6 @@ class _State:
         machine.producers.known.clear()
         for producer, results in self.producers:
             machine.producers.known[producer] = results
+        machine.message_ids = self.message_ids
         machine._garbage = []
         machine._releasable = []

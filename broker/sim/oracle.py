@@ -8,6 +8,8 @@ its promises.
 - **fencing**: ack, nack and extend succeed only with the current, unexpired token, and are
   refused (LEASE_LOST) only when the token really is stale;
 - **no redelivery after an ack**, deliveries counted one by one, never above `max_deliveries`;
+- **deduplication**: a message whose id the topic stored within the window is not stored
+  again and is answered with the first one's offset; any other is stored;
 - **idempotent producers**: a retried (producer, seq) gets the original result (publishes,
   and the acks, nacks and extends that carry one), never a second effect nor a refusal;
 - at the end (`check_drained`): every message published to a queue or subscription was
@@ -20,9 +22,11 @@ import cbor2
 
 from paxq.client.wire import ErrorCode
 
-from ..machine import MachineError
+from ..machine import Limits, MachineError
 from ..machine.machine import HEADER_BYTES
 from .checkers import Violation
+
+DEDUP_WINDOW_MS = Limits().dedup_window_ms  # the simulated machines' (only arrays differ)
 
 Key = tuple[str, str, int]  # (topic, subscription, offset)
 
@@ -62,6 +66,8 @@ class QueueOracle:
         self.acked: set[Key] = set()
         self.dead: dict[Key, int] = {}  # -> deliveries when dead-lettered (from the DLQ)
         self.producers: dict[tuple[str, int], dict] = {}
+        #: per topic, the message ids stored: id -> (offset, stamp)
+        self.message_ids: dict[str, dict[str, tuple[int, int]]] = {}
         self.commands = 0
         self.deliveries = 0
         #: (topic, subscription) -> the offset it started at, once created
@@ -158,16 +164,39 @@ class QueueOracle:
             return
         topic = args["topic"]
         first, count = result["offset"], result["count"]
+        messages = args["messages"]
+        duplicates = dict(result.get("duplicates", ()))
         expected = self.next_offset.get(topic, 0)
-        if first != expected or count != len(args["messages"]):
+        if first != expected or count != len(messages) - len(duplicates):
             raise Violation(
                 "total order",
-                f"slot {slot}: {topic} gave offsets {first}+{count}, expected {expected}+"
-                f"{len(args['messages'])}",
+                f"slot {slot}: {topic} gave offsets {first}+{count} and {len(duplicates)} "
+                f"duplicates, expected {expected}+{len(messages)} in all",
             )
         content = self.content.setdefault(topic, {})
-        for i, message in enumerate(args["messages"]):
-            content[first + i] = message["body"]
+        known = self.message_ids.setdefault(topic, {})
+        offset = first
+        for i, message in enumerate(messages):
+            message_id = message.get("id")
+            earlier = known.get(message_id) if message_id is not None else None
+            live = earlier is not None and self.now - earlier[1] < DEDUP_WINDOW_MS
+            where = f"slot {slot}: {topic} message {i} (id {message_id!r})"
+            if i in duplicates:
+                if not live or duplicates[i] != earlier[0]:
+                    raise Violation(
+                        "deduplication",
+                        f"{where} answered as a duplicate of offset {duplicates[i]}; "
+                        f"the id was stored as {earlier} and it is {self.now}",
+                    )
+                continue
+            if live:
+                raise Violation(
+                    "deduplication", f"{where} stored again at {offset}; it is at {earlier}"
+                )
+            content[offset] = message["body"]
+            if message_id is not None:
+                known[message_id] = (offset, self.now)
+            offset += 1
         self.next_offset[topic] = first + count
 
     def _claim(self, slot: int, args: dict, result: dict) -> None:

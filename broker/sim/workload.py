@@ -78,6 +78,10 @@ class Consumer:
     #: sequenced commands whose outcome is unknown, to send again
     retry: list[tuple[str, dict]] = field(default_factory=list)
     settles: int = 0  # the sequence of its sequenced acks, nacks and extends
+    #: message ids it has published, some of which it publishes again (a producer restarted)
+    message_ids: list[str] = field(default_factory=list)
+    #: sequences of settles it sent again after their answer, as if that had been lost
+    resent: set[int] = field(default_factory=set)
 
     def next(self, rng: Random, workload: Workload, draining: bool) -> tuple[str, dict]:
         if self.setup:
@@ -126,6 +130,12 @@ class Consumer:
             message["key"] = key
         if rng.random() < 0.1:
             message["delay_ms"] = rng.randrange(1, 100)
+        if rng.random() < 0.3:  # with an id; now and then one it used before, as a new run would
+            if self.message_ids and rng.random() < 0.3:
+                message["id"] = rng.choice(self.message_ids[-20:])
+            else:
+                message["id"] = f"m{self.client}.{self.produced}"
+                self.message_ids.append(message["id"])
         return {
             "topic": topic,
             "messages": [message],
@@ -179,6 +189,11 @@ class Consumer:
             sub = args.get("subscription")
             for m in result["messages"]:
                 self.held.append((args["topic"], sub, m["offset"], m["token"], m["deadline_ms"]))
+        elif op != "publish" and args.get("seq", 1) % 16 == 0 and args["seq"] not in self.resent:
+            # Sent again (once) as if its answer was lost: a sequenced settle must be answered
+            # with its first result, never applied twice (lost answers alone make this rare).
+            self.resent.add(args["seq"])
+            self.retry.append((op, args))
 
     def on_unknown(self, op: str, args: dict) -> None:
         if "seq" in args:

@@ -55,6 +55,8 @@ FRAME_BYTES_MAX = 2 << 20
 KEY_BYTES_MAX = 1024
 HEADERS_MAX = 64
 DELAY_MS_MAX = 30 * 24 * 3600 * 1000
+#: a message's `id` (its deduplication id, as JetStream's Nats-Msg-Id), in characters
+MESSAGE_ID_CHARS_MAX = 128
 #: a nack's `error` (what the handler raised, kept in a dead letter's x-death-error), at most
 NACK_ERROR_CHARS_MAX = 512
 #: the longest lease a claim or extend may ask for
