@@ -40,8 +40,8 @@ class Consumer:
     At most `prefetch` deliveries are held at once (claimed and not yet acked or nacked);
     each is extended by `lease_s` every `lease_s / 3` until it is finished, so a slow handler
     keeps its message and a dead one gives it back after at most `lease_s`. On leaving the
-    block, what is still held is released: another consumer gets it at once, and the hand-back
-    does not count as a delivery.
+    block, what is still held goes back at once: released (uncounted) if the caller never took
+    it, nacked (counted) if it took it and did not finish it.
     """
 
     def __init__(
@@ -136,14 +136,35 @@ class Consumer:
             self._fetching.cancel()
 
     async def hand_back(self) -> None:
-        """Release everything held and not finished: redelivered at once, and not counted
-        as a delivery (no handler finished with it)."""
-        held = [d for d in self.held.values() if not d.finished]
-        for start in range(0, len(held), LEASES_MAX):
+        """Give back everything held and not finished: what the caller never took is
+        released (redelivered at once, the delivery uncounted); what it took and left
+        unfinished, as when its loop raised on a message, is nacked without delay, and that
+        delivery counts, so a message that breaks its consumer still reaches the dead
+        letters."""
+        waiting = {id(d) for d in self._ready}
+        unfinished = [d for d in self.held.values() if not d.finished]
+        unseen = [d for d in unfinished if id(d) in waiting]
+        seen = [d for d in unfinished if id(d) not in waiting]
+        for give, deliveries in ((self.client.release, unseen), (self._nack_now, seen)):
+            for start in range(0, len(deliveries), LEASES_MAX):
+                await self._give_back(give, deliveries[start : start + LEASES_MAX])
+
+    async def _nack_now(self, deliveries: list[Delivery]) -> int:
+        return await self.client.nack(deliveries, delay_s=0)
+
+    async def _give_back(self, give, deliveries: list[Delivery]) -> None:
+        while deliveries:
             try:
-                await self.client.release(held[start : start + LEASES_MAX])
-            except PaxqError as error:  # e.g. a lease already gone: it comes back anyway
-                log.info("handing back %d deliveries: %s", len(held), error)
+                await give(deliveries)
+                return
+            except LeaseLost as error:  # the rest still go back now, not at their deadline
+                gone = set(error.offsets)
+                deliveries = [d for d in deliveries if d.offset not in gone]
+                if not gone:
+                    return
+            except PaxqError as error:
+                log.info("handing back %d deliveries: %s", len(deliveries), error)
+                return
 
     async def _wait_for_room(self) -> None:
         if self._room.is_set():  # replaced only once set: every waiter wakes

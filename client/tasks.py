@@ -87,6 +87,8 @@ class Tasks:
 
         def register(f: Callable[..., object]) -> Task:
             task = Task(name or _task_name(f), queue or self.default_queue, f)
+            if "message_id" in options:  # every call would be a duplicate of the first
+                raise InvalidArgument("message_id", "one call's option: use with_options")
             task.options = _checked(options)
             if task.name in self.tasks:
                 raise ValueError(f"a task named {task.name!r} is registered already")

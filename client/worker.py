@@ -4,8 +4,8 @@ A handler that returns acks its delivery (unless it acked or nacked it itself); 
 raises nacks it, so it comes back after the subscription's backoff and goes to the dead
 letters once it has used up `max_deliveries`. Leases are kept extended while handlers run.
 `stop()` is graceful: nothing new is taken, running handlers get `grace_s` to finish, then
-they are cancelled and their messages released (handed back without counting a delivery),
-as is what was prefetched. A plain (not
+they are cancelled and their messages nacked without delay; what was prefetched and never
+handled is released (handed back without counting a delivery). A plain (not
 async) handler runs in a thread, which cannot be cancelled: it finishes, and is acked.
 """
 
@@ -149,7 +149,9 @@ class WorkerPool:
         except anyio.get_cancelled_exc_class():
             if not delivery.finished:  # not acked or nacked by the handler already
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                    await _quietly(delivery.release())  # stopped, not failed: uncounted
+                    # Its handler saw it: counted, so a message that hangs every handler
+                    # until the grace runs out still reaches the dead letters.
+                    await _quietly(delivery.nack(delay_s=0))
             raise
         except Exception as error:
             self.failed += 1

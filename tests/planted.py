@@ -182,7 +182,9 @@ def expiring_on_local_clock(keys: KeySpace, clock: Callable[[], int]) -> QueueMa
         def advance(self, stamp_ms: int) -> None:
             super().advance(clock())
 
-    return LocalClock(keys)
+    from paxq.broker.sim.cluster import SIM_LIMITS
+
+    return LocalClock(keys, SIM_LIMITS)
 
 
 class CampaignsRegardless(Replica):

@@ -335,6 +335,20 @@ async def test_a_consumer_keeps_its_leases_and_hands_back_on_exit(tmp_path: Path
         assert [d.deliveries for d in await client.claim("slow", max=3)] == [1, 1, 1]
 
 
+async def test_a_message_that_breaks_its_consumer_still_counts_a_delivery(tmp_path: Path) -> None:
+    async with cluster_client(tmp_path, 1) as (_nodes, _clients, client):
+        await client.create_queue("poison", max_deliveries=2)
+        await client.publish("poison", b"bad")
+        for _ in range(2):  # a loop that raises on it, as a crashing worker process would
+            with pytest.raises(ValueError):
+                async with client.consume("poison") as deliveries:
+                    async for _delivery in deliveries:
+                        raise ValueError("cannot parse")
+        # Taken and left unfinished twice: each hand-back counted, so it is a dead letter.
+        stats = (await client.describe("poison"))["subscriptions"][""]
+        assert stats["dead_lettered"] == 1
+
+
 async def test_a_live_tail_follows_in_order_and_resumes_by_offset(tmp_path: Path) -> None:
     async with cluster_client(tmp_path, 3) as (_nodes, _clients, client):
         await client.create_topic("prices")

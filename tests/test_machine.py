@@ -572,11 +572,12 @@ def test_a_snapshot_of_the_format_that_carried_every_array_inline_is_read(d: Dri
         decoder = cbor2.CBORDecoder(source)
         while source.tell() < len(chunk):
             records.append(decoder.decode())
-    assert records[0][:2] == ["head", 3] and not any(r[0] == "pieces" for r in records)
-    records[0][1] = 2
-    copy = QueueMachine(MemoryKeySpace(d.store))
-    copy.restore([b"".join(cbor2.dumps(record) for record in records)])
-    assert arrays(copy, "q") == arrays(d.machine, "q")
+    assert records[0][:2] == ["head", 4] and not any(r[0] == "pieces" for r in records)
+    for old in (2, 3):  # 3: the same records, no message ids (none here)
+        records[0][1] = old
+        copy = QueueMachine(MemoryKeySpace(d.store))
+        copy.restore([b"".join(cbor2.dumps(record) for record in records)])
+        assert arrays(copy, "q") == arrays(d.machine, "q")
 
 
 def payload_offsets(d: Driver, topic: str) -> list[int]:

@@ -25,9 +25,10 @@ from planted import (
     expiring_on_local_clock,
 )
 
-from paxq.broker.machine import Limits
+from paxq.broker.machine import QueueMachine
 from paxq.broker.paxos import Replica
 from paxq.broker.sim import SimSettings, Simulation, replay_command, report, run_seed
+from paxq.broker.sim.cluster import SIM_LIMITS
 
 
 @pytest.mark.parametrize("nodes", [3, 5])
@@ -213,27 +214,33 @@ def test_planted_bugs_are_caught_with_five_replicas_too() -> None:
 
 
 def accepting_stale_tokens(keys, clock) -> AcceptsStaleTokens:
-    return AcceptsStaleTokens(keys)
+    return AcceptsStaleTokens(keys, SIM_LIMITS)
 
 
 def forgetting_settles(keys, clock) -> ForgetsSettles:
-    return ForgetsSettles(keys)
+    return ForgetsSettles(keys, SIM_LIMITS)
 
 
 def counting_releases(keys, clock) -> CountsReleases:
-    return CountsReleases(keys)
+    return CountsReleases(keys, SIM_LIMITS)
 
 
 def ignoring_message_ids(keys, clock) -> IgnoresMessageIds:
-    return IgnoresMessageIds(keys)
+    return IgnoresMessageIds(keys, SIM_LIMITS)
+
+
+def never_forgetting_message_ids(keys, clock) -> QueueMachine:
+    # A window and a bound that never end: an id taken again after both is refused.
+    never = dataclasses.replace(SIM_LIMITS, dedup_window_ms=1 << 40, dedup_ids_max=1 << 40)
+    return QueueMachine(keys, never)
 
 
 def misreading_answered_payloads(keys, clock) -> MisreadsAnsweredPayloads:
-    return MisreadsAnsweredPayloads(keys)
+    return MisreadsAnsweredPayloads(keys, SIM_LIMITS)
 
 
 def misplacing_pieces(keys, clock) -> MisplacesPieces:
-    return MisplacesPieces(keys, Limits(array_piece_messages=16))
+    return MisplacesPieces(keys, SIM_LIMITS)
 
 
 @pytest.mark.parametrize(
@@ -249,6 +256,7 @@ def misplacing_pieces(keys, clock) -> MisplacesPieces:
         (counting_releases, {"deliveries", "dead letter"}),
         # Seeds 0-11: all 12 (a producer publishes again under ids it used).
         (ignoring_message_ids, {"deduplication"}),
+        (never_forgetting_message_ids, {"deduplication"}),
         # Caught by the check of the answers: the results replicas compare have no bodies.
         (misreading_answered_payloads, {"total order"}),
         # Seeds 0-11: 11 caught, at the final check of each replica's snapshot (0, 3) or as

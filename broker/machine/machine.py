@@ -155,9 +155,9 @@ _PUBLISH = frozenset({"topic", "messages"}) | _ONCE
 
 
 class QueueMachine:
-    FORMAT = 3
-    #: snapshot formats `restore` reads: 2 carried every array inline
-    FORMATS_READ = frozenset({2, 3})
+    FORMAT = 4
+    #: snapshot formats `restore` reads: 2 carried every array inline, 3 had no message ids
+    FORMATS_READ = frozenset({2, 3, 4})
 
     def __init__(self, keys: KeySpace, limits: Limits | None = None) -> None:
         self.keys = keys

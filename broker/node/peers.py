@@ -31,8 +31,9 @@ from .listen import serving
 log = logging.getLogger("paxq.node.peers")
 
 #: nodes of different versions do not talk: 4 takes slots of one command up to
-#: command_bytes_max, which a node of 3 refuses as malformed (it would stall, not diverge)
-PROTOCOL_VERSION = 4
+#: command_bytes_max, which a node of 3 refuses as malformed (it would stall, not diverge);
+#: 5 applies release, nack errors and message ids, which a node of 4 would refuse (diverge)
+PROTOCOL_VERSION = 5
 Address = tuple[str, int]
 
 

@@ -52,11 +52,13 @@ _CHUNK_BYTES = 16384  # small snapshot chunks: records cross chunk bounds
 
 
 #: pieces of arrays small enough that a seed's topics fill many (the real ones hold 16,384)
-_LIMITS = Limits(array_piece_messages=16)
+#: small bounds, so that a run crosses them: array pieces, and message ids forgotten by age
+#: (300 ms) and by number (8 a topic)
+SIM_LIMITS = Limits(array_piece_messages=16, dedup_window_ms=300, dedup_ids_max=8)
 
 
 def _queue_machine(keys: KeySpace, clock: Callable[[], int]) -> QueueMachine:
-    return QueueMachine(keys, _LIMITS)
+    return QueueMachine(keys, SIM_LIMITS)
 
 
 # Event kinds, in the heap as (time_ms, seq, kind, target, payload).
@@ -218,7 +220,7 @@ class Simulation:
             apply_commands_max=settings.apply_commands_max,
         )
         self.workload = Workload.from_rng(Random(settings.seed ^ 0xC0FFEE))
-        self.oracle = QueueOracle(self.workload.limits())
+        self.oracle = QueueOracle(self.workload.limits(), SIM_LIMITS)
         self.results: list[bytes] = []  # each slot's results, as the first replica computed them
         self.draining = False
         self.dead_read: dict[str, int] = {}  # dead-letter topic -> next offset to learn

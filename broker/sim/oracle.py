@@ -18,6 +18,8 @@ its promises.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import cbor2
 
 from paxq.client.wire import ErrorCode
@@ -25,8 +27,6 @@ from paxq.client.wire import ErrorCode
 from ..machine import Limits, MachineError
 from ..machine.machine import HEADER_BYTES
 from .checkers import Violation
-
-DEDUP_WINDOW_MS = Limits().dedup_window_ms  # the simulated machines' (only arrays differ)
 
 Key = tuple[str, str, int]  # (topic, subscription, offset)
 
@@ -55,7 +55,11 @@ def _without_payloads(result: object) -> object:
 
 
 class QueueOracle:
-    def __init__(self, max_deliveries: dict[tuple[str, str], int]) -> None:
+    def __init__(
+        self, max_deliveries: dict[tuple[str, str], int], limits: Limits | None = None
+    ) -> None:
+        #: the machines' message-id window and bound
+        self.limits = limits or Limits()
         #: (topic, subscription) -> its max_deliveries (0: unlimited); "" is a queue's own
         self.max_deliveries = max_deliveries
         self.now = 0
@@ -66,8 +70,9 @@ class QueueOracle:
         self.acked: set[Key] = set()
         self.dead: dict[Key, int] = {}  # -> deliveries when dead-lettered (from the DLQ)
         self.producers: dict[tuple[str, int], dict] = {}
-        #: per topic, the message ids stored: id -> (offset, stamp)
-        self.message_ids: dict[str, dict[str, tuple[int, int]]] = {}
+        #: per topic, the message ids stored and not yet forgotten, oldest first:
+        #: id -> (offset, stamp)
+        self.message_ids: dict[str, OrderedDict[str, tuple[int, int]]] = {}
         self.commands = 0
         self.deliveries = 0
         #: (topic, subscription) -> the offset it started at, once created
@@ -174,12 +179,14 @@ class QueueOracle:
                 f"duplicates, expected {expected}+{len(messages)} in all",
             )
         content = self.content.setdefault(topic, {})
-        known = self.message_ids.setdefault(topic, {})
+        known = self.message_ids.setdefault(topic, OrderedDict())
+        window = self.limits.dedup_window_ms
         offset = first
+        taken = False
         for i, message in enumerate(messages):
             message_id = message.get("id")
             earlier = known.get(message_id) if message_id is not None else None
-            live = earlier is not None and self.now - earlier[1] < DEDUP_WINDOW_MS
+            live = earlier is not None and self.now - earlier[1] < window
             where = f"slot {slot}: {topic} message {i} (id {message_id!r})"
             if i in duplicates:
                 if not live or duplicates[i] != earlier[0]:
@@ -195,8 +202,24 @@ class QueueOracle:
                 )
             content[offset] = message["body"]
             if message_id is not None:
+                known.pop(message_id, None)
                 known[message_id] = (offset, self.now)
+                taken = True
             offset += 1
+        if offset != first + count:
+            raise Violation(
+                "total order", f"slot {slot}: {topic} stored {offset - first}, said {count}"
+            )
+        # Forgotten as the machine must: by number, and by age from the oldest.
+        while (
+            taken
+            and known
+            and (
+                len(known) > self.limits.dedup_ids_max
+                or next(iter(known.values()))[1] <= self.now - window
+            )
+        ):
+            known.popitem(last=False)
         self.next_offset[topic] = first + count
 
     def _claim(self, slot: int, args: dict, result: dict) -> None:
