@@ -3,6 +3,7 @@ long poll, their leases extended while they are held, handed back when it stops.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from types import TracebackType
@@ -145,12 +146,10 @@ class Consumer:
         unfinished = [d for d in self.held.values() if not d.finished]
         unseen = [d for d in unfinished if id(d) in waiting]
         seen = [d for d in unfinished if id(d) not in waiting]
-        for give, deliveries in ((self.client.release, unseen), (self._nack_now, seen)):
+        nack_now = functools.partial(self.client.nack, delay_s=0)
+        for give, deliveries in ((self.client.release, unseen), (nack_now, seen)):
             for start in range(0, len(deliveries), LEASES_MAX):
                 await self._give_back(give, deliveries[start : start + LEASES_MAX])
-
-    async def _nack_now(self, deliveries: list[Delivery]) -> int:
-        return await self.client.nack(deliveries, delay_s=0)
 
     async def _give_back(self, give, deliveries: list[Delivery]) -> None:
         while deliveries:

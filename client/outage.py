@@ -1,5 +1,5 @@
 """How long-lived readers (`consume`, `tail`, `WorkerPool`) wait through an outage: one rule
-for all of them, counted from the last answer they had, and said as it goes."""
+for all of them, counted from the first request that went unanswered, and said as it goes."""
 
 from __future__ import annotations
 
@@ -23,9 +23,7 @@ class Outage:
     is not retriable (Unreachable: no node ever answered this client) is raised at once."""
 
     def __init__(self, what: str, outage_s: float | None, log: logging.Logger) -> None:
-        if outage_s is not None and outage_s < 0:
-            raise ValueError(f"outage_s is {outage_s}: at least 0, or None for no limit")
-        self.what = what
+        self.what = what  # (outage_s as Client checked it)
         self.outage_s = None if outage_s == float("inf") else outage_s
         self.log = log
         self._asked = anyio.current_time()
