@@ -56,6 +56,9 @@ class BlockingDelivery:
     def release(self) -> None:
         self._portal.call(self.delivery.release)
 
+    def reject(self, *, error: BaseException | str | None = None) -> None:
+        self._portal.call(functools.partial(self.delivery.reject, error=error))
+
     def extend(self, lease_s: float) -> None:
         self._portal.call(self.delivery.extend, lease_s)
 
@@ -154,6 +157,9 @@ class BlockingClient:
 
     def release(self, deliveries: Sequence[BlockingDelivery | Delivery]) -> int:
         return self.call(self.client.release, [_unwrap(d) for d in deliveries])
+
+    def reject(self, deliveries: Sequence[BlockingDelivery | Delivery], **options: object) -> int:
+        return self.call(self.client.reject, [_unwrap(d) for d in deliveries], **options)
 
     def read(self, topic: str, start: int = 0, **options: object) -> tuple[list[Message], int]:
         return self.call(self.client.read, topic, start, **options)

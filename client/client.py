@@ -896,10 +896,7 @@ class Client:
         if delay_s is not None:
             fields["delay_ms"] = _duration_ms("delay_s", delay_s, 0, DELAY_MS_MAX)
         if error is not None:
-            text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
-            if not isinstance(text, str):
-                raise InvalidArgument("error", f"an exception or str, not {type(error).__name__}")
-            fields["error"] = text[:NACK_ERROR_CHARS_MAX]
+            fields["error"] = _error_text(error)
         try:
             result = await self.sequenced("nack", deliveries[0].topic, fields)
         finally:
@@ -919,6 +916,24 @@ class Client:
             for delivery in deliveries:
                 delivery.settle()
         return result["released"]  # type: ignore[index]
+
+    async def reject(
+        self, deliveries: Sequence[Delivery], *, error: BaseException | str | None = None
+    ) -> int:
+        """Dead-letter these at once, whatever deliveries they have left: for a message no
+        retry can mend (malformed, an unknown task, an error marked not to retry). `error`
+        is kept as x-death-error, as a nack's; x-death-reason is "rejected"."""
+        if not deliveries:
+            return 0
+        fields = _lease_fields(deliveries)
+        if error is not None:
+            fields["error"] = _error_text(error)
+        try:
+            result = await self.sequenced("reject", deliveries[0].topic, fields)
+        finally:
+            for delivery in deliveries:
+                delivery.settle()
+        return result["rejected"]  # type: ignore[index]
 
     async def extend(self, deliveries: Sequence[Delivery], *, lease_s: float) -> int:
         """Hold these `lease_s` longer from now; returns the new deadline (stamped ms)."""
@@ -1073,6 +1088,14 @@ def _contact_failure(address: Address, error: BaseException, timeout_s: float) -
 
 def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
+
+
+def _error_text(error: BaseException | str) -> str:
+    """A settle's `error`: an exception as "Type: message", or text; cut to the bound."""
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
+    if not isinstance(text, str):
+        raise InvalidArgument("error", f"an exception or str, not {type(error).__name__}")
+    return text[:NACK_ERROR_CHARS_MAX]
 
 
 def _lease_fields(deliveries: Sequence[Delivery]) -> dict:

@@ -99,6 +99,10 @@ class Delivery:
         """Hand it back unprocessed, at once and without counting this delivery."""
         await self._client.release([self])
 
+    async def reject(self, *, error: BaseException | str | None = None) -> None:
+        """Dead-letter it at once (no retry can mend it), with `error` as x-death-error."""
+        await self._client.reject([self], error=error)
+
     async def extend(self, lease_s: float) -> None:
         """Hold it for `lease_s` more, counted from now."""
         await self._client.extend([self], lease_s=lease_s)

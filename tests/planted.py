@@ -135,6 +135,24 @@ class CountsReleases(QueueMachine):
         return self._once(topic, arguments, release)
 
 
+class RequeuesRejects(QueueMachine):
+    """Hands a rejected message back for another delivery, as a nack does: a message no
+    retry can mend is delivered again instead of dead-lettered."""
+
+    def _reject(self, arguments):
+        topic, sub, leases = self._leases(arguments, "reject", frozenset({"error"}))
+
+        def reject() -> dict:
+            self._refuse_lost(sub, leases)
+            for offset, _ in leases:
+                if not sub.give_back(offset, self.now_ms):
+                    self._dead_letter(topic, sub, offset, "nacked")
+            self.changed.add(topic.name)
+            return {"rejected": len(leases)}
+
+        return self._once(topic, arguments, reject)
+
+
 class IgnoresMessageIds(QueueMachine):
     """Stores every message, its id never looked up: a producer that publishes again after
     a restart stores its messages twice."""

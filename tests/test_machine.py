@@ -238,7 +238,8 @@ def test_expiry_redelivers_and_stale_tokens_are_refused(d: Driver) -> None:
     assert d.stats("q")["in_flight"] == 0
     [again] = d.claim("q", lease_ms=100)
     assert again["deliveries"] == 2 and again["token"] != taken["token"]
-    for op, extra in (("ack", {}), ("nack", {}), ("release", {}), ("extend", {"lease_ms": 10})):
+    settles = ("ack", "nack", "release", "reject")
+    for op, extra in [(op, {}) for op in settles] + [("extend", {"lease_ms": 10})]:
         error = d.refused(ErrorCode.LEASE_LOST, op, topic="q", leases=[lease(taken)], **extra)
         assert error.detail == [0]
     # A batch with one stale lease changes nothing at all.
@@ -312,6 +313,28 @@ def test_a_release_hands_back_at_once_without_counting_the_delivery() -> None:
     assert d.stats("q")["dead_lettered"] == 1
     [dead] = d.claim("q.dlq")
     assert dead["headers"]["x-death-error"] == "KeyError: 'id'"
+
+
+def test_a_reject_dead_letters_at_once_with_its_error_and_frees_the_key() -> None:
+    d = Driver()
+    d.ok("create", topic="q", kind="queue", max_deliveries=5, key_ordered=True)
+    d.publish("q", b"a", b"b", key=b"k")
+    [m] = d.claim("q", max=2)  # b waits behind a, its key's first
+    d.ok("nack", topic="q", leases=[lease(m)], delay_ms=0)
+    [m] = d.claim("q", max=2)
+    assert (m["offset"], m["deliveries"]) == (0, 2)
+    d.refused(ErrorCode.BAD_REQUEST, "reject", topic="q", leases=[lease(m)], error="x" * 513)
+    result = d.ok("reject", topic="q", leases=[lease(m)], error="UnknownTask: no task 'x'")
+    assert result == {"rejected": 1}
+    [m] = d.claim("q", max=2)  # not redelivered; its key's next is out
+    assert m["offset"] == 1
+    stats = d.stats("q")
+    assert (stats["dead_lettered"], stats["depth"]) == (1, 1)
+    [dead] = d.claim("q.dlq")
+    assert dead["body"] == b"a"
+    headers = dead["headers"]
+    assert headers["x-death-reason"] == "rejected" and headers["x-death-deliveries"] == 2
+    assert headers["x-death-error"] == "UnknownTask: no task 'x'"
 
 
 def test_a_message_id_taken_within_the_window_is_answered_not_stored_again() -> None:

@@ -20,6 +20,7 @@ from planted import (
     MisplacesPieces,
     MisreadsAnsweredPayloads,
     QuorumTooSmall,
+    RequeuesRejects,
     SkipsTheSync,
     VotesAtOnce,
     expiring_on_local_clock,
@@ -225,6 +226,10 @@ def counting_releases(keys, clock) -> CountsReleases:
     return CountsReleases(keys, SIM_LIMITS)
 
 
+def requeuing_rejects(keys, clock) -> RequeuesRejects:
+    return RequeuesRejects(keys, SIM_LIMITS)
+
+
 def ignoring_message_ids(keys, clock) -> IgnoresMessageIds:
     return IgnoresMessageIds(keys, SIM_LIMITS)
 
@@ -254,6 +259,8 @@ def misplacing_pieces(keys, clock) -> MisplacesPieces:
         (forgetting_settles, {"idempotence"}),
         # A released delivery that counts: the next one's number, or a dead letter early.
         (counting_releases, {"deliveries", "dead letter"}),
+        # A rejected message delivered again, or dead-lettered later as nacked.
+        (requeuing_rejects, {"redelivery", "dead letter"}),
         # Seeds 0-11: all 12 (a producer publishes again under ids it used).
         (ignoring_message_ids, {"deduplication"}),
         (never_forgetting_message_ids, {"deduplication"}),
@@ -284,6 +291,7 @@ def test_the_machine_is_exercised_in_every_phase() -> None:
     assert oracle.acked and oracle.content["q"] and oracle.content["t"]
     assert any(count > 1 for count in oracle.counts.values()), "something was redelivered"
     assert oracle.dead, "something was dead-lettered"
+    assert oracle.rejected, "something was rejected"
     assert not oracle.unsettled(sim.workload.readers())
 
 

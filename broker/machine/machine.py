@@ -195,6 +195,7 @@ class QueueMachine:
             "ack": self._ack,
             "nack": self._nack,
             "release": self._release,
+            "reject": self._reject,
             "extend": self._extend,
             "purge": self._purge,
         }
@@ -770,6 +771,23 @@ class QueueMachine:
             return {"released": len(leases)}
 
         return self._once(topic, arguments, release)
+
+    def _reject(self, arguments: dict) -> object:
+        """No delivery can succeed (a malformed message, an error that retrying cannot
+        mend): dead-lettered at once, whatever deliveries it has left, as RabbitMQ's reject
+        without requeue."""
+        topic, sub, leases = self._leases(arguments, "reject", frozenset({"error"}))
+        error = check.optional_text(arguments, "error", NACK_ERROR_CHARS_MAX)
+
+        def reject() -> dict:
+            self._refuse_lost(sub, leases)
+            for offset, _ in leases:
+                self._dead_letter(topic, sub, offset, "rejected", error)
+            if sub.key_ordered:
+                self.changed.add(topic.name)
+            return {"rejected": len(leases)}
+
+        return self._once(topic, arguments, reject)
 
     def _extend(self, arguments: dict) -> object:
         limits = self.limits

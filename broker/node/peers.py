@@ -32,8 +32,9 @@ log = logging.getLogger("paxq.node.peers")
 
 #: nodes of different versions do not talk: 4 takes slots of one command up to
 #: command_bytes_max, which a node of 3 refuses as malformed (it would stall, not diverge);
-#: 5 applies release, nack errors and message ids, which a node of 4 would refuse (diverge)
-PROTOCOL_VERSION = 5
+#: 5 applies release, nack errors and message ids, which a node of 4 would refuse (diverge);
+#: 6 applies reject
+PROTOCOL_VERSION = 6
 Address = tuple[str, int]
 
 

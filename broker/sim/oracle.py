@@ -7,7 +7,8 @@ its promises.
 - **lease exclusivity**: at any stamped time a message has at most one unexpired lease;
 - **fencing**: ack, nack and extend succeed only with the current, unexpired token, and are
   refused (LEASE_LOST) only when the token really is stale;
-- **no redelivery after an ack**, deliveries counted one by one, never above `max_deliveries`;
+- **no redelivery after an ack** or a reject, deliveries counted one by one, never above
+  `max_deliveries`; a rejected message dead-lettered at once, with the deliveries it had;
 - **deduplication**: a message whose id the topic stored within the window is not stored
   again and is answered with the first one's offset; any other is stored;
 - **idempotent producers**: a retried (producer, seq) gets the original result (publishes,
@@ -69,6 +70,7 @@ class QueueOracle:
         self.counts: dict[Key, int] = {}
         self.acked: set[Key] = set()
         self.dead: dict[Key, int] = {}  # -> deliveries when dead-lettered (from the DLQ)
+        self.rejected: dict[Key, int] = {}  # -> deliveries when rejected (dead at once)
         self.producers: dict[tuple[str, int], dict] = {}
         #: per topic, the message ids stored and not yet forgotten, oldest first:
         #: id -> (offset, stamp)
@@ -270,8 +272,15 @@ class QueueOracle:
             headers["x-death-offset"],
         )
         deliveries = headers["x-death-deliveries"]
-        limit = self.max_deliveries.get(origin[:2], 0)
-        if deliveries != limit or self.counts.get(origin) != limit:
+        rejected = self.rejected.get(origin)
+        if (headers["x-death-reason"] == "rejected") != (rejected is not None):
+            raise Violation(
+                "dead letter",
+                f"{where}: {origin} dead-lettered as {headers['x-death-reason']!r}; "
+                f"{'it was' if rejected is not None else 'it was not'} rejected",
+            )
+        limit = self.max_deliveries.get(origin[:2], 0) if rejected is None else rejected
+        if deliveries != limit or (rejected is None and self.counts.get(origin) != limit):
             raise Violation(
                 "dead letter",
                 f"{where}: {origin} dead-lettered after {deliveries} deliveries "
@@ -315,6 +324,14 @@ class QueueOracle:
         for key in self._held(slot, "release", args):
             del self.leases[key]
             self.counts[key] -= 1  # that delivery does not count: the next has its number
+
+    def _reject(self, slot: int, args: dict, result: dict) -> None:
+        if self._once(slot, args, result):
+            return
+        for key in self._held(slot, "reject", args):
+            del self.leases[key]
+            self.rejected[key] = self.counts[key]
+            self.dead[key] = self.counts[key]
 
     def _extend(self, slot: int, args: dict, result: dict) -> None:
         if self._once(slot, args, result):

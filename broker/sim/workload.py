@@ -176,9 +176,15 @@ class Consumer:
             if rng.random() < 0.5:
                 args["delay_ms"] = rng.randrange(0, 50)
             return "nack", args
-        if r < 0.8:  # handed back unprocessed: uncounted
+        if r < 0.78:  # handed back unprocessed: uncounted
             del self.held[index]
             return "release", _lease_args(topic, sub, leases)
+        if r < 0.8:  # no retry can mend it: dead-lettered at once
+            del self.held[index]
+            args = _lease_args(topic, sub, leases)
+            if rng.random() < 0.5:
+                args["error"] = "ValueError: malformed"
+            return "reject", args
         args = _lease_args(topic, sub, leases)
         args["lease_ms"] = rng.randint(*workload.lease_ms)
         return "extend", args

@@ -19,6 +19,7 @@ COMMANDS = frozenset(
         "ack",
         "nack",
         "release",
+        "reject",
         "extend",
         "purge",
     }
@@ -30,7 +31,7 @@ QUERIES = frozenset({"status", "list", "describe", "read"})
 PING = "ping"
 CONTROL = frozenset({"cancel", PING})
 #: commands that may carry `producer` and `seq`, so that a retry is answered, not re-applied
-IDEMPOTENT = frozenset({"publish", "ack", "nack", "release", "extend"})
+IDEMPOTENT = frozenset({"publish", "ack", "nack", "release", "reject", "extend"})
 #: the longest a claim or read may wait for a message (`wait_ms`)
 WAIT_MS_MAX = 60_000
 #: a producer's sequences on one topic that the machine remembers: a client keeps at most
