@@ -26,9 +26,10 @@ from .errors import (
     Unreachable,
 )
 from .messages import Delivery, Message, Offset
+from .results import ResultTimeout, TaskFailed, TaskRun
 from .tasks import Task, Tasks, UnknownTask
 from .wire import FrameTooLarge, MalformedFrame, WireError
-from .worker import WorkerPool
+from .worker import Reject, RetryAfter, WorkerPool
 
 __all__ = [
     "BadRequest",
@@ -48,11 +49,16 @@ __all__ = [
     "Overloaded",
     "PaxqError",
     "QueueFull",
+    "Reject",
     "RequestError",
+    "ResultTimeout",
     "Retry",
+    "RetryAfter",
     "SequenceTooOld",
     "SubscriptionExists",
     "Task",
+    "TaskFailed",
+    "TaskRun",
     "Tasks",
     "TooLarge",
     "TopicExists",

@@ -21,11 +21,28 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .client import Client
 from .messages import Delivery, Message
+from .results import TaskRun
 
 if TYPE_CHECKING:
     from .tasks import Task
 
 T = TypeVar("T")
+
+
+class BlockingTaskRun:
+    """A TaskRun for synchronous code: `run.result(timeout_s=10)` blocks."""
+
+    def __init__(self, run: TaskRun, client: BlockingClient) -> None:
+        self.run = run
+        self.id, self.offset, self.task = run.id, run.offset, run.task
+        self._client = client
+
+    @property
+    def duplicate(self) -> bool:
+        return self.run.duplicate
+
+    def result(self, timeout_s: float | None = 30.0) -> object:
+        return self._client.call(self.run.result, timeout_s)
 
 
 class BlockingDelivery:
@@ -148,15 +165,18 @@ class BlockingClient:
     def ack(self, deliveries: Sequence[BlockingDelivery | Delivery]) -> None:
         self.call(self.client.ack, [_unwrap(d) for d in deliveries])
 
-    def enqueue(self, task: Task, *args: object, **kwargs: object) -> int:
-        """Queue one run of a task (as `await task.enqueue(client, ...)`); its offset."""
-        return self.call(task.enqueue, self.client, *args, **kwargs)
+    def enqueue(self, task: Task, *args: object, **kwargs: object) -> BlockingTaskRun:
+        """Queue one run of a task (as `await task.enqueue(client, ...)`)."""
+        return BlockingTaskRun(self.call(task.enqueue, self.client, *args, **kwargs), self)
 
     def nack(self, deliveries: Sequence[BlockingDelivery | Delivery], **options: object) -> int:
         return self.call(self.client.nack, [_unwrap(d) for d in deliveries], **options)
 
     def release(self, deliveries: Sequence[BlockingDelivery | Delivery]) -> int:
         return self.call(self.client.release, [_unwrap(d) for d in deliveries])
+
+    def redrive(self, dead_letters: str, **options: object) -> int:
+        return self.call(self.client.redrive, dead_letters, **options)
 
     def reject(self, deliveries: Sequence[BlockingDelivery | Delivery], **options: object) -> int:
         return self.call(self.client.reject, [_unwrap(d) for d in deliveries], **options)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import logging
 import os
 import random
@@ -63,6 +64,7 @@ from .errors import (
     error_from_reply,
 )
 from .messages import Delivery, Headers, Message, Offset
+from .results import Results
 from .tracing import Caller, RequestTracing, caller, traceparent
 from .wire import FRAME_BYTES_MAX, ErrorCode
 from .wire.protocol import (
@@ -215,6 +217,7 @@ class Client:
         self._sequencers: dict[str, Sequencer] = {}
         self._publishers: dict[str, Batcher] = {}
         self._ackers: dict[tuple[str, str | None], Batcher] = {}
+        self._results: dict[str, Results] = {}
         self._group: TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self.retries = 0  # requests sent again (a leader change, a lost connection, ...)
@@ -521,6 +524,13 @@ class Client:
             sequencer.release(seq)
 
     # -------------------------------------------------------------------------------- admin
+
+    def results(self, queue: str) -> Results:
+        """Where this client finds the results of task runs on `queue` (see tasks)."""
+        results = self._results.get(queue)
+        if results is None:
+            results = self._results[queue] = Results(self, queue)
+        return results
 
     async def create_topic(self, topic: str, *, exist_ok: bool = False, **retention: int) -> bool:
         """A topic (a retained, totally ordered log). Retention: max_messages, max_bytes,
@@ -935,6 +945,37 @@ class Client:
                 delivery.settle()
         return result["rejected"]  # type: ignore[index]
 
+    async def redrive(
+        self, dead_letters: str, *, to: str | None = None, max: int | None = None
+    ) -> int:
+        """Move dead letters back to where they died (as SQS's redrive), or to `to`; returns
+        how many moved. Each goes back with its body, key and headers, its x-death-* headers
+        dropped, under a message_id made of its place in `dead_letters`: a redrive cut short
+        and run again within the dedup window moves none twice. A subscription's dead
+        letters need `to` (the topic they came from reaches every subscription)."""
+        if max is not None and (type(max) is not int or max < 1):
+            raise InvalidArgument("max", f"{max!r}: messages from 1, or None for all")
+        moved = 0
+        while max is None or moved < max:
+            want = CLAIM_MAX if max is None else min(CLAIM_MAX, max - moved)
+            batch = await self.claim(dead_letters, max=want, lease_s=60.0)
+            if not batch:
+                break
+            try:
+                by_target: dict[str, list[dict]] = {}
+                for delivery in batch:
+                    target, message = _redriven(dead_letters, delivery, to)
+                    by_target.setdefault(target, []).append(message)
+                for target, messages in by_target.items():
+                    await self.publish_many(target, messages)
+            except BaseException:
+                with anyio.CancelScope(shield=True), contextlib.suppress(PaxqError):
+                    await self.release(batch)
+                raise
+            await self.ack(batch)
+            moved += len(batch)
+        return moved
+
     async def extend(self, deliveries: Sequence[Delivery], *, lease_s: float) -> int:
         """Hold these `lease_s` longer from now; returns the new deadline (stamped ms)."""
         if not deliveries:
@@ -1088,6 +1129,36 @@ def _contact_failure(address: Address, error: BaseException, timeout_s: float) -
 
 def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
+
+
+def _redriven(dead_letters: str, delivery: Delivery, to: str | None) -> tuple[str, dict]:
+    """Where a dead letter goes back to, and as what."""
+    headers = delivery.headers or {}
+    origin, subscription = headers.get("x-death-topic"), headers.get("x-death-subscription")
+    where = f"{dead_letters}@{delivery.offset}"
+    if to is None:
+        if not isinstance(origin, str):
+            raise InvalidArgument("to", f"{where} is not a dead letter (no x-death-topic)")
+        if subscription:
+            raise InvalidArgument(
+                "to",
+                f"{where} died in subscription {subscription!r} of topic {origin!r}, which "
+                "every subscription reads: name where it goes",
+            )
+    kept = {k: v for k, v in headers.items() if not k.startswith("x-death-")}
+    message = {
+        "body": delivery.body,
+        "key": delivery.key,
+        "headers": kept or None,
+        "message_id": _bounded_id(f"redrive:{where}"),
+    }
+    return to or origin, message
+
+
+def _bounded_id(text: str) -> str:
+    if len(text) <= MESSAGE_ID_CHARS_MAX:
+        return text
+    return "redrive:" + hashlib.blake2b(text.encode(), digest_size=32).hexdigest()
 
 
 def _error_text(error: BaseException | str) -> str:

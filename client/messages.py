@@ -66,6 +66,11 @@ class Delivery:
         return self.body.decode()
 
     @property
+    def client(self) -> Client:
+        """The client it came through (to publish what handling it produces)."""
+        return self._client
+
+    @property
     def lease(self) -> list[int]:
         return [self.offset, self.token]
 

@@ -2,7 +2,9 @@
 
 A handler that returns acks its delivery (unless it acked or nacked it itself); one that
 raises nacks it, so it comes back after the subscription's backoff and goes to the dead
-letters once it has used up `max_deliveries`. Leases are kept extended while handlers run.
+letters once it has used up `max_deliveries`, with what it raised in x-death-error. One that
+raises `Reject` (or an error of a type in `no_retry`) dead-letters it at once; `RetryAfter`
+nacks it with that delay. Leases are kept extended while handlers run.
 `stop()` is graceful: nothing new is taken, running handlers get `grace_s` to finish, then
 they are cancelled and their messages nacked without delay; what was prefetched and never
 handled is released (handed back without counting a delivery). A plain (not
@@ -27,6 +29,20 @@ log = logging.getLogger("paxq.client.worker")
 
 Handler = Callable[[Delivery], Awaitable[object] | object]
 
+
+class Reject(Exception):
+    """Raised by a handler: no retry can mend this message; dead-letter it now. The dead
+    letter's x-death-error is the exception this one was raised from, if any, else this."""
+
+
+class RetryAfter(Exception):
+    """Raised by a handler: try this message again after `delay_s` (not the backoff)."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(f"retry after {delay_s} s")
+        self.delay_s = delay_s
+
+
 #: a worker whose deliveries are all waiting (and whose handler awaits nothing) yields to the
 #: others after this many; yielding after each one costs a third of a fast pool's throughput
 _CHECKPOINT_EVERY = 32
@@ -47,6 +63,8 @@ class WorkerPool:
         grace_s: float = 30.0,
         name: str = "",
         on_acked: Callable[[Delivery], object] | None = None,
+        no_retry: tuple[type[BaseException], ...] = (),
+        on_dead: Callable[[Delivery, BaseException], Awaitable[object]] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be positive")
@@ -65,8 +83,14 @@ class WorkerPool:
         self.name = name
         #: called after each ack the cluster confirmed (e.g. to record or count it)
         self.on_acked = on_acked
+        #: error types a handler may raise that retrying cannot mend: dead-lettered at once
+        self.no_retry = no_retry
+        #: awaited after a failure dead-lettered a message (rejected, or its deliveries used
+        #: up), with the error (e.g. to record it where the caller looks)
+        self.on_dead = on_dead
         self.done = 0  # handled and acked
-        self.failed = 0  # raised: nacked
+        self.failed = 0  # raised: nacked, or rejected
+        self.rejected = 0  # of those, dead-lettered at once (Reject, no_retry)
         self.lost = 0  # handled, but the lease was gone by the ack: another worker has it
         self.active = 0
         self.acking = 0  # handled, its ack sent and not yet answered
@@ -155,14 +179,33 @@ class WorkerPool:
             raise
         except Exception as error:
             self.failed += 1
-            log.exception("handler failed on %s@%d", self.topic, delivery.offset)
             if not delivery.finished:
                 with anyio.CancelScope(shield=True):
-                    await _quietly(delivery.nack(error=error))  # a dead letter says why
+                    await self._failed(delivery, error)
         else:
             await self._ack(delivery)
         finally:
             self.active -= 1
+
+    async def _failed(self, delivery: Delivery, error: Exception) -> None:
+        where = f"{self.topic}@{delivery.offset}"
+        cause = error
+        if isinstance(error, Reject | RetryAfter) and isinstance(error.__cause__, Exception):
+            cause = error.__cause__
+        if isinstance(error, (Reject, *self.no_retry)):
+            self.rejected += 1
+            # One line, no traceback: a bad message is the sender's mistake, said once.
+            log.error("%s rejected (dead-lettered): %s: %s", where, type(cause).__name__, cause)
+            dead = bool(await _quietly(self.client.reject([delivery], error=cause)))
+        else:
+            delay_s = error.delay_s if isinstance(error, RetryAfter) else None
+            log.warning("handler failed on %s", where, exc_info=cause)
+            dead = bool(await _quietly(self.client.nack([delivery], delay_s=delay_s, error=cause)))
+        if dead and self.on_dead is not None:
+            try:
+                await self.on_dead(delivery, cause)
+            except Exception:
+                log.exception("on_dead raised on %s", where)
 
     async def _ack(self, delivery: Delivery) -> None:
         """The work is done: ack it without waiting (with the acks of other handlers, in one
@@ -205,8 +248,10 @@ class WorkerPool:
             log.warning("%s@%d: ack failed: %s", self.topic, delivery.offset, error)
 
 
-async def _quietly(call: Awaitable[object]) -> None:
+async def _quietly(call: Awaitable[object]) -> object:
+    """The call's result, or None if it failed (said in the log)."""
     try:
-        await call
+        return await call
     except PaxqError as error:
         log.info("giving a message back: %s", error)
+        return None
