@@ -15,7 +15,14 @@ from contextlib import asynccontextmanager
 import anyio
 from anyio.abc import ByteStream, TaskGroup
 
-from .errors import ConnectionLost, PaxqError, TooLarge, UnsupportedVersion, error_from_reply
+from .errors import (
+    ConnectionLost,
+    InvalidArgument,
+    PaxqError,
+    TooLarge,
+    UnsupportedVersion,
+    error_from_reply,
+)
 from .wire import FRAME_BYTES_MAX, FrameDecoder, FrameTooLarge, WireError, encode_frame
 from .wire.protocol import HELLO, PING
 
@@ -32,10 +39,11 @@ def default_seeds() -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()] or list(DEV_SEEDS)
 
 
-def parse_address(text: str) -> Address:
+def parse_address(text: str, argument: str = "seeds") -> Address:
+    """("host", port) of "host:port"; InvalidArgument (a ValueError) naming `argument`."""
     host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"expected host:port, got {text!r}")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(argument, f"{text!r} is not host:port (a port from 1 to 65535)")
     return host, int(port)
 
 

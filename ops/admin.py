@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 
@@ -84,43 +85,141 @@ def _latency(summary: dict | None) -> str:
     return f"{one(summary['p50'])}/{one(summary['p99'])}"
 
 
-async def top(addresses: list[Address], client_seeds: list[str], every_s: float = 1.0) -> None:
-    """`paxq top`: the status table and every topic's subscriptions, redrawn every second,
-    until SIGINT or SIGTERM. The signal cancels the redraw: a KeyboardInterrupt raised
-    wherever the loop happens to be could leave the client's connections half closed."""
+#: topics `paxq top` shows at most (in the order `list` gives them)
+TOP_TOPICS_MAX = 100
+#: the widest a table printed into a pipe may be
+TABLE_CHARS_MAX = 400
+
+
+async def top(
+    addresses: list[Address], client_seeds: list[str], every_s: float = 1.0, once: bool = False
+) -> None:
+    """`paxq top`: the status table and every topic with its subscriptions, redrawn every
+    `every_s` until SIGINT or SIGTERM (or printed once). Into a terminal it redraws in place;
+    into a pipe it prints plain tables, no escape codes. The signal cancels the redraw: a
+    KeyboardInterrupt raised wherever the loop happens to be could leave the client's
+    connections half closed."""
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            nursery.start_soon(_redraw, addresses, client_seeds, every_s)
+            nursery.start_soon(_redraw, addresses, client_seeds, every_s, once, nursery)
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 return
 
 
-async def _redraw(addresses: list[Address], client_seeds: list[str], every_s: float) -> None:
+async def _redraw(
+    addresses: list[Address],
+    client_seeds: list[str],
+    every_s: float,
+    once: bool,
+    nursery: trio.Nursery,
+) -> None:
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.text import Text
+
     from paxq.client import Client
 
+    console = Console()
+    if not console.is_terminal:  # a pipe: whole lines, for grep and awk
+        console = Console(width=TABLE_CHARS_MAX)
+    rates = Rates()
+    shown = False
+    live = Live(console=console, auto_refresh=False) if console.is_terminal and not once else None
     async with Client(client_seeds, request_timeout_s=every_s * 3) as client:
-        while True:
-            statuses = await gather_status(addresses)
-            lines = [status_table(addresses, statuses), ""]
-            lines.append(
-                f"{'topic':30} {'subscription':20} {'depth':>9} {'in flight':>9} "
-                f"{'delayed':>8} {'dead':>7} {'oldest':>9}"
+        with live or contextlib.nullcontext():
+            while True:
+                statuses = await gather_status(addresses)
+                try:
+                    topics = await _topics(client)
+                    error = None
+                except PaxqError as failure:
+                    topics, error = [], failure
+                view = Group(
+                    Text(status_table(addresses, statuses)),
+                    Text(""),
+                    topics_table(topics, rates.update(topics, trio.current_time())),
+                    Text(f"(topics unavailable: {error})" if error else ""),
+                )
+                if live is not None:
+                    live.update(view, refresh=True)
+                elif not once or shown:  # once: the second snapshot, which has rates
+                    console.print(view)
+                if once and shown:
+                    nursery.cancel_scope.cancel()
+                    return
+                shown = True
+                await trio.sleep(every_s)
+
+
+async def _topics(client) -> list[dict]:
+    found = []
+    for entry in (await client.topics())[:TOP_TOPICS_MAX]:
+        found.append(await client.describe(entry["topic"]))
+    return found
+
+
+class Rates:
+    """Messages per second published to each topic and acked by each subscription, from two
+    snapshots in turn (none on the first)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, dict] | None = None
+
+    def update(self, topics: list[dict], now: float) -> dict:
+        counts = {}
+        for t in topics:
+            counts[t["topic"], None] = t["next"]
+            for name, sub in t["subscriptions"].items():
+                counts[t["topic"], name] = sub["acked"]
+        last, self._last = self._last, (now, counts)
+        if last is None or now <= last[0]:
+            return {}
+        elapsed = now - last[0]
+        return {k: max(0, v - last[1][k]) / elapsed for k, v in counts.items() if k in last[1]}
+
+
+def topics_table(topics: list[dict], rates: dict):
+    """One row per topic (its publish rate) and one per subscription (depth, rates, age)."""
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name, justify in (
+        ("topic", "left"),
+        ("subscription", "left"),
+        ("kind", "left"),
+        ("messages", "right"),
+        ("in/s", "right"),
+        ("depth", "right"),
+        ("in flight", "right"),
+        ("delayed", "right"),
+        ("acked/s", "right"),
+        ("dead", "right"),
+        ("oldest", "right"),
+    ):
+        table.add_column(name, justify=justify, no_wrap=True)
+
+    def rate(key: tuple) -> str:
+        return f"{rates[key]:.0f}" if key in rates else "-"
+
+    for t in topics:
+        name = t["topic"]
+        table.add_row(name, "", t["kind"], f"{t['messages']:,}", rate((name, None)))
+        for sub_name, sub in t["subscriptions"].items():
+            table.add_row(
+                "",
+                sub_name or "(queue)",
+                "",
+                "",
+                "",
+                f"{sub['depth']:,}",
+                f"{sub['in_flight']:,}",
+                f"{sub['delayed']:,}",
+                rate((name, sub_name)),
+                f"{sub['dead_lettered']:,}",
+                f"{sub['oldest_unacked_age_ms'] / 1000:.1f}s",
             )
-            try:
-                for entry in (await client.topics())[:50]:
-                    described = await client.describe(entry["topic"])
-                    for name, sub in described["subscriptions"].items():
-                        oldest_s = sub["oldest_unacked_age_ms"] / 1000
-                        lines.append(
-                            f"{entry['topic'][:30]:30} {(name or '(queue)')[:20]:20} "
-                            f"{sub['depth']:>9} {sub['in_flight']:>9} {sub['delayed']:>8} "
-                            f"{sub['dead_lettered']:>7} {oldest_s:>8.1f}s"
-                        )
-            except PaxqError as error:
-                lines.append(f"(topics unavailable: {error})")
-            print("\x1b[H\x1b[2J" + "\n".join(lines), flush=True)
-            await trio.sleep(every_s)
+    return table
 
 
 def _size(count: int) -> str:

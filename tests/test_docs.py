@@ -24,7 +24,13 @@ import trio
 from paxq.ops.admin import gather_status
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ["README.md", "docs/quickstart.md", "docs/client.md", "docs/observability.md"]
+DOCS = [
+    "README.md",
+    "docs/quickstart.md",
+    "docs/cli.md",
+    "docs/client.md",
+    "docs/observability.md",
+]
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 BLOCK_S = 120
 pytestmark = pytest.mark.slow

@@ -597,6 +597,13 @@ class QueueMachine:
         topic = self._topic(arguments)
         if topic.kind == QUEUE and arguments.get("subscription") is None:
             name = QUEUE_SUBSCRIPTION
+        elif arguments.get("subscription") is None:
+            names = sorted(topic.subs)
+            some = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+            raise bad(
+                f"{topic.name!r} is a topic: name one of its subscriptions "
+                f"({some or 'it has none yet'})"
+            )
         else:
             name = check.name(arguments, "subscription")
         sub = topic.subs.get(name)

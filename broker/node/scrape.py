@@ -1,6 +1,7 @@
 """The Prometheus scrape endpoint of a node: `GET /metrics` over HTTP/1.1, one request per
 connection. Requests are bounded (8 KiB of head, 5 s to send it, 64 connections at once);
-anything but a GET of /metrics is answered 404 or 400."""
+anything but a GET of /metrics is answered 404 or 400, and what cannot begin a request line
+(a paxq client's hello, sent to the wrong port) at once."""
 
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ class ScrapeEndpoint:
                 if not data:
                     break
                 head += data
+                if not head[:1].isupper():  # no request line starts so (a paxq client's hello)
+                    break
         line = head.split(b"\r\n", 1)[0].split()
         if b"\r\n\r\n" not in head or len(line) != 3 or not line[2].startswith(b"HTTP/1."):
             await stream.send_all(_response(400, "bad request\n"))
