@@ -142,7 +142,7 @@ class Client:
         *,
         request_timeout_s: float = 30.0,
         connect_timeout_s: float = 3.0,
-        first_contact_s: float = 5.0,
+        first_contact_s: float = 4.0,
         outage_s: float | None = 300.0,
         silence_s: float | None = SILENCE_S,
         backoff_initial_s: float = 0.02,

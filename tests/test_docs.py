@@ -181,16 +181,19 @@ def test_paxq_worker_runs_tasks_until_sigterm(dev_cluster: dict, tmp_path: Path)
     env = {**dev_cluster, "DONE_FILE": str(done), "PYTHONPATH": str(tmp_path)}
     paxq = [sys.executable, "-m", "paxq.ops.cli"]
     worker = subprocess.Popen(
-        [*paxq, "worker", "cliapp:tasks", "--concurrency", "4"],
+        [*paxq, "worker", "cliapp:tasks", "--concurrency", "4", "--prefetch", "4",
+         "--grace-s", "5", "--log-level", "warning"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-    )
+    )  # fmt: skip
     try:
         lines = "\n".join(
             json.dumps({"task": "cliapp.record", "args": [n], "kwargs": {}}) for n in range(20)
         )
+        lines += "\nnot a task"  # dead-lettered at once, said in one line
         subprocess.run([*paxq, "create", "cli-tasks", "--queue", "--exist-ok"], env=env, check=True)
         subprocess.run([*paxq, "publish", "cli-tasks"], input=lines, text=True, env=env, check=True)
 
@@ -201,14 +204,17 @@ def test_paxq_worker_runs_tasks_until_sigterm(dev_cluster: dict, tmp_path: Path)
 
         trio.run(all_done)
         worker.send_signal(signal.SIGTERM)
-        out, _ = worker.communicate(timeout=30)
+        out, err = worker.communicate(timeout=30)
     finally:
         if worker.poll() is None:
             worker.kill()
             worker.wait(10)
     assert worker.returncode == 0
     assert sorted(map(int, done.read_text().split())) == list(range(20))
-    assert '"done": 20' in out
+    assert json.loads(out) == {"cli-tasks": {"done": 20, "failed": 1, "rejected": 1}}
+    assert "paxq worker: cliapp.record on cli-tasks, 4 at a time per queue" in err
+    assert "up to 5 s" in err and err.count("rejected (dead-lettered)") == 1, err
+    assert "Traceback" not in err
 
 
 def test_each_dev_node_serves_prometheus_metrics(dev_cluster: dict) -> None:

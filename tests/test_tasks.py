@@ -12,6 +12,7 @@ import trio
 from test_client import cluster_client
 
 from paxq.client import (
+    BlockingClient,
     Client,
     InvalidArgument,
     Reject,
@@ -147,6 +148,17 @@ async def test_a_task_that_stores_results_hands_them_to_its_caller(tmp_path: Pat
             await idle.result(timeout_s=0.2)
         with pytest.raises(Exception, match="does not store results"):
             await (await charge.enqueue(client, 1)).result()
+
+        # From synchronous code: the same run, blocking.
+        async with Client(seeds) as worker, trio.open_nursery() as nursery:
+            nursery.start_soon(tasks.work, worker)
+
+            def script() -> object:
+                with BlockingClient(seeds) as blocking:
+                    return blocking.enqueue(add, 40, b=2).result(timeout_s=20)
+
+            assert await trio.to_thread.run_sync(script) == 42
+            nursery.cancel_scope.cancel()
 
 
 async def test_redrive_moves_dead_letters_back_once(tmp_path: Path) -> None:
