@@ -75,6 +75,7 @@ from .wire.protocol import (
     KEY_BYTES_MAX,
     LEASE_MS_MAX,
     LEASES_MAX,
+    LIST_TOPICS_MAX,
     MESSAGE_BYTES_MAX,
     MESSAGE_ID_CHARS_MAX,
     NACK_ERROR_CHARS_MAX,
@@ -596,8 +597,17 @@ class Client:
         return result["purged"]  # type: ignore[index]
 
     async def topics(self) -> list[dict]:
-        """Every topic and queue: name, kind, first and next offset."""
-        return await self.request("list", {})  # type: ignore[return-value]
+        """Every topic and queue: name, kind, first and next offset (asked a page at a
+        time, by name)."""
+        found: list[dict] = []
+        while True:
+            fields: dict = {"limit": LIST_TOPICS_MAX}
+            if found:
+                fields["after"] = found[-1]["topic"]
+            page = await self.request("list", fields)
+            found.extend(page)  # type: ignore[arg-type]
+            if len(page) < LIST_TOPICS_MAX:  # type: ignore[arg-type]
+                return found
 
     async def describe(self, topic: str) -> dict:
         """A topic's offsets, retention and, per subscription: depth, in flight, delayed,

@@ -43,7 +43,7 @@ from paxq.client.batching import Batcher, Job, Sequencer
 from paxq.client.connection import connect, parse_address
 from paxq.client.errors import _BY_CODE, PaxqError, error_from_reply
 from paxq.client.wire import ErrorCode
-from paxq.client.wire.protocol import MESSAGE_BYTES_MAX
+from paxq.client.wire.protocol import LIST_TOPICS_MAX, MESSAGE_BYTES_MAX
 
 LIMIT_S = 60
 
@@ -478,6 +478,17 @@ async def test_tasks_run_like_celery_or_dramatiq(tmp_path: Path) -> None:
                 await trio.sleep(0.02)
             nursery.cancel_scope.cancel()
         assert sorted(results) == [5, 20]  # the delayed one is not due for an hour
+
+
+async def test_topics_are_listed_a_page_at_a_time(tmp_path: Path) -> None:
+    async with cluster_client(tmp_path, 1) as (_nodes, _clients, client):
+        names = [f"t{i:05}-" + "x" * 190 for i in range(LIST_TOPICS_MAX + 5)]
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(partial(client.create_topic, name))
+        page = await client.request("list", {})
+        assert len(page) == LIST_TOPICS_MAX  # one frame's worth, by name
+        assert [t["topic"] for t in await client.topics()] == names
 
 
 def test_a_task_in_a_script_is_named_as_a_worker_that_imports_it_names_it(tmp_path: Path) -> None:

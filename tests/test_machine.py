@@ -87,6 +87,8 @@ def test_topics_are_created_listed_described_and_deleted(d: Driver) -> None:
     assert d.ok("create", topic="orders") == {"topic": "orders", "kind": "topic"}
     assert d.ok("create", topic="jobs", kind="queue")["kind"] == "queue"
     assert [t["topic"] for t in d.machine.list_topics()] == ["jobs", "orders"]
+    assert [t["topic"] for t in d.machine.list_topics(after="jobs", limit=1)] == ["orders"]
+    assert d.machine.list_topics(after="orders") == []
     assert d.publish("orders", b"a", b"b") == 0
     assert d.publish("orders", b"c") == 2
     described = d.machine.describe("orders")

@@ -30,6 +30,7 @@ from paxq.client.wire.protocol import (
     KEY_BYTES_MAX,
     LEASE_MS_MAX,
     LEASES_MAX,
+    LIST_TOPICS_MAX,
     MESSAGE_BYTES_MAX,
     MESSAGE_ID_CHARS_MAX,
     NACK_ERROR_CHARS_MAX,
@@ -886,10 +887,13 @@ class QueueMachine:
         changed, self.changed = self.changed, set()
         return changed
 
-    def list_topics(self) -> list[dict]:
+    def list_topics(self, after: str | None = None, limit: int = LIST_TOPICS_MAX) -> list[dict]:
+        """Topics by name, those after `after`, at most `limit` (a page: 10,000 topics of
+        long names would not fit one frame)."""
+        names = sorted(name for name in self.topics if after is None or name > after)
         return [
             {"topic": t.name, "kind": t.kind, "first": t.first, "next": t.next}
-            for t in sorted(self.topics.values(), key=lambda t: t.name)
+            for t in (self.topics[name] for name in names[:limit])
         ]
 
     def describe(self, name: str) -> dict:

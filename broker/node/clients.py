@@ -41,7 +41,13 @@ from paxq.client.wire import (
     WireError,
     encode_frame,
 )
-from paxq.client.wire.protocol import COMMANDS, PING, PROTOCOL_VERSION, WAIT_MS_MAX
+from paxq.client.wire.protocol import (
+    COMMANDS,
+    LIST_TOPICS_MAX,
+    PING,
+    PROTOCOL_VERSION,
+    WAIT_MS_MAX,
+)
 
 from ..machine import MachineError
 from ..machine import command as command_bytes
@@ -403,7 +409,16 @@ class ClientPort:
                     status.update(self.extra_status())
                 return {"id": rid, "ok": True, "status": status}
             if op == "list":
-                return {"id": rid, "ok": True, "result": machine.list_topics()}
+                after, limit = request.get("after"), request.get("limit", LIST_TOPICS_MAX)
+                if (after is not None and type(after) is not str) or not (
+                    type(limit) is int and 1 <= limit <= LIST_TOPICS_MAX
+                ):
+                    return _error(
+                        rid,
+                        ErrorCode.BAD_REQUEST,
+                        f"list takes after (a name) and limit (1 to {LIST_TOPICS_MAX})",
+                    )
+                return {"id": rid, "ok": True, "result": machine.list_topics(after, limit)}
             if op == "describe":
                 topic = request.get("topic")
                 if type(topic) is not str:

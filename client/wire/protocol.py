@@ -40,6 +40,9 @@ PRODUCER_WINDOW = 32
 #: the most messages in one publish, and leases in one ack, nack or extend
 PUBLISH_MESSAGES_MAX = 1000
 LEASES_MAX = 1000
+#: topics in one `list` answer at most: a client asks for the rest `after` the last name
+#: (10,000 topics of 200-character names would not fit one frame)
+LIST_TOPICS_MAX = 1000
 #: the most messages one claim takes (the machine's claim_max)
 CLAIM_MAX = 1000
 #: a message's bytes (`message_bytes`: body, key and encoded headers), at most
