@@ -961,14 +961,24 @@ class Client:
         """Move dead letters back to where they died (as SQS's redrive), or to `to`; returns
         how many moved. Each goes back with its body, key and headers, its x-death-* headers
         dropped, under a message_id made of its place in `dead_letters`: a redrive cut short
-        and run again within the dedup window moves none twice. A subscription's dead
-        letters need `to` (the topic they came from reaches every subscription)."""
+        and run again within the dedup window (2 minutes) moves none twice. It moves what was
+        there when it began. A subscription's dead letters need `to` (the topic they came
+        from reaches every subscription)."""
         if max is not None and (type(max) is not int or max < 1):
             raise InvalidArgument("max", f"{max!r}: messages from 1, or None for all")
+        if to == dead_letters:
+            raise InvalidArgument("to", f"{to!r} is where they are: they would come round again")
+        # Only what is there now: a message that dies again meanwhile (a worker that still
+        # rejects it) lands past this, and is left for the next redrive.
+        end = (await self.describe(dead_letters))["next"]
         moved = 0
         while max is None or moved < max:
             want = CLAIM_MAX if max is None else min(CLAIM_MAX, max - moved)
             batch = await self.claim(dead_letters, max=want, lease_s=60.0)
+            later = [delivery for delivery in batch if delivery.offset >= end]
+            if later:
+                await self.release(later)
+                batch = [delivery for delivery in batch if delivery.offset < end]
             if not batch:
                 break
             try:

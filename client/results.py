@@ -1,9 +1,11 @@
 """Task results kept in the cluster, as Celery's result backend keeps them: a task that stores
 its result has it published by the worker to its queue's results topic (`<queue>.results`,
-retained a day) under the run's id, so a retried run stores it once. The caller's client
-follows that topic with one tail for all its runs, from the offset it had when the client
-first enqueued such a task (every result of its runs lies after it), and hands each result
-to whoever waits for it, keeping the latest few thousand for runs not yet asked about."""
+retained a day) under the run's id and attempt, so a run redelivered after a crash stores it
+once. The caller's client follows that topic with one tail for all its runs, from the offset
+it had when it first enqueued such a task (every later result lies after it; a duplicate's
+may lie before, and is looked for there), and hands each result to whoever waits for it,
+keeping the latest few thousand. A success stands over a failure (a run redriven after it
+failed for good)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import anyio
 
 from .errors import PaxqError, UnknownTopic
 from .messages import Offset
+from .wire.protocol import MESSAGE_BYTES_MAX
 
 if TYPE_CHECKING:
     from .client import Client
@@ -27,6 +30,8 @@ RESULTS_MAX_AGE_MS = 24 * 3600 * 1000
 #: results held by one client, oldest dropped first (a run asked about after its result was
 #: dropped waits for nothing: ResultTimeout)
 RESULTS_KEPT_MAX = 10_000
+#: and their bytes at most (a result may be up to a message's 1 MiB)
+RESULTS_KEPT_BYTES_MAX = 64 << 20
 
 
 def results_topic(queue: str) -> str:
@@ -48,15 +53,22 @@ async def create_results_topic(client: Client, queue: str) -> None:
     await client.create_topic(results_topic(queue), exist_ok=True, max_age_ms=RESULTS_MAX_AGE_MS)
 
 
-async def store(client: Client, queue: str, record: dict) -> None:
-    """Publish one run's result (the worker's side); created on first use."""
+async def store(client: Client, queue: str, record: dict, attempt: str) -> None:
+    """Publish one run's result (the worker's side), created on first use. `attempt` names
+    the message run (its queue offset): stored once per attempt, so a run redelivered after a
+    crash stores its result once, and one redriven after a failure stores its success."""
     body = json.dumps(record).encode()
+    if len(body) > MESSAGE_BYTES_MAX:
+        error = f"TooLarge: a result of {len(body):,} bytes; the largest is {MESSAGE_BYTES_MAX:,}"
+        record = {key: record[key] for key in ("id", "task")} | {"ok": False, "error": error}
+        body = json.dumps(record).encode()
     topic = results_topic(queue)
+    message_id = f"{record['id']}@{attempt}"
     try:
-        await client.publish(topic, body, message_id=record["id"])
+        await client.publish(topic, body, message_id=message_id)
     except UnknownTopic:
         await create_results_topic(client, queue)
-        await client.publish(topic, body, message_id=record["id"])
+        await client.publish(topic, body, message_id=message_id)
 
 
 class Results:
@@ -69,7 +81,9 @@ class Results:
         self._start: int | None = None
         self._opening = anyio.Lock()
         self._kept: OrderedDict[str, dict] = OrderedDict()
+        self._kept_bytes = 0
         self._waiting: dict[str, anyio.Event] = {}
+        self._waiters: dict[str, int] = {}
         self._following = False
         self._failure: PaxqError | None = None
 
@@ -83,45 +97,87 @@ class Results:
                 # Any node's answer will do: one that lags gives an earlier offset.
                 self._start = (await self.client.describe(self.topic))["next"]
 
-    async def get(self, run_id: str, timeout_s: float | None) -> object:
-        record = self._kept.get(run_id)
-        if record is None:
-            event = self._waiting.setdefault(run_id, anyio.Event())
-            if not self._following:
-                self._following, self._failure = True, None
-                self.client.task_group.start_soon(self._follow, self._start or 0)
-            try:
-                with anyio.fail_after(timeout_s if timeout_s is not None else float("inf")):
-                    await event.wait()
-            except TimeoutError:
-                raise ResultTimeout(
-                    f"no result of run {run_id} on {self.topic} within {timeout_s} s"
-                ) from None
-            finally:
-                if self._waiting.get(run_id) is event and not event.is_set():
-                    del self._waiting[run_id]
-            record = self._kept.get(run_id)
-            if record is None:  # woken because following the topic failed
-                raise self._failure or ResultTimeout(f"no result of run {run_id}")
+    async def get(self, run_id: str, timeout_s: float | None, earlier: bool = False) -> object:
+        """The run's result; `earlier`: it may have been stored before this client began to
+        follow (a duplicate of a run queued before), so the topic is read from its start up
+        to there first."""
+        try:
+            with anyio.fail_after(timeout_s if timeout_s is not None else float("inf")):
+                record = self._kept.get(run_id)
+                if record is None and earlier:
+                    await self._read_earlier()
+                    record = self._kept.get(run_id)
+                if record is None:
+                    record = await self._wait(run_id)
+        except TimeoutError:
+            raise ResultTimeout(
+                f"no result of run {run_id} on {self.topic} within {timeout_s} s"
+            ) from None
         if record.get("ok"):
             return record.get("value")
         raise TaskFailed(f"{record.get('task')}: {record.get('error')}", run_id)
 
+    async def _wait(self, run_id: str) -> dict:
+        event = self._waiting.setdefault(run_id, anyio.Event())
+        self._waiters[run_id] = self._waiters.get(run_id, 0) + 1
+        if not self._following:
+            self._following, self._failure = True, None
+            self.client.task_group.start_soon(self._follow, self._start or 0)
+        try:
+            await event.wait()
+        finally:
+            self._waiters[run_id] -= 1
+            if not self._waiters[run_id]:  # the last one waiting for it: forget the event
+                del self._waiters[run_id]
+                if self._waiting.get(run_id) is event:
+                    del self._waiting[run_id]
+        record = self._kept.get(run_id)
+        if record is None:  # woken because following the topic failed
+            raise self._failure or ResultTimeout(f"no result of run {run_id}")
+        return record
+
+    async def _read_earlier(self) -> None:
+        offset = (await self.client.describe(self.topic))["first"]
+        end = self._start or 0
+        while offset < end:
+            messages, offset = await self.client.read(self.topic, offset, limit=1000)
+            if not messages:
+                break
+            for message in messages:
+                if message.offset < end:
+                    self._keep(message.body, message.offset)
+
+    def _keep(self, body: bytes, offset: int) -> str | None:
+        """Holds a record; its run id if it is the one to answer with. A success stands over
+        a failure (a run redriven after it failed for good); otherwise the first stands (the
+        same attempt stored again after a crash)."""
+        try:
+            record = json.loads(body)
+            run_id = record["id"]
+        except (ValueError, KeyError, TypeError):
+            run_id = None
+        if not isinstance(run_id, str):
+            log.warning("%s@%d: not a task result", self.topic, offset)
+            return None
+        held = self._kept.get(run_id)
+        if held is not None and (held.get("ok") or not record.get("ok")):
+            return None
+        if held is not None:
+            self._kept_bytes -= held["_bytes"]
+        record["_bytes"] = len(body)
+        self._kept[run_id] = record
+        self._kept.move_to_end(run_id)
+        self._kept_bytes += len(body)
+        while len(self._kept) > RESULTS_KEPT_MAX or self._kept_bytes > RESULTS_KEPT_BYTES_MAX:
+            _, dropped = self._kept.popitem(last=False)
+            self._kept_bytes -= dropped["_bytes"]
+        return run_id
+
     async def _follow(self, start: int) -> None:
         try:
             async for message in self.client.tail(self.topic, start):
-                try:
-                    record = json.loads(message.body)
-                    run_id = record["id"]
-                except (ValueError, KeyError, TypeError):
-                    log.warning("%s@%d: not a task result", self.topic, message.offset)
-                    continue
-                if run_id in self._kept:
-                    continue  # stored again by a retried run: the first one counts
-                if len(self._kept) >= RESULTS_KEPT_MAX:
-                    self._kept.popitem(last=False)
-                self._kept[run_id] = record
-                event = self._waiting.pop(run_id, None)
+                run_id = self._keep(message.body, message.offset)
+                event = self._waiting.pop(run_id, None) if run_id is not None else None
                 if event is not None:
                     event.set()
         except PaxqError as error:  # an outage past the client's outage_s, ...
@@ -157,4 +213,4 @@ class TaskRun:
         for good, ResultTimeout after `timeout_s` (None: wait for ever)."""
         if self._results is None:
             raise PaxqError(f"{self.task} does not store results (store_result=True does)")
-        return await self._results.get(self.id, timeout_s)
+        return await self._results.get(self.id, timeout_s, earlier=self.duplicate)

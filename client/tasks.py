@@ -39,7 +39,7 @@ from .client import Client
 from .errors import InvalidArgument, RequestError
 from .messages import Delivery
 from .results import TaskRun, store
-from .worker import Reject, RetryAfter, WorkerPool
+from .worker import Reject, RetryAfter, WorkerPool, check_delay
 
 
 class UnknownTask(RequestError):
@@ -115,10 +115,8 @@ class Tasks:
         `options` are publish options every call gets (delay_s, key, headers)."""
         if max_retries is not None and (type(max_retries) is not int or max_retries < 0):
             raise InvalidArgument("max_retries", f"{max_retries!r}: an int from 0, or None")
-        if retry_delay_s is not None and not (
-            isinstance(retry_delay_s, int | float) and retry_delay_s >= 0
-        ):
-            raise InvalidArgument("retry_delay_s", f"{retry_delay_s!r}: seconds from 0, or None")
+        if retry_delay_s is not None:
+            check_delay("retry_delay_s", retry_delay_s)
         if not isinstance(no_retry, tuple) or not all(
             isinstance(t, type) and issubclass(t, BaseException) for t in no_retry
         ):
@@ -160,6 +158,8 @@ class Tasks:
                 value = await anyio.to_thread.run_sync(
                     lambda: task.function(*call["args"], **call["kwargs"])
                 )
+        except (Reject, RetryAfter):
+            raise  # the task's own instruction
         except Exception as error:
             if isinstance(error, task.no_retry):
                 raise Reject(f"{type(error).__name__} is not retried") from error
@@ -175,7 +175,7 @@ class Tasks:
             except (TypeError, ValueError) as error:
                 record = {**record, "ok": False, "error": f"{type(error).__name__}: {error}"}
                 record.pop("value")
-            await store(delivery.client, task.queue, record)
+            await store(delivery.client, task.queue, record, str(delivery.offset))
         return value
 
     def _parse(self, delivery: Delivery) -> tuple[Task, dict]:
@@ -205,7 +205,7 @@ class Tasks:
         if task.store_result and isinstance(call.get("id"), str):
             text = f"{type(error).__name__}: {error}"
             record = {"id": call["id"], "task": task.name, "ok": False, "error": text}
-            await store(delivery.client, task.queue, record)
+            await store(delivery.client, task.queue, record, str(delivery.offset))
 
     def pools(self, client: Client, queues: list[str] | None = None, **options) -> list[WorkerPool]:
         return [

@@ -22,8 +22,9 @@ import anyio.lowlevel
 
 from .client import Client
 from .consumer import Consumer
-from .errors import LeaseLost, PaxqError
+from .errors import InvalidArgument, LeaseLost, PaxqError
 from .messages import Delivery
+from .wire.protocol import DELAY_MS_MAX
 
 log = logging.getLogger("paxq.client.worker")
 
@@ -39,13 +40,22 @@ class RetryAfter(Exception):
     """Raised by a handler: try this message again after `delay_s` (not the backoff)."""
 
     def __init__(self, delay_s: float) -> None:
+        check_delay("delay_s", delay_s)
         super().__init__(f"retry after {delay_s} s")
         self.delay_s = delay_s
+
+
+def check_delay(argument: str, delay_s: object) -> None:
+    """A redelivery delay a nack takes: seconds from 0 to the longest delay (30 days)."""
+    if type(delay_s) not in (int, float) or not 0 <= delay_s <= DELAY_MS_MAX / 1000:
+        raise InvalidArgument(argument, f"{delay_s!r}: seconds from 0 to {DELAY_MS_MAX // 1000:,}")
 
 
 #: a worker whose deliveries are all waiting (and whose handler awaits nothing) yields to the
 #: others after this many; yielding after each one costs a third of a fast pool's throughput
 _CHECKPOINT_EVERY = 32
+#: how long `on_dead` may take for one message
+ON_DEAD_S = 10.0
 
 
 class WorkerPool:
@@ -85,8 +95,9 @@ class WorkerPool:
         self.on_acked = on_acked
         #: error types a handler may raise that retrying cannot mend: dead-lettered at once
         self.no_retry = no_retry
-        #: awaited after a failure dead-lettered a message (rejected, or its deliveries used
-        #: up), with the error (e.g. to record it where the caller looks)
+        #: awaited (up to ON_DEAD_S) after a handler's failure dead-lettered its message
+        #: (rejected, or its deliveries used up), with the error, e.g. to record it where
+        #: the caller looks; not for a lease that ran out nor a handler cancelled by stop()
         self.on_dead = on_dead
         self.done = 0  # handled and acked
         self.failed = 0  # raised: nacked, or rejected
@@ -202,10 +213,14 @@ class WorkerPool:
             log.warning("handler failed on %s", where, exc_info=cause)
             dead = bool(await _quietly(self.client.nack([delivery], delay_s=delay_s, error=cause)))
         if dead and self.on_dead is not None:
-            try:
-                await self.on_dead(delivery, cause)
-            except Exception:
-                log.exception("on_dead raised on %s", where)
+            # Bounded: stopping the pool must not wait out an outage for it.
+            with anyio.move_on_after(ON_DEAD_S) as bounded:
+                try:
+                    await self.on_dead(delivery, cause)
+                except Exception:
+                    log.exception("on_dead raised on %s", where)
+            if bounded.cancelled_caught:
+                log.warning("on_dead gave up on %s after %s s", where, ON_DEAD_S)
 
     async def _ack(self, delivery: Delivery) -> None:
         """The work is done: ack it without waiting (with the acks of other handlers, in one

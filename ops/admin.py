@@ -11,6 +11,8 @@ import trio
 from paxq.client.connection import ConnectionLost, call, connect
 from paxq.client.errors import PaxqError
 
+from .options import EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE
+
 Address = tuple[str, int]
 TIMEOUT_S = 3.0
 
@@ -93,18 +95,20 @@ TABLE_CHARS_MAX = 400
 
 async def top(
     addresses: list[Address], client_seeds: list[str], every_s: float = 1.0, once: bool = False
-) -> None:
+) -> int:
     """`paxq top`: the status table and every topic with its subscriptions, redrawn every
     `every_s` until SIGINT or SIGTERM (or printed once). Into a terminal it redraws in place;
     into a pipe it prints plain tables, no escape codes. The signal cancels the redraw: a
     KeyboardInterrupt raised wherever the loop happens to be could leave the client's
     connections half closed."""
+    outcome = [EXIT_OK]
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            nursery.start_soon(_redraw, addresses, client_seeds, every_s, once, nursery)
+            nursery.start_soon(_redraw, addresses, client_seeds, every_s, once, nursery, outcome)
             async for _ in signals:
                 nursery.cancel_scope.cancel()
-                return
+                return EXIT_INTERRUPTED
+    return outcome[0]
 
 
 async def _redraw(
@@ -113,6 +117,7 @@ async def _redraw(
     every_s: float,
     once: bool,
     nursery: trio.Nursery,
+    outcome: list[int],
 ) -> None:
     from rich.console import Console, Group
     from rich.live import Live
@@ -146,6 +151,8 @@ async def _redraw(
                 elif not once or shown:  # once: the second snapshot, which has rates
                     console.print(view)
                 if once and shown:
+                    if all("error" in status for status in statuses):
+                        outcome[0] = EXIT_UNAVAILABLE
                     nursery.cancel_scope.cancel()
                     return
                 shown = True

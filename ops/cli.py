@@ -7,7 +7,6 @@ violation); 2 a usage mistake; 3 no node could be reached or the cluster stayed 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -275,9 +274,10 @@ def top(nodes: str | None, every_s: float, once: bool) -> int:
     from .admin import top as run_top
     from .options import seeds
 
-    with contextlib.suppress(KeyboardInterrupt):
-        trio.run(run_top, addresses(nodes), seeds(nodes), every_s, once)
-    return EXIT_OK
+    try:
+        return trio.run(run_top, addresses(nodes), seeds(nodes), every_s, once)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
 
 # ------------------------------------------------------------------------------- traces

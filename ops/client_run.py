@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import click
 import trio
@@ -22,6 +23,8 @@ from .options import (
     nodes_option,
     seeds,
 )
+
+E = TypeVar("E", bound=BaseException)
 
 LEASE_S = click.FloatRange(0.001, LEASE_MS_MAX / 1000)
 DELAY_S = click.FloatRange(0, DELAY_MS_MAX / 1000)
@@ -45,13 +48,14 @@ def run(
     try:
         return trio.run(main)
     except (PaxqError, BaseExceptionGroup) as error:
-        found = _paxq_error(error)
+        usage = _found(error, click.ClickException)
+        if usage is not None:  # a bad line of stdin, found while others were sent
+            raise usage from None
+        found = _found(error, PaxqError)
         if found is None:
             raise
-        if isinstance(found, InvalidArgument):  # named as the flag a user typed
-            flag = "--" + found.argument.replace("_", "-")
-            text = flag + found.message.removeprefix(found.argument)
-            click.echo(f"paxq {name}: {type(found).__name__}: {text}", err=True)
+        if isinstance(found, InvalidArgument):
+            click.echo(f"paxq {name}: {type(found).__name__}: {_as_typed(found)}", err=True)
             return EXIT_USAGE
         click.echo(f"paxq {name}: {type(found).__name__}: {found}", err=True)
         return EXIT_UNAVAILABLE if isinstance(found, Unavailable) else EXIT_REFUSED
@@ -59,16 +63,26 @@ def run(
         return EXIT_INTERRUPTED
 
 
-def _paxq_error(error: BaseException) -> PaxqError | None:
-    """The PaxqError itself, or the first one inside task groups' exception groups."""
-    if isinstance(error, PaxqError):
+def _found(error: BaseException, kind: type[E]) -> E | None:
+    """The error itself if of `kind`, or the first such inside task groups' groups."""
+    if isinstance(error, kind):
         return error
     if isinstance(error, BaseExceptionGroup):
         for inner in error.exceptions:
-            found = _paxq_error(inner)
+            found = _found(inner, kind)
             if found is not None:
                 return found
     return None
+
+
+def _as_typed(error: InvalidArgument) -> str:
+    """The message, naming the flag a user typed where the argument is one of the
+    command's options."""
+    ctx = click.get_current_context(silent=True)
+    for param in ctx.command.params if ctx is not None else ():
+        if param.name == error.argument and param.opts and param.opts[0].startswith("--"):
+            return param.opts[0] + error.message.removeprefix(error.argument)
+    return error.message
 
 
 def emit(value: object) -> None:

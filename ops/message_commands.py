@@ -75,7 +75,7 @@ def publish(
 ) -> int:
     """Publish messages: each DATA argument, each --file, else one per line of stdin (bytes as
     they are, sent concurrently). Prints each one's offset; a duplicate is marked."""
-    if (data or files) and message_id and len(data) + len(files) > 1:
+    if message_id and len(data) + len(files) != 1:
         raise click.UsageError("--message-id names one message: give one DATA or one --file")
 
     def decoded(text: bytes) -> bytes:
@@ -188,7 +188,9 @@ SETTLES = [
 @click.argument("topic")
 @click.option("-s", "--subscription", help="a topic's subscription (not for a queue)")
 @click.option("--count", type=click.IntRange(1), help="stop after this many")
-@click.option("--idle-s", type=click.FloatRange(0), help="stop after this long with none")
+@click.option(
+    "--idle-s", type=click.FloatRange(0, min_open=True), help="stop after this long with none"
+)
 @click.option("--prefetch", type=click.IntRange(1, 1000), default=16, help="leases held ahead")
 @click.option("--lease-s", type=LEASE_S, default=30.0, help="each lease, kept extended")
 @click.option("--no-ack", is_flag=True, help="print only: they come back after the lease")

@@ -35,7 +35,8 @@ def _nodes(ctx: click.Context, param: click.Parameter, value: str | None) -> str
     source = "--nodes"
     if value is None and ctx.parent is not None:
         value = ctx.find_root().params.get("nodes")
-    if value is None and os.environ.get("PAXQ_NODES", "").strip():
+    leaf = ctx.parent is not None  # (the variable is the command's to read, not the group's)
+    if value is None and leaf and os.environ.get("PAXQ_NODES", "").strip():
         value, source = os.environ["PAXQ_NODES"], "PAXQ_NODES"
     if value is not None:
         parts = [part.strip() for part in value.split(",") if part.strip()]

@@ -97,7 +97,7 @@ def _import(target: str) -> object:
     sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
+    except (ImportError, ValueError) as error:  # (ValueError: an empty module name)
         raise click.BadParameter(
             f"cannot import {module_name!r}: {error}", param_hint="TARGET"
         ) from None

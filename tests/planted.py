@@ -153,6 +153,22 @@ class RequeuesRejects(QueueMachine):
         return self._once(topic, arguments, reject)
 
 
+class RejectDropsCopies(QueueMachine):
+    """Finishes a rejected message as an ack would: no copy reaches the dead letters."""
+
+    def _reject(self, arguments):
+        topic, sub, leases = self._leases(arguments, "reject", frozenset({"error"}))
+
+        def reject() -> dict:
+            self._refuse_lost(sub, leases)
+            for offset, _ in leases:
+                sub.finish(offset, self.now_ms)
+            self._work_done(topic, sub, [offset for offset, _ in leases])
+            return {"rejected": len(leases)}
+
+        return self._once(topic, arguments, reject)
+
+
 class IgnoresMessageIds(QueueMachine):
     """Stores every message, its id never looked up: a producer that publishes again after
     a restart stores its messages twice."""

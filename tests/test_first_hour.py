@@ -52,10 +52,22 @@ def test_usage_mistakes_exit_2_naming_the_flag(dev_cluster: dict) -> None:  # no
         (("worker", "no_such_module"), "cannot import 'no_such_module'"),
         (("frobnicate",), "No such command 'frobnicate'"),
         (("dev", "restart", "7"), "7 is not in the range 0<=x<=2"),
+        (("publish", "t", "--message-id", "m"), "--message-id names one message"),
+        (("consume", "q", "--idle-s", "0"), "Invalid value for '--idle-s': 0.0 is not in"),
+        (("worker", ":tasks"), "cannot import ''"),
     ]
     for args, message in cases:
         done = paxq(env, *args)
         assert (done.returncode, message in err(done)) == (2, True), (args, err(done))
+    bad_line = paxq(env, "publish", "t", "--base64", stdin=b"aGk=\n!!!\n")
+    assert bad_line.returncode == 2 and "not base64" in err(bad_line)
+    # A PAXQ_NODES that is wrong is the command's problem only where it is used.
+    wrong = {**env, "PAXQ_NODES": "nonsense"}
+    assert paxq(wrong, "list", "--nodes", env["PAXQ_NODES"]).returncode == 0
+    assert paxq(wrong, "--nodes", env["PAXQ_NODES"], "list").returncode == 0
+    assert paxq(wrong, "sim", "--help").returncode == 0
+    unset = paxq(wrong, "list")
+    assert unset.returncode == 2 and "PAXQ_NODES: 'nonsense' is not host:port" in err(unset)
     version = paxq(env, "--version")
     assert version.returncode == 0 and version.stdout.startswith(b"paxq, version ")
     helped = paxq(env, "consume", "--help")
@@ -86,6 +98,8 @@ def test_what_the_cluster_refuses_exits_1_and_an_absent_cluster_3(dev_cluster: d
     http = paxq(env, "--nodes", f"127.0.0.1:{scrape}", "list")
     assert http.returncode == 3 and "answered HTTP: not a paxq client port" in err(http)
     # A reader through an outage says so and exits once --outage-s is over.
+    top = paxq(env, "top", "--once", "--every-s", "0.1", "--nodes", f"127.0.0.1:{closed}")
+    assert top.returncode == 3 and "unreachable" in top.stdout.decode()
     for reader in (("consume", "q"), ("tail", "t")):
         gone = paxq(env, *reader, "--nodes", f"127.0.0.1:{closed}", "--outage-s", "1")
         assert gone.returncode == 3 and "Unreachable" in err(gone), reader

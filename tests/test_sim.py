@@ -20,6 +20,7 @@ from planted import (
     MisplacesPieces,
     MisreadsAnsweredPayloads,
     QuorumTooSmall,
+    RejectDropsCopies,
     RequeuesRejects,
     SkipsTheSync,
     VotesAtOnce,
@@ -230,6 +231,10 @@ def requeuing_rejects(keys, clock) -> RequeuesRejects:
     return RequeuesRejects(keys, SIM_LIMITS)
 
 
+def dropping_rejected_copies(keys, clock) -> RejectDropsCopies:
+    return RejectDropsCopies(keys, SIM_LIMITS)
+
+
 def ignoring_message_ids(keys, clock) -> IgnoresMessageIds:
     return IgnoresMessageIds(keys, SIM_LIMITS)
 
@@ -261,6 +266,8 @@ def misplacing_pieces(keys, clock) -> MisplacesPieces:
         (counting_releases, {"deliveries", "dead letter"}),
         # A rejected message delivered again, or dead-lettered later as nacked.
         (requeuing_rejects, {"redelivery", "dead letter"}),
+        # A rejected message that never reaches the dead letters: found at the end.
+        (dropping_rejected_copies, {"at-least-once"}),
         # Seeds 0-11: all 12 (a producer publishes again under ids it used).
         (ignoring_message_ids, {"deduplication"}),
         (never_forgetting_message_ids, {"deduplication"}),

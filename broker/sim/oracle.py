@@ -70,7 +70,8 @@ class QueueOracle:
         self.counts: dict[Key, int] = {}
         self.acked: set[Key] = set()
         self.dead: dict[Key, int] = {}  # -> deliveries when dead-lettered (from the DLQ)
-        self.rejected: dict[Key, int] = {}  # -> deliveries when rejected (dead at once)
+        #: -> deliveries when rejected: dead at once, its copy to be seen in the dead letters
+        self.rejected: dict[Key, int] = {}
         self.producers: dict[tuple[str, int], dict] = {}
         #: per topic, the message ids stored and not yet forgotten, oldest first:
         #: id -> (offset, stamp)
@@ -239,7 +240,7 @@ class QueueOracle:
                 raise Violation("total order", f"{where} delivered, but never published")
             if key in self.acked:
                 raise Violation("redelivery", f"{where} delivered again after its ack")
-            if key in self.dead:
+            if key in self.dead or key in self.rejected:
                 raise Violation("redelivery", f"{where} delivered again after dead-lettering")
             held = self.leases.get(key)
             if held is not None and held[1] > now:
@@ -331,7 +332,8 @@ class QueueOracle:
         for key in self._held(slot, "reject", args):
             del self.leases[key]
             self.rejected[key] = self.counts[key]
-            self.dead[key] = self.counts[key]
+            if key[0].endswith(".dlq"):  # a dead-letter queue's own: no copy goes anywhere
+                self.dead[key] = self.counts[key]
 
     def _extend(self, slot: int, args: dict, result: dict) -> None:
         if self._once(slot, args, result):
