@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -293,25 +294,32 @@ def _spawn(
     node: int, data: Path, peers: str, clients: str, metrics: str | None, flags: tuple[str, ...]
 ) -> subprocess.Popen:
     with open(data / f"node{node}.log", "ab") as log:  # the child keeps its own descriptor
-        command = [
-            sys.executable,
-            "-m",
-            "paxq.ops.cli",
-            "node",
-            "--cluster",
-            DEV_CLUSTER,
-            "--id",
-            str(node),
-            "--data",
-            str(data / f"node{node}"),
-            "--peers",
-            peers,
-            "--clients",
-            clients,
-            *(("--metrics", metrics) if metrics else ()),
-            *flags,
-        ]
+        extra = (*(("--metrics", metrics) if metrics else ()), *flags)
+        command = node_argv(DEV_CLUSTER, node, data, peers, clients, extra)
         return subprocess.Popen(command, stdout=log, stderr=log)
+
+
+def node_argv(
+    cluster: str, node: int, data: Path, peers: str, clients: str, extra: Sequence[str] = ()
+) -> list[str]:
+    """The command that runs node `node` of a local cluster, its data in `data/node{N}`."""
+    return [
+        sys.executable,
+        "-m",
+        "paxq.ops.cli",
+        "node",
+        "--cluster",
+        cluster,
+        "--id",
+        str(node),
+        "--data",
+        str(data / f"node{node}"),
+        "--peers",
+        peers,
+        "--clients",
+        clients,
+        *extra,
+    ]
 
 
 def _interrupt(signum: int, frame: object) -> None:

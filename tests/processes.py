@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from paxq.client import Client, Unavailable, UnknownOutcome
 from paxq.client.connection import connect
 from paxq.client.wire import ErrorCode
 from paxq.ops.admin import gather_status
+from paxq.ops.dev import node_argv
 
 
 def start_node(
@@ -30,24 +30,9 @@ def start_node(
     """One `paxq node` process, its data in `data/node{N}`, its log in `data/node{N}.log`."""
     log = open(data / f"node{node}.log", "ab")  # noqa: SIM115 (the child writes it)
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "paxq.ops.cli",
-            "node",
-            "--cluster",
-            cluster,
-            "--id",
-            str(node),
-            "--data",
-            str(data / f"node{node}"),
-            "--peers",
-            peers,
-            "--clients",
-            clients,
-            *(("--bootstrap",) if bootstrap else ()),
-            *extra,
-        ],
+        node_argv(
+            cluster, node, data, peers, clients, (*(("--bootstrap",) if bootstrap else ()), *extra)
+        ),
         stdout=log,
         stderr=log,
         env=env,

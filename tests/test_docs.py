@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from paxq.client import Client
 from paxq.ops.admin import gather_status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,6 +202,11 @@ def test_paxq_worker_runs_tasks_until_sigterm(dev_cluster: dict, tmp_path: Path)
             with trio.fail_after(60):
                 while not done.exists() or len(done.read_text().split()) < 20:
                     await trio.sleep(0.05)
+                async with Client(env["PAXQ_NODES"]) as client:  # and the bad one rejected
+                    while (await client.describe("cli-tasks"))["subscriptions"][""][
+                        "dead_lettered"
+                    ] < 1:
+                        await trio.sleep(0.05)
 
         trio.run(all_done)
         worker.send_signal(signal.SIGTERM)
