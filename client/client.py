@@ -917,12 +917,7 @@ class Client:
             fields["delay_ms"] = _duration_ms("delay_s", delay_s, 0, DELAY_MS_MAX)
         if error is not None:
             fields["error"] = _error_text(error)
-        try:
-            result = await self.sequenced("nack", deliveries[0].topic, fields)
-        finally:
-            for delivery in deliveries:
-                delivery.settle()
-        return result["dead_lettered"]  # type: ignore[index]
+        return await self._give_back("nack", deliveries, fields, "dead_lettered")
 
     async def release(self, deliveries: Sequence[Delivery]) -> int:
         """Hand these back unprocessed: another consumer may have them at once, and this
@@ -930,12 +925,7 @@ class Client:
         For messages no handler has seen (a consumer stopping with some prefetched)."""
         if not deliveries:
             return 0
-        try:
-            result = await self.sequenced("release", deliveries[0].topic, _lease_fields(deliveries))
-        finally:
-            for delivery in deliveries:
-                delivery.settle()
-        return result["released"]  # type: ignore[index]
+        return await self._give_back("release", deliveries, _lease_fields(deliveries), "released")
 
     async def reject(
         self, deliveries: Sequence[Delivery], *, error: BaseException | str | None = None
@@ -948,12 +938,19 @@ class Client:
         fields = _lease_fields(deliveries)
         if error is not None:
             fields["error"] = _error_text(error)
+        return await self._give_back("reject", deliveries, fields, "rejected")
+
+    async def _give_back(
+        self, op: str, deliveries: Sequence[Delivery], fields: dict, counted: str
+    ) -> int:
+        """A nack, release or reject; the deliveries are settled whatever its outcome (the
+        lease is the cluster's to end now), and `counted` of the result returned."""
         try:
-            result = await self.sequenced("reject", deliveries[0].topic, fields)
+            result = await self.sequenced(op, deliveries[0].topic, fields)
         finally:
             for delivery in deliveries:
                 delivery.settle()
-        return result["rejected"]  # type: ignore[index]
+        return result[counted]  # type: ignore[index]
 
     async def redrive(
         self, dead_letters: str, *, to: str | None = None, max: int | None = None

@@ -57,9 +57,14 @@ async def store(client: Client, queue: str, record: dict, attempt: str) -> None:
     """Publish one run's result (the worker's side), created on first use. `attempt` names
     the message run (its queue offset): stored once per attempt, so a run redelivered after a
     crash stores its result once, and one redriven after a failure stores its success."""
-    body = json.dumps(record).encode()
-    if len(body) > MESSAGE_BYTES_MAX:
+    try:
+        body = json.dumps(record).encode()
+        error = None
+    except (TypeError, ValueError) as refused:  # a value that is not JSON
+        error = f"{type(refused).__name__}: {refused}"
+    if error is None and len(body) > MESSAGE_BYTES_MAX:
         error = f"TooLarge: a result of {len(body):,} bytes; the largest is {MESSAGE_BYTES_MAX:,}"
+    if error is not None:  # stored as the run's failure: the caller hears why
         record = {key: record[key] for key in ("id", "task")} | {"ok": False, "error": error}
         body = json.dumps(record).encode()
     topic = results_topic(queue)

@@ -170,11 +170,6 @@ class Tasks:
             raise
         if task.store_result and isinstance(call.get("id"), str):
             record = {"id": call["id"], "task": task.name, "ok": True, "value": value}
-            try:
-                json.dumps(record)
-            except (TypeError, ValueError) as error:
-                record = {**record, "ok": False, "error": f"{type(error).__name__}: {error}"}
-                record.pop("value")
             await store(delivery.client, task.queue, record, str(delivery.offset))
         return value
 
