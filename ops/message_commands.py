@@ -10,7 +10,7 @@ import sys
 import anyio
 import click
 
-from paxq.client import Client, Delivery, Message
+from paxq.client import Client, Delivery, Message, Offset
 
 from .client_run import DELAY_S, LEASE_S, client_options, emit, outage_option, run
 
@@ -89,18 +89,21 @@ def publish(
     bodies = [decoded(d.encode()) for d in data] + [f.read() for f in files]
     options = {"key": key, "headers": headers or None, "delay_s": delay_s}
 
-    async def body(client: Client) -> None:
-        async def one(payload: bytes, line: int | None = None) -> None:
-            offset = await client.publish(topic, payload, message_id=message_id, **options)
-            out: dict = {} if line is None else {"line": line}
-            out["offset"] = int(offset)
-            if offset.duplicate:
-                out["duplicate"] = True
-            emit(out)
+    def printed(offset: Offset, line: int | None = None) -> None:
+        out: dict = {} if line is None else {"line": line}
+        out["offset"] = int(offset)
+        if offset.duplicate:
+            out["duplicate"] = True
+        emit(out)
 
-        if bodies:
-            for payload in bodies:
-                await one(payload)
+    async def body(client: Client) -> None:
+        async def one(payload: bytes, line: int) -> None:
+            printed(await client.publish(topic, payload, **options), line)
+
+        if bodies:  # in order, in as few requests as their sizes allow
+            messages = [{"body": b, "message_id": message_id, **options} for b in bodies]
+            for offset in await client.publish_many(topic, messages):
+                printed(offset)
             return
         # One message per line of stdin, sent concurrently (batched), bounded in flight.
         limit = anyio.Semaphore(256)
