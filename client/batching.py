@@ -54,6 +54,10 @@ class Job(Generic[Item]):
                     log.exception("a job's callback raised")
 
 
+def _ignore(_job: Job) -> None:
+    pass
+
+
 class Batcher(Generic[Item]):
     """Items submitted while `in_flight_max` batches are out (or during `linger_s`) go
     together in the next one, up to `items_max` and `bytes_max` (a batch always takes one).
@@ -91,9 +95,17 @@ class Batcher(Generic[Item]):
 
     async def submit(self, item: Item, size: int, context: object = None) -> object:
         await self._wait_for_room()
-        job = Job(item, size, context)
-        self._enqueue(job)
-        await job.done.wait()  # type: ignore[union-attr]
+        if not self._queue and self._closed is None and self._slots.value:
+            # Nothing waits and a batch may go: the caller sends its own, from its own task
+            # (a lone caller's request costs no hop through the gathering task).
+            self._slots.acquire_nowait()
+            job = Job(item, size, context, _ignore)
+            self.pending += 1
+            await self._deliver([job])
+        else:
+            job = Job(item, size, context)
+            self._enqueue(job)
+            await job.done.wait()  # type: ignore[union-attr]
         if job.error is not None:
             raise job.error
         return job.result

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
-from anyio.abc import ByteStream, TaskGroup
+import sniffio
+from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 
 from .errors import (
     ConnectionLost,
@@ -96,6 +98,13 @@ class Connection:
         self.leader: str | None = None  # the node's leader when it said hello, if known
         self.frame_bytes_max = frame_bytes_max
         self._stream = stream
+        #: the socket, for writes that need not wait: under trio, whose streams buffer
+        #: nothing of their own (asyncio's transports do, which a write around would pass)
+        self._socket: socket.socket | None = (
+            stream.extra(SocketAttribute.raw_socket, None)
+            if sniffio.current_async_library() == "trio"
+            else None
+        )
         self._decoder = FrameDecoder(frame_bytes_max)
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
@@ -243,17 +252,26 @@ class Connection:
         pending = self._pending[rid] = _Pending()
         sending = False
         try:
-            async with self._send_lock:
+            try:
+                self._send_lock.acquire_nowait()
+            except anyio.WouldBlock:
+                await self._send_lock.acquire()
+                written = 0
+            else:  # nothing else on its way out: what the socket takes at once goes now
+                written = self._write_now(frame)
+            try:
                 sending = True
-                try:
-                    await self._stream.send(frame)
-                except _BROKEN as error:
-                    self._fail(f"sending failed: {error!r}")
-                except BaseException:
-                    # Cancelled mid-send: part of the frame may be out, and the stream can
-                    # no longer be framed. Close it; its other requests are retried.
-                    self._fail("a send was cancelled")
-                    raise
+                if written < len(frame):
+                    await self._stream.send(frame[written:] if written else frame)
+            except _BROKEN as error:
+                self._fail(f"sending failed: {error!r}")
+            except BaseException:
+                # Cancelled mid-send: part of the frame may be out, and the stream can
+                # no longer be framed. Close it; its other requests are retried.
+                self._fail("a send was cancelled")
+                raise
+            finally:
+                self._send_lock.release()
             await pending.done.wait()
         except BaseException:
             if sending and not self._closed:
@@ -265,6 +283,16 @@ class Connection:
         if pending.reply is None:
             raise ConnectionLost(self.error or "the connection closed")
         return pending.reply
+
+    def _write_now(self, frame: bytes) -> int:
+        """Write what the socket takes without waiting; the bytes written (0: none, the
+        stream's own send finds out why)."""
+        if self._socket is None:
+            return 0
+        try:
+            return self._socket.send(frame)
+        except OSError:  # full (BlockingIOError) or broken
+            return 0
 
     async def _abandon(self, rid: int, op: str, fields: dict, pending: _Pending) -> None:
         """The caller gave up on a sent request (cancelled, timed out). A waiting one is

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from paxq.broker.node import LogMachine, PeerSettings
 from paxq.broker.node.machines import log_machine
@@ -158,6 +159,32 @@ async def test_a_stored_snapshot_that_does_not_match_its_slot_is_refused(tmp_pat
     with pytest.raises(CorruptRecord, match="ends at slot 0, not at 5"):
         Node(settings, journal, log_machine)
     journal.close()
+
+
+async def test_an_idle_node_takes_a_command_in_the_proposers_turn(tmp_path: Path) -> None:
+    """With the loop parked on an empty inbox, a command is handled where it arrives, and a
+    small write is made there too: a lone node commits and answers before propose_nowait
+    returns. A large one goes to the writer thread and is answered later, in order."""
+    addresses = await free_addresses(1)
+    with trio.fail_after(LIMIT_S):
+        async with running(tmp_path, addresses, leader_write_inline_bytes_max=1024) as nodes:
+            node = await leader_of(nodes)
+            await trio.testing.wait_all_tasks_blocked()
+            answers: list[tuple[str, object]] = []
+
+            def answered(kind: str, value: object) -> None:
+                answers.append((kind, value))
+
+            syncs = node.syncs
+            assert node.propose_nowait(b"small", answered)
+            assert answers == [("ok", 0)]  # no checkpoint in between: handled right here
+            assert node.syncs == syncs + 1
+            assert node.propose_nowait(b"x" * 2048, answered)  # over the inline bound
+            assert node.propose_nowait(b"after", answered)
+            assert answers == [("ok", 0)]  # waiting for the writer thread
+            while len(answers) < 3:
+                await trio.sleep(0.01)
+            assert answers == [("ok", 0), ("ok", 1), ("ok", 2)]
 
 
 def test_writes_merged_into_one_group_commit_keep_every_field() -> None:

@@ -53,6 +53,7 @@ from ..machine import MachineError
 from ..machine import command as command_bytes
 from ..paxos import Role
 from .listen import serving
+from .outbox import Outbox
 from .runtime import Node
 
 log = logging.getLogger("paxq.node.clients")
@@ -65,6 +66,8 @@ _FAILURES = {
 }
 #: request fields for the session, not the machine (`trace`: the W3C traceparent)
 _NOT_ARGUMENTS = frozenset({"id", "op", "trace"})
+#: replies written to a client socket in one burst at most
+_WRITE_BURST_BYTES_MAX = 1 << 20
 #: refusals a lagging follower may give where the leader would not
 _LAGGING = frozenset({ErrorCode.UNKNOWN_TOPIC, ErrorCode.UNKNOWN_SUBSCRIPTION})
 _LOST = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError)
@@ -209,16 +212,9 @@ class ClientPort:
             nursery.cancel_scope.cancel()
 
     async def _write(self, stream: trio.SocketStream, session: _Session) -> None:
-        """One writer per session: replies that completed meanwhile go out in one write."""
-        while True:
-            await session.wake.wait()
-            session.wake = trio.Event()
-            data = b"".join(session.out)
-            session.out.clear()
-            session.writing = True
-            await stream.send_all(data)
-            session.writing = False
-            session.sent.set()
+        """Replies the socket did not take at once go out here, those queued meanwhile in
+        one write."""
+        await session.outbox.pump(stream, _WRITE_BURST_BYTES_MAX)
 
     async def _dispatch(self, session: _Session, request: object) -> None:
         """Answer a query at once, or hand a command to the node with a callback that
@@ -302,9 +298,10 @@ class ClientPort:
 
         def done(kind: str, value: object) -> None:
             reply = tracing.replying(traced, kind) if traced is not None else None
-            session.finish(self._reply(rid, kind, value))
+            frame = self._reply(rid, kind, value)
             if reply is not None:
-                reply.end()
+                reply.end()  # before the frame: it may leave at once, and the client end first
+            session.finish(frame)
             if metrics is not None and kind == "ok":
                 metrics.commit_latency.record((trio.current_time() - arrived) * 1000)
 
@@ -465,23 +462,19 @@ class _Session:
         self.sequence = 0
         self.in_flight = 0
         self.frame_bytes_max = frame_bytes_max
-        self.out: list[bytes] = []
-        self.writing = False
-        self.wake = trio.Event()  # replies are waiting for the writer
+        #: replies: one per request in flight at most, which bounds it
+        self.outbox = Outbox()
         self._room: trio.Event | None = None  # the reader waits for an append to finish
-        self.sent = trio.Event()
         self.nursery: trio.Nursery | None = None  # where waiting claims and reads run
         self.waiters: dict[int, _Waiter] = {}  # request id -> a claim or read that waits
 
     def answer(self, reply: dict) -> None:
-        self.out.append(_encode(reply, self.frame_bytes_max))
-        self.wake.set()
+        self.outbox.put(_encode(reply, self.frame_bytes_max))
 
     def finish(self, frame: bytes, answered: bool = False) -> None:
         """A request counted in flight is over: `frame` answers it (unless `answered`)."""
         if not answered:
-            self.out.append(frame)
-            self.wake.set()
+            self.outbox.put(frame)
         self.in_flight -= 1
         if self._room is not None:
             self._room.set()
@@ -493,9 +486,7 @@ class _Session:
         await self._room.wait()
 
     async def flushed(self) -> None:
-        while self.out or self.writing:
-            self.sent = trio.Event()
-            await self.sent.wait()
+        await self.outbox.flushed()
 
 
 class _Waiter:

@@ -7,7 +7,8 @@ ones, so every ordered pair of nodes has its own connection and nothing needs de
   answers `{"ok": true}`, or an error (`UNSUPPORTED_VERSION`, `WRONG_CLUSTER`, `NOT_A_MEMBER`)
   and closes. After it, every frame on the connection must carry `src == N`: a peer cannot speak
   for another.
-- Outgoing messages wait in a bounded queue per peer while the connection is down. When the
+- A message goes straight to its peer's socket when nothing is queued before it; otherwise
+  (a full send buffer, a connection down) it waits in a bounded queue per peer. When the
   queue is full, new messages are dropped and counted: Paxos retransmits, and an unbounded queue
   to a dead peer would eat memory. Queued frames are written in coalesced bursts.
 - A lost connection is dialled again with exponential backoff and jitter.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -27,6 +29,7 @@ from paxq.client.wire import ErrorCode, FrameDecoder, WireError, encode_frame
 from ..paxos import Message
 from .codec import Decoder, TracedAccept, encode
 from .listen import serving
+from .outbox import Outbox
 
 log = logging.getLogger("paxq.node.peers")
 
@@ -71,29 +74,25 @@ class PeerSettings:
         return sorted(n for n in self.addresses if n != self.node_id)
 
 
-class _Outbox:
-    """One peer's bounded queue of encoded frames."""
-
-    def __init__(self, limit: int) -> None:
-        self.send, self.receive = trio.open_memory_channel[bytes](limit)
-        self.bytes = 0
-        self.dropped = 0
-        self.connected = False
-
-
 class PeerTransport:
     def __init__(
         self,
         settings: PeerSettings,
         decoder: Decoder,
         inbox: trio.MemorySendChannel[tuple[int, Message]],
+        take_now: Callable[[tuple[int, Message]], bool] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
         self._decoder = decoder
         self._inbox = inbox
+        #: hands a message to the node at once if it can take it now (else: the inbox)
+        self._take_now = take_now or (lambda _item: False)
         self._rng = rng or random.Random()
-        self._outboxes = {peer: _Outbox(settings.send_queue_max) for peer in settings.peers}
+        self._outboxes = {
+            peer: Outbox(settings.send_queue_max, settings.send_queue_bytes_max)
+            for peer in settings.peers
+        }
         self.refused_handshakes = 0  # hellos we refused
         self.refused_by_peers = 0  # our hellos a peer refused
         self.closed_for_bad_input = 0
@@ -108,18 +107,9 @@ class PeerTransport:
         return encode_frame(encode(message), self.settings.frame_bytes_max)
 
     def send_frame(self, peer: int, frame: bytes) -> bool:
-        """Queue without blocking; False (and counted) when the peer's queue is full."""
-        outbox = self._outboxes[peer]
-        if outbox.bytes + len(frame) > self.settings.send_queue_bytes_max:
-            outbox.dropped += 1
-            return False
-        try:
-            outbox.send.send_nowait(frame)
-        except trio.WouldBlock:
-            outbox.dropped += 1
-            return False
-        outbox.bytes += len(frame)
-        return True
+        """Write at once if the connection takes it, else queue; False (and counted) when
+        the peer's queue is full."""
+        return self._outboxes[peer].put(frame)
 
     def dropped(self, peer: int) -> int:
         return self._outboxes[peer].dropped
@@ -152,9 +142,8 @@ class PeerTransport:
                 stream = await trio.open_tcp_stream(host, port)
                 async with stream:
                     await self._introduce(stream)
-                    outbox.connected = True
                     delay = settings.reconnect_min_s
-                    await self._pump(stream, outbox)
+                    await outbox.pump(stream, settings.write_burst_bytes_max)
             except HandshakeRefused as refused:
                 self.refused_by_peers += 1
                 log.error("node %s refused us: %s", peer, refused)
@@ -166,8 +155,6 @@ class PeerTransport:
                 WireError,
             ) as e:
                 log.debug("connection to node %s lost: %r", peer, e)
-            finally:
-                outbox.connected = False
             await trio.sleep(delay * (0.5 + self._rng.random()))
             delay = min(delay * 2, settings.reconnect_max_s)
 
@@ -182,21 +169,6 @@ class PeerTransport:
             text = answer.get("message", "") if isinstance(answer, dict) else repr(answer)
             known = type(code) is int and code in ErrorCode._value2member_map_
             raise HandshakeRefused(ErrorCode(code) if known else ErrorCode.BAD_FRAME, str(text))
-
-    async def _pump(self, stream: trio.SocketStream, outbox: _Outbox) -> None:
-        limit = self.settings.write_burst_bytes_max
-        while True:
-            burst = [await outbox.receive.receive()]
-            size = len(burst[0])
-            while size < limit:
-                try:
-                    frame = outbox.receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                burst.append(frame)
-                size += len(frame)
-            outbox.bytes -= size
-            await stream.send_all(b"".join(burst))
 
     # ---------------------------------------------------------------------------- receiving
 
@@ -215,7 +187,8 @@ class PeerTransport:
                     src = (message.accept if type(message) is TracedAccept else message).src
                     if src != peer:
                         raise WireError(f"node {peer} sent a message as node {src}")
-                    await self._inbox.send((peer, message))  # bounded: backpressure on TCP
+                    if not self._take_now((peer, message)):
+                        await self._inbox.send((peer, message))  # bounded: TCP backpressure
                 data = await stream.receive_some(1 << 16)
                 if not data:
                     return

@@ -68,6 +68,12 @@ class NodeSettings:
     clock_probe_s: float = 0.5
     clock_offset_ms_max: int = 500
     apply_commands_max: int = 1024
+    #: journal batches up to this size are written in the loop, not in the writer thread, by
+    #: a node that does not lead, and by the leader while its last sync took at most
+    #: `leader_write_inline_sync_ms_max` (see `Node._writes_inline`)
+    write_inline_bytes_max: int = 1 << 20
+    leader_write_inline_bytes_max: int = 4 << 10
+    leader_write_inline_sync_ms_max: float = 10.0
 
     def __post_init__(self) -> None:
         # Every peer message must fit a frame: the largest are a promise carrying a window of
@@ -153,9 +159,15 @@ class Node:
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[int, object]](
             settings.inbox_max
         )
-        self.peers = PeerTransport(settings.peer, Decoder(settings.paxos), self._inbox_send)
+        #: the loop's wait on an empty inbox, while it waits (see `_take_now`)
+        self._parked: trio.CancelScope | None = None
+        self.peers = PeerTransport(
+            settings.peer, Decoder(settings.paxos), self._inbox_send, self._take_now
+        )
         self._writes: list[Write] = []  # handed out by the core, not yet taken by the writer
         self._write_ready = trio.Event()
+        self._writer_busy = False  # a write is running in the writer's thread
+        self._sync_slow = False  # the last synced write took too long to make inline
         self._shipments: dict[int, _Shipment] = {}
         self._nursery: trio.Nursery | None = None
         self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
@@ -191,8 +203,11 @@ class Node:
         when leadership was lost or time ran out after the command may have got a slot.
         Commands must be unique (the client layer adds a session and a sequence).
         """
+        item = (_COMMAND, (command, on_done))
+        if self._take_now(item):
+            return True
         try:
-            self._inbox_send.send_nowait((_COMMAND, (command, on_done)))
+            self._inbox_send.send_nowait(item)
         except trio.WouldBlock:
             return False
         return True
@@ -252,15 +267,22 @@ class Node:
         bound = self.settings.turn_inputs_max
         tick_s = self.settings.tick_s
         core = self.core
-        metrics = self.metrics
         next_tick = trio.current_time() + tick_s
         while True:
             item = None
             if core.backlog:
                 await trio.lowlevel.checkpoint()  # committed slots to apply: come straight back
             else:
-                with trio.move_on_at(next_tick):
-                    item = await inbox.receive()
+                try:
+                    item = inbox.receive_nowait()
+                except trio.WouldBlock:
+                    # Parked on an empty inbox: inputs are handled where they arrive
+                    # (`_take_now`) until the tick is due or a backlog calls the loop back.
+                    with trio.move_on_at(next_tick) as self._parked:
+                        item = await inbox.receive()
+                    self._parked = None
+                else:
+                    await trio.lowlevel.checkpoint()  # the other tasks get their turn
             started = time.perf_counter()
             now_ms = self._clock_ms()
             if item is not None:
@@ -286,11 +308,28 @@ class Node:
                 next_tick += tick_s
             self.turns += 1
             self._carry_out()
-            turn_ms = (time.perf_counter() - started) * 1000
-            if turn_ms > self.turn_ms_max:
-                self.turn_ms_max = turn_ms
-            if metrics is not None:
-                metrics.turn_duration.record(turn_ms)
+            self._turn_took(started)
+
+    def _take_now(self, item: tuple[int, object]) -> bool:
+        """Handle an input in the task that received it, if the loop waits on an empty
+        inbox (False: send it to the inbox). It is the next input either way; this spares
+        waking the loop for it. While the loop is parked, every input comes this way, so
+        none can pass one that waits in the inbox."""
+        if self._parked is None:
+            return False
+        started = time.perf_counter()
+        self._handle(self.core, item, self._clock_ms())
+        self.turns += 1
+        self._carry_out()
+        self._turn_took(started)
+        return True
+
+    def _turn_took(self, started: float) -> None:
+        turn_ms = (time.perf_counter() - started) * 1000
+        if turn_ms > self.turn_ms_max:
+            self.turn_ms_max = turn_ms
+        if self.metrics is not None:
+            self.metrics.turn_duration.record(turn_ms)
 
     def _tick_late(self, late_ms: float) -> None:
         if late_ms > self.tick_late_ms_max:
@@ -315,11 +354,20 @@ class Node:
             core.command(command, on_done, now_ms)
 
     def _carry_out(self) -> None:
-        """Carry out what the core produced: writes to the writer, messages to peers,
-        answers to clients, snapshot shipments."""
+        """Carry out what the core produced: writes to the writer (or at once), messages to
+        peers, answers to clients, snapshot shipments; again while writes made here release
+        more."""
+        while self._carry_out_once():
+            pass
+        if self._parked is not None and self.core.backlog:
+            self._parked.cancel()  # committed slots wait to be applied: the loop comes back
+            self._parked = None
+
+    def _carry_out_once(self) -> bool:
         effects = self.core.take()
         if effects is None:
-            return
+            return False
+        wrote = False
         if effects.writes:
             tracing = self.tracing
             if tracing is not None:
@@ -330,7 +378,9 @@ class Node:
                 if write.snapshot is not None:
                     self._snapshot_started[write.id] = time.perf_counter()
             self._writes.extend(effects.writes)
-            self._write_ready.set()
+            wrote = self._writes_inline()
+            if not wrote:
+                self._write_ready.set()
         if effects.send:
             self._send(effects.send)
         for on_done, kind, value, _ in effects.replies:
@@ -345,6 +395,9 @@ class Node:
             self._ship(effects)
         for level, text in effects.notices:
             getattr(log, level)("%s", text)
+        if wrote:  # after the sends: the leader's accepts leave before its own write
+            self._write_now()  # the votes that waited for it come with the next take
+        return wrote
 
     def _send(self, messages: list[tuple[int, object]]) -> None:
         frames: dict[int, bytes] = {}  # a broadcast is one message object: encode it once
@@ -377,11 +430,68 @@ class Node:
 
     # ------------------------------------------------------------------------------ writer
 
+    def _writes_inline(self) -> bool:
+        """May the loop carry the queued writes out itself, without the writer thread?
+
+        The hop to a thread and back costs more than writing a small batch and syncing it
+        (the sync lets go of the GIL), and a follower's vote waits for it. So a follower
+        writes journal batches of up to `write_inline_bytes_max` in its loop, and so does a
+        leader up to `leader_write_inline_bytes_max` while its syncs are quick: a leader's
+        heartbeats and client sessions must not wait on a slow disk, and its followers'
+        votes carry a commit without its own. A commit point alone (no sync) is always
+        written here; snapshots and truncations always in the thread."""
+        if self._writer_busy:
+            return False
+        size = 0
+        synced = False
+        for write in self._writes:
+            batch = write.batch
+            if write.snapshot is not None or batch.truncate_below is not None:
+                return False
+            synced = synced or write.sync
+            for _, value in batch.entries.values():
+                size += sum(map(len, value))
+        if not synced:
+            return True
+        settings = self.settings
+        if self.core.replica.role is not Role.LEADER:
+            return size <= settings.write_inline_bytes_max
+        return size <= settings.leader_write_inline_bytes_max and not self._sync_slow
+
+    def _write_now(self) -> None:
+        run = self._writes[:]
+        self._writes.clear()
+        synced = any(write.sync for write in run)
+        started = time.perf_counter()
+        self.journal.write(run[0].batch if len(run) == 1 else _merged(run), synced)
+        self._written(run, synced, (time.perf_counter() - started) * 1000)
+
+    def _written(self, run: list[Write], synced: bool, took_ms: float) -> None:
+        if synced:
+            self.syncs += 1
+            self._sync_slow = took_ms > self.settings.leader_write_inline_sync_ms_max
+            if self.metrics is not None:
+                self.metrics.fsync_latency.record(took_ms)
+        if took_ms > _SLOW_WRITE_MS:
+            log.warning(
+                "a journal write took %.0f ms (%s)",
+                took_ms,
+                "snapshot" if run[0].snapshot is not None else f"{len(run)} batches",
+            )
+        if self.tracing is not None:
+            for write in run:
+                if write.traced:
+                    self.tracing.persisted(write.traced)
+        for write in run:
+            began = self._snapshot_started.pop(write.id, None)
+            if began is not None and self.core.snapshot_last is not None:
+                self.core.snapshot_last["ms"] = round((time.perf_counter() - began) * 1000, 1)
+        self.core.persisted(run[-1].id)
+
     async def _writer(self) -> None:
         """Carries the core's writes out in order: every journal batch queued while the last
         write ran goes into one write (one sync for all: group commit); a snapshot alone."""
         journal = self.journal
-        metrics = self.metrics
         while True:
             if not self._writes:
                 self._write_ready = trio.Event()
@@ -397,35 +507,20 @@ class Node:
                         break
                     run.append(write)
             del writes[: len(run)]
+            self._writer_busy = True
             started = time.perf_counter()
-            if run[0].snapshot is not None:
-                slot, chunks, below = run[0].snapshot
-                await trio.to_thread.run_sync(journal.save_snapshot, slot, chunks, below)
-                synced = True
-            else:
-                batch = run[0].batch if len(run) == 1 else _merged(run)
-                synced = any(write.sync for write in run)
-                await trio.to_thread.run_sync(journal.write, batch, synced)
-            took_ms = (time.perf_counter() - started) * 1000
-            if synced:
-                self.syncs += 1
-                if metrics is not None:
-                    metrics.fsync_latency.record(took_ms)
-            if took_ms > _SLOW_WRITE_MS:
-                log.warning(
-                    "a journal write took %.0f ms (%s)",
-                    took_ms,
-                    "snapshot" if run[0].snapshot is not None else f"{len(run)} batches",
-                )
-            if self.tracing is not None:
-                for write in run:
-                    if write.traced:
-                        self.tracing.persisted(write.traced)
-            for write in run:
-                began = self._snapshot_started.pop(write.id, None)
-                if began is not None and self.core.snapshot_last is not None:
-                    self.core.snapshot_last["ms"] = round((time.perf_counter() - began) * 1000, 1)
-            self.core.persisted(run[-1].id)
+            try:
+                if run[0].snapshot is not None:
+                    slot, chunks, below = run[0].snapshot
+                    await trio.to_thread.run_sync(journal.save_snapshot, slot, chunks, below)
+                    synced = True
+                else:
+                    batch = run[0].batch if len(run) == 1 else _merged(run)
+                    synced = any(write.sync for write in run)
+                    await trio.to_thread.run_sync(journal.write, batch, synced)
+            finally:
+                self._writer_busy = False
+            self._written(run, synced, (time.perf_counter() - started) * 1000)
             self._carry_out()
 
     # ---------------------------------------------------------------------------- shipping

@@ -249,7 +249,7 @@ class CommitTracing:
 
 
 class _Reply:
-    """The reply span and, once the answer is queued, the end of the whole receive span."""
+    """The reply span and, once the answer is encoded, the end of the whole receive span."""
 
     def __init__(self, reply: Span, receive: Span) -> None:
         self.reply = reply
