@@ -168,7 +168,8 @@ class ClientPort:
 
     async def _serve_session(self, stream: trio.SocketStream) -> None:
         decoder = FrameDecoder(self.frame_bytes_max)
-        frames = _frames(stream, decoder)
+        # The commands of one read go to the node together: they share a batch.
+        frames = _frames(stream, decoder, self.node.flush)
         hello = None
         with trio.move_on_after(self.hello_timeout_s):  # a silent socket may not hold a slot
             hello = await anext(frames, None)
@@ -200,6 +201,7 @@ class ClientPort:
             nursery.start_soon(self._write, stream, session)
             async for request in frames:
                 if session.in_flight >= self.in_flight_max:
+                    self.node.flush()  # the answers it waits for may need what it handed over
                     await session.wait_for_room()  # past the bound: stop reading (backpressure)
                 await self._dispatch(session, request)
             # The client closed its side: nobody waits for a held claim or read any more (a
@@ -251,7 +253,7 @@ class ClientPort:
         tracing = self.node.tracing
         traced = tracing is not None and tracing.received(command, request.get("trace"), op)
         callback = self._answer(session, rid, trio.current_time(), command if traced else None)
-        if not self.node.propose_nowait(command, callback):
+        if not self.node.propose_nowait(command, callback, flush=False):
             await self.node.propose(command, callback)  # the node's inbox is full: wait for room
 
     def _command(self, session: _Session, rid: int, request: dict) -> bytes | None:
@@ -512,8 +514,11 @@ class _Waiter:
             self._scope.cancel()
 
 
-async def _frames(stream: trio.SocketStream, decoder: FrameDecoder):
+async def _frames(stream: trio.SocketStream, decoder: FrameDecoder, read_all=lambda: None):
+    """The frames of a stream; `read_all()` is called each time those read so far are
+    handed out, before waiting for more."""
     while True:
+        read_all()
         data = await stream.receive_some(1 << 16)
         if not data:
             return

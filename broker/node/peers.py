@@ -81,13 +81,16 @@ class PeerTransport:
         decoder: Decoder,
         inbox: trio.MemorySendChannel[tuple[int, Message]],
         take_now: Callable[[tuple[int, Message]], bool] | None = None,
+        flush: Callable[[], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
         self._decoder = decoder
         self._inbox = inbox
-        #: hands a message to the node at once if it can take it now (else: the inbox)
+        #: hands a message to the node at once if it can take it now (else: the inbox);
+        #: `flush` then carries out what the messages of one read produced
         self._take_now = take_now or (lambda _item: False)
+        self._flush = flush or (lambda: None)
         self._rng = rng or random.Random()
         self._outboxes = {
             peer: Outbox(settings.send_queue_max, settings.send_queue_bytes_max)
@@ -189,6 +192,7 @@ class PeerTransport:
                         raise WireError(f"node {peer} sent a message as node {src}")
                     if not self._take_now((peer, message)):
                         await self._inbox.send((peer, message))  # bounded: TCP backpressure
+                self._flush()
                 data = await stream.receive_some(1 << 16)
                 if not data:
                     return

@@ -161,8 +161,10 @@ class Node:
         )
         #: the loop's wait on an empty inbox, while it waits (see `_take_now`)
         self._parked: trio.CancelScope | None = None
+        #: when the first input taken at once and not yet carried out was taken
+        self._owed: float | None = None
         self.peers = PeerTransport(
-            settings.peer, Decoder(settings.paxos), self._inbox_send, self._take_now
+            settings.peer, Decoder(settings.paxos), self._inbox_send, self._take_now, self.flush
         )
         self._writes: list[Write] = []  # handed out by the core, not yet taken by the writer
         self._write_ready = trio.Event()
@@ -195,16 +197,20 @@ class Node:
 
     # ------------------------------------------------------------------------- client side
 
-    def propose_nowait(self, command: bytes, on_done: Callback) -> bool:
+    def propose_nowait(self, command: bytes, on_done: Callback, *, flush: bool = True) -> bool:
         """Queue a command for the loop without waiting; False if the inbox is full.
 
         `on_done(kind, value)` is called once, from the loop: ("ok", the machine's result)
         once applied, or a failure: "not leader", "overloaded", "too large", or "unknown"
         when leadership was lost or time ran out after the command may have got a slot.
-        Commands must be unique (the client layer adds a session and a sequence).
+        Commands must be unique (the client layer adds a session and a sequence). With
+        `flush=False` a command the node takes at once waits for the caller's `flush()`
+        (to share a batch with the commands that follow it).
         """
         item = (_COMMAND, (command, on_done))
         if self._take_now(item):
+            if flush:
+                self.flush()
             return True
         try:
             self._inbox_send.send_nowait(item)
@@ -214,7 +220,9 @@ class Node:
 
     async def propose(self, command: bytes, on_done: Callback) -> None:
         """As propose_nowait, but waits for room in the inbox (backpressure)."""
-        await self._inbox_send.send((_COMMAND, (command, on_done)))
+        if not self.propose_nowait(command, on_done):
+            self.flush()  # what this caller handed over before goes first
+            await self._inbox_send.send((_COMMAND, (command, on_done)))
 
     async def submit(self, command: bytes) -> object:
         """Replicate one command and return the machine's result; raises CommandFailed."""
@@ -307,22 +315,33 @@ class Node:
                 core.tick(now_ms)
                 next_tick += tick_s
             self.turns += 1
+            self._owed = None  # this turn carries out what inputs taken at once left
             self._carry_out()
             self._turn_took(started)
 
     def _take_now(self, item: tuple[int, object]) -> bool:
-        """Handle an input in the task that received it, if the loop waits on an empty
-        inbox (False: send it to the inbox). It is the next input either way; this spares
-        waking the loop for it. While the loop is parked, every input comes this way, so
-        none can pass one that waits in the inbox."""
+        """Hand an input to the core from the task that read it, if the loop waits on an
+        empty inbox (False: send it to the inbox). It is the next input either way; this
+        spares waking the loop for it. While the loop is parked every input comes this
+        way, so none can pass one that waits in the inbox. Its effects are carried out by
+        `flush`, which the reader calls once it has handed over everything it read at once
+        (so the commands of one read share a batch and the votes one write)."""
         if self._parked is None:
             return False
-        started = time.perf_counter()
+        if self._owed is None:
+            self._owed = time.perf_counter()
         self._handle(self.core, item, self._clock_ms())
+        return True
+
+    def flush(self) -> None:
+        """Carry out what inputs taken at once produced (see `_take_now`)."""
+        started = self._owed
+        if started is None:
+            return
+        self._owed = None
         self.turns += 1
         self._carry_out()
         self._turn_took(started)
-        return True
 
     def _turn_took(self, started: float) -> None:
         turn_ms = (time.perf_counter() - started) * 1000
