@@ -376,14 +376,17 @@ class NodeCore:
 
     # ----------------------------------------------------------------------------- output
 
-    def take(self) -> Effects | None:
-        """The effects of every input since the last call (None: nothing to do)."""
+    def take(self, apply: bool = True) -> Effects | None:
+        """The effects of every input since the last call (None: nothing to do). With
+        `apply=False` committed slots wait (`backlog`) unless the role changed: a driver
+        that writes and sends the votes of a turn before it applies what the turn committed
+        takes twice, so that a follower's vote does not wait for its machine."""
         if not self.stopped:
             while (ready := self.replica.ready()) is not None:
                 self._carry(ready)
-            if self._unapplied:
-                self._apply()
             role = self.replica.role
+            if self._unapplied and (apply or role is not self._role):
+                self._apply()  # before a deposed leader answers what waits "unknown"
             if role is not self._role:
                 if self._role is Role.LEADER:
                     self._deposed()

@@ -376,14 +376,16 @@ class Node:
         """Carry out what the core produced: writes to the writer (or at once), messages to
         peers, answers to clients, snapshot shipments; again while writes made here release
         more."""
-        while self._carry_out_once():
+        while self._carry_out_once(False):  # votes and their writes first: they wait
+            pass
+        while self._carry_out_once(True):
             pass
         if self._parked is not None and self.core.backlog:
             self._parked.cancel()  # committed slots wait to be applied: the loop comes back
             self._parked = None
 
-    def _carry_out_once(self) -> bool:
-        effects = self.core.take()
+    def _carry_out_once(self, apply: bool) -> bool:
+        effects = self.core.take(apply)
         if effects is None:
             return False
         wrote = False

@@ -443,8 +443,16 @@ class Simulation:
         self._push(self.rng.uniform(0, node.tick_ms), _TICK, node.id, node.incarnation)
 
     def _drain(self, node: _Node) -> None:
-        """Carry out the core's effects, as the trio runtime does."""
-        while node.core is not None and (effects := node.core.take()) is not None:
+        """Carry out the core's effects, as the trio runtime does: what a turn produced
+        first, then what applying the slots it committed produced."""
+        apply = False
+        while node.core is not None:
+            effects = node.core.take(apply)
+            if effects is None:
+                if apply:
+                    break
+                apply = True
+                continue
             core = node.core
             for write in effects.writes:
                 self._issue(node, write)
@@ -495,7 +503,7 @@ class Simulation:
                 self.stats.elections += 1
                 self.trace.append((self.now, node.id, f"leads with ballot {replica.ballot}"))
                 self._check_leader_clock(node)
-            if core.backlog:
+            if apply and core.backlog:
                 # As the runtime does: the rest of the committed slots in later turns, other
                 # inputs (messages, ticks, requests) between them.
                 if not node.turn_due:
