@@ -39,6 +39,9 @@ log = logging.getLogger("paxq.node.peers")
 #: 6 applies reject
 PROTOCOL_VERSION = 6
 Address = tuple[str, int]
+#: bytes read from a peer at once at most: several full accepts (256 KiB batches), so that
+#: one read's accepts share one write
+_READ_BYTES_MAX = 1 << 20
 
 
 class HandshakeRefused(Exception):
@@ -193,7 +196,7 @@ class PeerTransport:
                     if not self._take_now((peer, message)):
                         await self._inbox.send((peer, message))  # bounded: TCP backpressure
                 self._flush()
-                data = await stream.receive_some(1 << 16)
+                data = await stream.receive_some(_READ_BYTES_MAX)
                 if not data:
                     return
         except WireError as error:

@@ -71,7 +71,7 @@ class NodeSettings:
     #: journal batches up to this size are written in the loop, not in the writer thread, by
     #: a node that does not lead, and by the leader while its last sync took at most
     #: `leader_write_inline_sync_ms_max` (see `Node._writes_inline`)
-    write_inline_bytes_max: int = 1 << 20
+    write_inline_bytes_max: int = 64 << 10
     leader_write_inline_bytes_max: int = 4 << 10
     leader_write_inline_sync_ms_max: float = 10.0
 
