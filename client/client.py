@@ -816,7 +816,7 @@ class Client:
                 batcher.submit_nowait(delivery, 1, finished, context)
             except anyio.WouldBlock:  # a full queue of acks: wait for room
                 await batcher.submit_waiting(delivery, 1, finished, context)
-            delivery.finished = True
+            delivery.acking()
         await outcome.done.wait()
         for error in outcome.errors:
             if not isinstance(error, LeaseLost):
@@ -845,7 +845,7 @@ class Client:
         context = caller() if self._tracing is not None else None
         for delivery in deliveries:
             batcher.submit_nowait(delivery, 1, finished, context)
-            delivery.finished = True  # an ack is on its way: not extended, not handed back
+            delivery.acking()  # an ack is on its way: not extended, not handed back
 
     def _acker(self, deliveries: Sequence[Delivery]) -> Batcher[Delivery]:
         first = deliveries[0]

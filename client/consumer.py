@@ -38,7 +38,9 @@ HAND_BACK_S = 5.0
 class Consumer:
     """`async with client.consume("jobs") as deliveries: async for d in deliveries: ...`
 
-    At most `prefetch` deliveries are held at once (claimed and not yet acked or nacked);
+    At most `prefetch` deliveries are held at once (claimed and not yet acked or nacked),
+    and at most `prefetch` more acked whose acks are not answered yet (as RabbitMQ's prefetch
+    counts a delivery until its ack reaches the broker, not until the ack is durable);
     each is extended by `lease_s` every `lease_s / 3` until it is finished, so a slow handler
     keeps its message and a dead one gives it back after at most `lease_s`. On leaving the
     block, what is still held goes back at once: released (uncounted) if the caller never took
@@ -65,7 +67,9 @@ class Consumer:
         self.lease_s = lease_s
         self.wait_s = wait_s
         self.consumer = consumer
-        self.held: dict[int, Delivery] = {}  # offset -> delivery, until finished
+        self.held: dict[int, Delivery] = {}  # offset -> delivery, until acked or settled
+        #: offset -> delivery whose ack is on its way, until answered: at most `prefetch`
+        self.acking: dict[int, Delivery] = {}
         self._claiming = 0  # deliveries the claims out may bring
         self.lost = 0  # leases found gone while extending
         self._room = anyio.Event()
@@ -104,7 +108,7 @@ class Consumer:
             # them); then what was never finished goes back.
             with anyio.CancelScope(shield=True):
                 with anyio.move_on_after(self.client.request_timeout_s):
-                    while any(d.finished for d in self.held.values()):
+                    while self.acking or any(d.finished for d in self.held.values()):
                         await self._wait_for_room()
                 with anyio.move_on_after(HAND_BACK_S):
                     await self.hand_back()
@@ -170,10 +174,18 @@ class Consumer:
             self._room = anyio.Event()
         await self._room.wait()
 
+    def _acking(self, delivery: Delivery) -> None:
+        if self.held.get(delivery.offset) is delivery:
+            del self.held[delivery.offset]
+            self.acking[delivery.offset] = delivery
+            self._room.set()
+
     def _settled(self, delivery: Delivery) -> None:
         # Only this delivery: the offset may be held again since, under a newer lease.
         if self.held.get(delivery.offset) is delivery:
             del self.held[delivery.offset]
+        elif self.acking.get(delivery.offset) is delivery:
+            del self.acking[delivery.offset]
         self._room.set()
 
     async def _fetch(self) -> None:
@@ -193,7 +205,10 @@ class Consumer:
         least = max(1, min(CLAIM_MAX, self.prefetch) // 4)  # fewer, larger claims
         try:
             while True:
-                while self.prefetch - len(self.held) - self._claiming < least:
+                while (
+                    self.prefetch - len(self.held) - self._claiming < least
+                    or len(self.acking) >= self.prefetch
+                ):
                     await self._wait_for_room()
                 room = min(CLAIM_MAX, self.prefetch - len(self.held) - self._claiming)
                 self._claiming += room
@@ -215,6 +230,7 @@ class Consumer:
                 outage.answered()
                 for delivery in deliveries:
                     delivery.on_finish = self._settled
+                    delivery.on_acking = self._acking
                     self.held[delivery.offset] = delivery
                 self._ready.extend(deliveries)
                 self._arrived.set()

@@ -61,6 +61,8 @@ class Delivery:
     finished: bool = False
     #: called once when it is settled (the consumer that holds it counts it off)
     on_finish: Callable[[Delivery], None] | None = field(default=None, repr=False)
+    #: called once when an ack of it is queued (the consumer counts it off its prefetch)
+    on_acking: Callable[[Delivery], None] | None = field(default=None, repr=False)
 
     def text(self) -> str:
         return self.body.decode()
@@ -73,6 +75,13 @@ class Delivery:
     @property
     def lease(self) -> list[int]:
         return [self.offset, self.token]
+
+    def acking(self) -> None:
+        """An ack of it is on its way: finished, not extended, off the prefetch."""
+        self.finished = True
+        on_acking, self.on_acking = self.on_acking, None
+        if on_acking is not None:
+            on_acking(self)
 
     def settle(self) -> None:
         """Mark it finished (acked, nacked or lost): nobody extends it any more."""

@@ -85,7 +85,7 @@ class WorkerPool:
         self._is_async = inspect.iscoroutinefunction(handler)
         self.concurrency = concurrency
         # Twice the handlers: the next deliveries are claimed while these run. A pool's
-        # throughput is about prefetch / (claim + ack latency): raise it for short jobs.
+        # throughput is about prefetch / claim latency: raise it for short jobs.
         self.prefetch = prefetch or 2 * concurrency
         self.lease_s = lease_s
         self.wait_s = wait_s
@@ -224,8 +224,8 @@ class WorkerPool:
 
     async def _ack(self, delivery: Delivery) -> None:
         """The work is done: ack it without waiting (with the acks of other handlers, in one
-        request), and take the next delivery. The consumer holds it, and so counts it against
-        the prefetch, until the ack is answered. An ack that went out may be applied: it is
+        request), and take the next delivery. The consumer counts it among its acks on their
+        way until the ack is answered. An ack that went out may be applied: it is
         not withdrawn when the pool is cancelled, and `run` waits for its answer."""
         if delivery.finished:  # the handler acked or nacked it itself
             self.done += 1

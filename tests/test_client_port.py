@@ -198,3 +198,34 @@ async def test_the_queue_operations_over_real_sockets(tmp_path: Path) -> None:
                     if reply["ok"] and reply["result"]["subscriptions"][""]["dead_lettered"]:
                         break
                     await trio.sleep(0.02)
+
+
+async def test_a_waiting_claim_cancelled_in_the_same_read_is_answered_at_once(
+    tmp_path: Path,
+) -> None:
+    """The claim and its cancel come in one read: the cancel finds the claim (registered
+    when it was read, not when its task starts) and the claim is answered CANCELLED at
+    once, not after its wait."""
+    with trio.fail_after(LIMIT_S):
+        async with serving(tmp_path) as (nodes, clients):
+            await leader_of(nodes)
+            async with connect(clients[0]) as c:
+                reply = await c.request("create", topic="idle", kind="queue")
+                assert reply["ok"], reply
+            stream = await trio.open_tcp_stream(*clients[0])
+            async with stream:
+                claim = {"id": 1, "op": "claim", "topic": "idle", "wait_ms": 60_000}
+                cancel = {"id": 2, "op": "cancel", "request": 1}
+                await stream.send_all(
+                    encode_frame({"paxq": "client", "v": 1})
+                    + encode_frame(claim)
+                    + encode_frame(cancel)
+                )
+                decoder = FrameDecoder(1 << 20)
+                replies: dict[int, dict] = {}
+                with trio.fail_after(5):  # far below the claim's 60 s wait
+                    while 1 not in replies:
+                        for frame in decoder.feed(await stream.receive_some(1 << 16)):
+                            if "id" in frame:
+                                replies[frame["id"]] = frame
+                assert replies[1]["error"] == ErrorCode.CANCELLED

@@ -235,7 +235,9 @@ class ClientPort:
                 return
             session.in_flight += 1
             wait = self._claim_waiting if op == "claim" else self._read_waiting
-            session.nursery.start_soon(wait, session, rid, request, wait_ms)
+            # Registered now, not when its task starts: a cancel read with it finds it.
+            waiter = self._add_waiter(session, rid, request.get("topic"))
+            session.nursery.start_soon(wait, session, rid, request, wait_ms, waiter)
             return
         if op == "cancel":
             self._cancel(session, rid, request)
@@ -310,7 +312,7 @@ class ClientPort:
         return done
 
     async def _claim_waiting(
-        self, session: _Session, rid: int, request: dict, wait_ms: int
+        self, session: _Session, rid: int, request: dict, wait_ms: int, waiter: _Waiter
     ) -> None:
         """A claim that found nothing is proposed again when its topic changes, when a
         delayed message it set aside falls due, or once more at the end of the wait."""
@@ -322,7 +324,10 @@ class ClientPort:
             outcome.append((kind, value))
             applied.set()
 
-        with self._waiter(session, rid, request.get("topic")) as waiter:
+        with self._waiting(session, rid, request.get("topic")):
+            if waiter.cancelled:  # before it was ever proposed
+                session.finish(self._cancelled(rid))
+                return
             while True:
                 # Taken before proposing, so a change applied meanwhile is not missed.
                 changed = self._change_of(request.get("topic"))
@@ -351,11 +356,16 @@ class ClientPort:
                     session.finish(self._cancelled(rid))
                     return
 
-    async def _read_waiting(self, session: _Session, rid: int, request: dict, wait_ms: int) -> None:
+    async def _read_waiting(
+        self, session: _Session, rid: int, request: dict, wait_ms: int, waiter: _Waiter
+    ) -> None:
         """A read at the end of its topic is answered once a message arrives or the wait
         ends (a live tail's long poll)."""
         deadline = trio.current_time() + wait_ms / 1000
-        with self._waiter(session, rid, request.get("topic")) as waiter:
+        with self._waiting(session, rid, request.get("topic")):
+            if waiter.cancelled:
+                session.finish(self._cancelled(rid))
+                return
             while True:
                 changed = self._change_of(request.get("topic"))
                 reply = self._handle(rid, request)
@@ -375,14 +385,18 @@ class ClientPort:
     def _cancelled(self, rid: int) -> bytes:
         return encode_frame(_error(rid, ErrorCode.CANCELLED, "cancelled by the client"))
 
-    @contextlib.contextmanager
-    def _waiter(self, session: _Session, rid: int, topic: object):
+    def _add_waiter(self, session: _Session, rid: int, topic: object) -> _Waiter:
         waiter = session.waiters[rid] = _Waiter()
         self.waiting += 1
         if type(topic) is str:
             self._watchers[topic] = self._watchers.get(topic, 0) + 1
+        return waiter
+
+    @contextlib.contextmanager
+    def _waiting(self, session: _Session, rid: int, topic: object):
+        """The waiter `_add_waiter` made goes when its task ends, however it ends."""
         try:
-            yield waiter
+            yield
         finally:
             self.waiting -= 1
             session.waiters.pop(rid, None)
