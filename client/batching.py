@@ -95,7 +95,7 @@ class Batcher(Generic[Item]):
 
     async def submit(self, item: Item, size: int, context: object = None) -> object:
         await self._wait_for_room()
-        if not self._queue and self._closed is None and self._slots.value:
+        if not (self._queue or self.linger_s) and self._closed is None and self._slots.value:
             # Nothing waits and a batch may go: the caller sends its own, from its own task
             # (a lone caller's request costs no hop through the gathering task).
             self._slots.acquire_nowait()

@@ -262,14 +262,15 @@ class Connection:
             try:
                 sending = True
                 if written < len(frame):
-                    await self._stream.send(frame[written:] if written else frame)
+                    # Shielded: a cancel cutting the frame short would leave the stream
+                    # unframed and end the connection for every request on it. A node that
+                    # does not take it within _SETTLE_S ends it all the same.
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(_SETTLE_S) as late:
+                        await self._stream.send(frame[written:] if written else frame)
+                    if late.cancelled_caught:
+                        self._fail("the node does not read")
             except _BROKEN as error:
                 self._fail(f"sending failed: {error!r}")
-            except BaseException:
-                # Cancelled mid-send: part of the frame may be out, and the stream can
-                # no longer be framed. Close it; its other requests are retried.
-                self._fail("a send was cancelled")
-                raise
             finally:
                 self._send_lock.release()
             await pending.done.wait()

@@ -188,6 +188,12 @@ class Consumer:
             del self.acking[delivery.offset]
         self._room.set()
 
+    def _room_to_claim(self) -> int:
+        """Deliveries a claim may bring: `prefetch` unacked ones held at most, and as many
+        acks unanswered (what a claim brings may all be acked before one is answered)."""
+        held = len(self.held) + self._claiming
+        return self.prefetch - max(held, len(self.acking) + self._claiming)
+
     async def _fetch(self) -> None:
         assert self._fetching is not None
         try:
@@ -205,12 +211,9 @@ class Consumer:
         least = max(1, min(CLAIM_MAX, self.prefetch) // 4)  # fewer, larger claims
         try:
             while True:
-                while (
-                    self.prefetch - len(self.held) - self._claiming < least
-                    or len(self.acking) >= self.prefetch
-                ):
+                while self._room_to_claim() < least:
                     await self._wait_for_room()
-                room = min(CLAIM_MAX, self.prefetch - len(self.held) - self._claiming)
+                room = min(CLAIM_MAX, self._room_to_claim())
                 self._claiming += room
                 outage.asking()
                 try:

@@ -146,6 +146,61 @@ async def test_a_batcher_bounds_what_is_unanswered_not_only_what_is_queued() -> 
         group.cancel_scope.cancel()
 
 
+async def test_a_lone_caller_sends_its_own_batch_and_the_rest_queue_behind_it() -> None:
+    """Nothing queued and a batch may go: the caller sends it from its own task (no hop
+    through the gathering task); callers that find one queued, or a linger, queue."""
+    release = trio.Event()
+    tasks: list[object] = []
+
+    async def send(jobs: list[Job[int]]) -> None:
+        tasks.append((trio.lowlevel.current_task(), [job.item for job in jobs]))
+        await release.wait()
+        for job in jobs:
+            job.finish(job.item * 10)
+
+    async with anyio.create_task_group() as group:
+        batcher: Batcher[int] = Batcher(group, send, items_max=8, bytes_max=100, in_flight_max=1)
+        results: list[object] = []
+
+        async def caller(item: int) -> None:
+            results.append((item, await batcher.submit(item, 1)))
+
+        async with trio.open_nursery() as callers:
+            callers.start_soon(caller, 1)
+            await trio.testing.wait_all_tasks_blocked()
+            [(first_task, first)] = tasks
+            assert first == [1]
+            assert first_task in {t for t in callers.child_tasks}  # the caller's own task
+            callers.start_soon(caller, 2)  # the one slot is out: these wait and share a batch
+            callers.start_soon(caller, 3)
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        assert sorted(results) == [(1, 10), (2, 20), (3, 30)]
+        assert [items for _, items in tasks] == [[1], [2, 3]]
+        assert tasks[1][0] not in {first_task}
+        lingering: Batcher[int] = Batcher(group, send, items_max=8, bytes_max=100, linger_s=0.01)
+        assert await lingering.submit(4, 1) == 40
+        assert tasks[2][0] is not trio.lowlevel.current_task()  # with a linger: gathered
+        group.cancel_scope.cancel()
+
+
+async def test_a_cancelled_lone_publish_leaves_the_connection_to_the_others(
+    tmp_path: Path,
+) -> None:
+    """A caller cancelled while its own request is out stops waiting; the request still
+    goes whole, and the connection serves the others (it is not closed as cut short)."""
+    async with cluster_client(tmp_path, 1) as (_, _, client):
+        await client.create_queue("cancelled")
+        connection = await client._connection(True, 5)
+        connection._socket = None  # written through the stream's own send, as under asyncio
+        with trio.move_on_after(0) as scope:
+            await client.publish("cancelled", b"never waited for")
+        assert scope.cancelled_caught
+        assert not connection.closed
+        assert await client.publish("cancelled", b"after") in (0, 1)
+        assert (await client._connection(True, 5)) is connection
+
+
 async def test_publish_claim_ack_through_a_follower_first(tmp_path: Path) -> None:
     with trio.fail_after(LIMIT_S):
         async with serving(tmp_path, 3) as (nodes, clients):

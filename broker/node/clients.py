@@ -199,11 +199,14 @@ class ClientPort:
         async with trio.open_nursery() as nursery:
             session.nursery = nursery
             nursery.start_soon(self._write, stream, session)
-            async for request in frames:
-                if session.in_flight >= self.in_flight_max:
-                    self.node.flush()  # the answers it waits for may need what it handed over
-                    await session.wait_for_room()  # past the bound: stop reading (backpressure)
-                await self._dispatch(session, request)
+            try:
+                async for request in frames:
+                    if session.in_flight >= self.in_flight_max:
+                        self.node.flush()  # the answers it waits for may need what it gave
+                        await session.wait_for_room()  # past the bound: stop reading
+                    await self._dispatch(session, request)
+            finally:
+                self.node.flush()  # what this read handed over, however the session ends
             # The client closed its side: nobody waits for a held claim or read any more (a
             # claim that fired now would lease messages to nobody); answer the rest, then end.
             for waiter in list(session.waiters.values()):

@@ -188,14 +188,16 @@ class PeerTransport:
                 return
             data = b""  # frames that came with the hello are still in the decoder
             while True:
-                for body in decoder.feed(data):
-                    message = self._decoder.decode(body)
-                    src = (message.accept if type(message) is TracedAccept else message).src
-                    if src != peer:
-                        raise WireError(f"node {peer} sent a message as node {src}")
-                    if not self._take_now((peer, message)):
-                        await self._inbox.send((peer, message))  # bounded: TCP backpressure
-                self._flush()
+                try:
+                    for body in decoder.feed(data):
+                        message = self._decoder.decode(body)
+                        src = (message.accept if type(message) is TracedAccept else message).src
+                        if src != peer:
+                            raise WireError(f"node {peer} sent a message as node {src}")
+                        if not self._take_now((peer, message)):
+                            await self._inbox.send((peer, message))  # bounded: TCP backpressure
+                finally:
+                    self._flush()  # what this read handed over, even if it ends badly
                 data = await stream.receive_some(_READ_BYTES_MAX)
                 if not data:
                     return

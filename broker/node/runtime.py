@@ -221,7 +221,6 @@ class Node:
     async def propose(self, command: bytes, on_done: Callback) -> None:
         """As propose_nowait, but waits for room in the inbox (backpressure)."""
         if not self.propose_nowait(command, on_done):
-            self.flush()  # what this caller handed over before goes first
             await self._inbox_send.send((_COMMAND, (command, on_done)))
 
     async def submit(self, command: bytes) -> object:
@@ -286,9 +285,11 @@ class Node:
                 except trio.WouldBlock:
                     # Parked on an empty inbox: inputs are handled where they arrive
                     # (`_take_now`) until the tick is due or a backlog calls the loop back.
-                    with trio.move_on_at(next_tick) as self._parked:
-                        item = await inbox.receive()
-                    self._parked = None
+                    try:
+                        with trio.move_on_at(next_tick) as self._parked:
+                            item = await inbox.receive()
+                    finally:
+                        self._parked = None
                 else:
                     await trio.lowlevel.checkpoint()  # the other tasks get their turn
             started = time.perf_counter()
@@ -482,9 +483,9 @@ class Node:
     def _write_now(self) -> None:
         run = self._writes[:]
         self._writes.clear()
-        synced = any(write.sync for write in run)
+        batch, synced = _one_write(run)
         started = time.perf_counter()
-        self.journal.write(run[0].batch if len(run) == 1 else _merged(run), synced)
+        self.journal.write(batch, synced)
         self._written(run, synced, (time.perf_counter() - started) * 1000)
 
     def _written(self, run: list[Write], synced: bool, took_ms: float) -> None:
@@ -536,8 +537,7 @@ class Node:
                     await trio.to_thread.run_sync(journal.save_snapshot, slot, chunks, below)
                     synced = True
                 else:
-                    batch = run[0].batch if len(run) == 1 else _merged(run)
-                    synced = any(write.sync for write in run)
+                    batch, synced = _one_write(run)
                     await trio.to_thread.run_sync(journal.write, batch, synced)
             finally:
                 self._writer_busy = False
@@ -653,6 +653,12 @@ class Node:
             },
             **(self.metrics.summary() if self.metrics is not None else {}),
         }
+
+
+def _one_write(run: list[Write]) -> tuple[Batch, bool]:
+    """Consecutive journal writes as one batch, and whether it is synced (if any is)."""
+    batch = run[0].batch if len(run) == 1 else _merged(run)
+    return batch, any(write.sync for write in run)
 
 
 def _merged(run: list[Write]) -> Batch:
