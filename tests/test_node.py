@@ -4,6 +4,7 @@ Bounded in time; every wait is for a condition."""
 
 from __future__ import annotations
 
+from collections import deque
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -21,13 +22,28 @@ LIMIT_S = 30
 
 
 async def free_addresses(size: int) -> dict[int, tuple[str, int]]:
-    """Loopback ports the OS hands out (closed again, then reused by the nodes)."""
+    """Loopback ports the OS hands out (closed again, then reused by the nodes). Ports
+    handed out just before are not handed out again: a port closed at once may come back
+    from the next call, and a node bound to the same port twice fails to start."""
     addresses = {}
+    listeners = []
     for node in range(size):
-        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        addresses[node] = ("127.0.0.1", listener.socket.getsockname()[1])
+        while True:
+            (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            port = listener.socket.getsockname()[1]
+            if port not in _HANDED_OUT:
+                break
+            await listener.aclose()
+        _HANDED_OUT.append(port)
+        listeners.append(listener)
+        addresses[node] = ("127.0.0.1", port)
+    for listener in listeners:
         await listener.aclose()
     return addresses
+
+
+#: the ports free_addresses handed out last (a bounded memory)
+_HANDED_OUT: deque[int] = deque(maxlen=256)
 
 
 @asynccontextmanager
