@@ -481,7 +481,9 @@ class _Session:
         self.sequence = 0
         self.in_flight = 0
         self.frame_bytes_max = frame_bytes_max
-        #: replies: one per request in flight at most, which bounds it
+        #: replies the socket has not taken yet. Unbounded: commands are bounded by
+        #: `in_flight_max`, but queries, pings and refusals are answered without counting,
+        #: so a client that pipelines them and never reads makes this grow
         self.outbox = Outbox()
         self._room: trio.Event | None = None  # the reader waits for an append to finish
         self.nursery: trio.Nursery | None = None  # where waiting claims and reads run
