@@ -114,6 +114,9 @@ class RocksJournal:
         # A close from the loop's thread (a failed key-space flush) waits for a write and its
         # syncs in the writer thread: a descriptor closed under them could be reused by then.
         self._writing = threading.RLock()
+        #: the failure that closed the journal, told to whoever finds it closed later: the
+        #: error of the task that met it may not be the one that reaches the top
+        self._failure: str | None = None
         self._log_start = 0
         self._snapshot: tuple[int, int, int] = (0, 0, 0)  # slot, chunk count, generation
 
@@ -272,7 +275,7 @@ class RocksJournal:
         try:
             db, keys = self._open_db(), self._keys
             if keys is None:
-                raise JournalClosed(f"the journal at {self.path} is closed")
+                raise self._closed()
             while True:
                 view = _View(db.iter(), keys.iter())
                 if view.get(_SNAPSHOT) == db.get(_SNAPSHOT):
@@ -405,8 +408,7 @@ class RocksJournal:
                     self._sync_logs()
             except Exception as error:
                 # After a failed sync the disk state is unknown: stop writing for good.
-                self.close()
-                raise StorageUnavailable(f"write to {self.path} failed: {error}") from error
+                raise self.fail(f"write to {self.path} failed: {error}") from error
 
     def _sync_logs(self) -> None:
         """fdatasync every write-ahead log file there is (a memtable switch starts a new one
@@ -462,15 +464,27 @@ class RocksJournal:
                 with contextlib.suppress(Exception):
                     db.close()
 
+    def fail(self, reason: str) -> StorageUnavailable:
+        """Close for good after a failed write; the error to raise, naming `reason`."""
+        if self._failure is None:
+            self._failure = reason
+        self.close()
+        return StorageUnavailable(reason)
+
+    def _closed(self) -> JournalClosed:
+        if self._failure is None:
+            return JournalClosed(f"the journal at {self.path} is closed")
+        return JournalClosed(f"the journal at {self.path} stopped: {self._failure}")
+
     def _open_db(self) -> Rdict:
         if self._db is None:
-            raise JournalClosed(f"the journal at {self.path} is closed")
+            raise self._closed()
         return self._db
 
     def _open_keys(self) -> tuple[Rdict, object]:
         keys, handle = self._keys, self._keys_handle
         if keys is None or handle is None:
-            raise JournalClosed(f"the journal at {self.path} is closed")
+            raise self._closed()
         return keys, handle
 
 
@@ -511,7 +525,7 @@ class RocksKeySpace:
         self._pending[full] = sealed
         handle = self._journal._keys_handle
         if handle is None:
-            raise JournalClosed(f"the journal at {self._where} is closed")
+            raise self._journal._closed()
         self._batch.put(full, sealed, handle)
 
     def get(self, key: bytes) -> bytes | None:
@@ -535,8 +549,7 @@ class RocksKeySpace:
         try:
             db.write(batch, self._unsynced)
         except Exception as error:
-            self._journal.close()
-            raise StorageUnavailable(f"write to {self._where} failed: {error}") from error
+            raise self._journal.fail(f"write to {self._where} failed: {error}") from error
 
     def delete_range(self, start: bytes, end: bytes) -> None:
         self._batch.delete_range(_APP + start, _APP + end, self._journal._open_keys()[1])

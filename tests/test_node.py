@@ -4,6 +4,7 @@ Bounded in time; every wait is for a condition."""
 
 from __future__ import annotations
 
+import errno
 from collections import deque
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ from paxq.broker.node import LogMachine, PeerSettings
 from paxq.broker.node.machines import log_machine
 from paxq.broker.node.runtime import CommandFailed, Node, NodeSettings
 from paxq.broker.paxos import Config, Role
-from paxq.storage import CorruptRecord, Identity, RocksJournal
+from paxq.storage import CorruptRecord, Identity, RocksJournal, StorageError
 
 LIMIT_S = 30
 
@@ -201,6 +202,60 @@ async def test_an_idle_node_takes_a_command_in_the_proposers_turn(tmp_path: Path
             while len(answers) < 3:
                 await trio.sleep(0.01)
             assert answers == [("ok", 0), ("ok", 1), ("ok", 2)]
+
+
+async def test_a_node_whose_disk_fails_stops_with_the_disk_error(tmp_path: Path) -> None:
+    """The write that fails may be made by a task reading from a peer. If the loop finds the
+    journal closed first, trio replaces that task's error with Cancelled (its connection
+    is closed at a checkpoint while the node stops): every error that stops the node must
+    name what failed."""
+    addresses = await free_addresses(3)
+    journal = RocksJournal.open(tmp_path / "node2", Identity("test", 2), True)
+    victim = Node(
+        NodeSettings(PeerSettings("test", 2, addresses), Config(nodes=(0, 1, 2))),
+        journal,
+        log_machine,
+    )
+    sync_logs = journal._sync_logs
+    full = False
+
+    def write(batch, sync: bool = True) -> None:
+        nonlocal full
+        full = full or bool(batch.entries)  # the disk fills up once entries come
+        write_first(batch, sync)
+
+    def sync_or_fail() -> None:
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device (planted)")
+        sync_logs()
+
+    write_first, journal.write, journal._sync_logs = journal.write, write, sync_or_fail
+    with trio.fail_after(LIMIT_S):
+        async with running(tmp_path, addresses, nodes=[0, 1]) as nodes:
+
+            async def publish() -> None:
+                leader = await leader_of({**nodes, 2: victim})  # it fails as leader too
+                for i in range(1000):
+                    await leader.submit(b"%d" % i)
+
+            with pytest.raises(ExceptionGroup) as stopped:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(victim.run)
+                    nursery.start_soon(publish)
+    journal.close()
+    leaves = list(_leaves(stopped.value))
+    assert leaves
+    for error in leaves:
+        assert isinstance(error, StorageError), repr(error)
+        assert "No space left on device (planted)" in str(error)
+
+
+def _leaves(error: BaseException):
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 def test_writes_merged_into_one_group_commit_keep_every_field() -> None:

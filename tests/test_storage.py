@@ -393,8 +393,8 @@ def test_a_synced_write_that_finds_no_write_ahead_log_fails_and_closes_the_journ
         log.unlink()  # RocksDB writes on into the unlinked file: nothing would make it durable
     with pytest.raises(StorageUnavailable, match="no write-ahead log file"):
         journal.write(_commit_at(2))
-    with pytest.raises(JournalClosed):
-        journal.write(_commit_at(3))
+    with pytest.raises(JournalClosed, match=r"stopped: .* no write-ahead log file"):
+        journal.write(_commit_at(3))  # whoever finds it closed is told why
 
 
 # ---------------------------------------------------------------- the core's records, persisted
