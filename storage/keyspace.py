@@ -28,6 +28,10 @@ class KeySpace(Protocol):
 
     def get(self, key: bytes) -> bytes | None: ...
 
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """`get` of each key, in one pass."""
+        ...
+
     def flush(self) -> None:
         """Write what is buffered (unsynced: the journal's next synced write covers it)."""
         ...
@@ -74,6 +78,9 @@ class MemoryKeySpace:
     def get(self, key: bytes) -> bytes | None:
         raw = self._data.get(key)
         return None if raw is None else unseal("memory", key, raw)
+
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        return [self.get(key) for key in keys]
 
     def flush(self) -> None:
         pass

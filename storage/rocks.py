@@ -540,6 +540,38 @@ class RocksKeySpace:
                 raise StorageUnavailable(f"cannot read {self._where}: {error}") from error
         return None if raw is None else unseal(self._where, full, raw)
 
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """One iterator for all, in key order: a key next to the last one read costs a step
+        rather than a lookup (a claim reads a run of payloads; a lookup of each was a fifth
+        of a consuming leader's time)."""
+        pending = self._pending
+        found: dict[bytes, bytes | None] = {}
+        iterator = None
+        try:
+            for key in sorted(keys):
+                full = _APP + key
+                raw = pending.get(full)
+                if raw is None:
+                    if iterator is None:
+                        iterator = self._journal._open_keys()[0].iter()
+                        iterator.seek(full)
+                    elif iterator.valid() and iterator.key() < full:
+                        iterator.next()  # at the least key above the last one looked at
+                        if iterator.valid() and iterator.key() < full:
+                            iterator.seek(full)
+                    # The iterator is at the least key >= full (or past the end).
+                    if iterator.valid() and iterator.key() == full:
+                        raw = iterator.value()
+                found[key] = raw
+        except JournalClosed:
+            raise
+        except Exception as error:
+            raise StorageUnavailable(f"cannot read {self._where}: {error}") from error
+        where = self._where
+        return [
+            None if (raw := found[key]) is None else unseal(where, _APP + key, raw) for key in keys
+        ]
+
     def flush(self) -> None:
         if not self._pending and not len(self._batch):
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -441,6 +442,28 @@ def test_a_snapshot_view_holds_the_journal_as_of_its_making(opener: Opener) -> N
     assert list(view.keys()) == expected
     assert list(view.keys()) == expected, "a second pass sees the same"
     assert [key for key, _ in keys.items(b"m", b"n")] == [b"m3", b"m4", b"m9"]
+
+
+def test_get_many_answers_as_get_does(opener: Opener) -> None:
+    """Runs, gaps, keys past the end, duplicates, buffered puts, in any order."""
+    keys = opener().keyspace()
+    for n in [*range(0, 40), *range(45, 60, 3), 90]:
+        keys.put(b"m%03d" % n, b"v%d" % n)
+    keys.flush()
+    keys.put(b"m041", b"buffered")  # not flushed: seen as get sees it
+    keys.put(b"m045", b"rewritten")
+    asked = [b"m%03d" % n for n in [*range(0, 100), 7, 95, 3, 41, 200]]
+    random.Random(7).shuffle(asked)
+    assert keys.get_many(asked) == [keys.get(key) for key in asked]
+    assert keys.get_many([b"m041", b"m045", b"m046", b"m048"]) == [
+        b"buffered",
+        b"rewritten",
+        None,
+        b"v48",
+    ]
+    sparse = [b"m%03d" % n for n in (1, 5, 30, 47, 57, 90)]  # keys between them are passed
+    assert keys.get_many(sparse) == [keys.get(key) for key in sparse]
+    assert keys.get_many([]) == []
 
 
 def test_payloads_a_journal_kept_beside_its_records_move_to_their_column_family(

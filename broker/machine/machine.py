@@ -592,6 +592,16 @@ class QueueMachine:
         body, key, headers = cbor2.loads(raw)
         return body, key, headers
 
+    def payloads(self, topic: Topic, offsets: list[int]) -> list[list]:
+        """[body, key, headers] of each offset, read in one pass over the key space."""
+        raws = self.keys.get_many([payload_key(topic.id, offset) for offset in offsets])
+        out = []
+        for offset, raw in zip(offsets, raws, strict=True):
+            if raw is None:
+                raise AssertionError(f"payload of {topic.name}@{offset} missing from the key space")
+            out.append(cbor2.loads(raw))
+        return out
+
     # ----------------------------------------------------------------------- subscriptions
 
     def _subscription(self, arguments: dict) -> tuple[Topic, Subscription]:
@@ -698,9 +708,11 @@ class QueueMachine:
                 "deadline_ms": deadline,
                 "published_ms": topic.time_of(offset),
             }
-            if self._answered:  # else nobody hears it: no payload is read back
-                message["body"], message["key"], message["headers"] = self.payload(topic, offset)
             out.append(message)
+        if self._answered and out:  # else nobody hears it: no payload is read back
+            payloads = self.payloads(topic, [message["offset"] for message in out])
+            for message, (body, key, headers) in zip(out, payloads, strict=True):
+                message["body"], message["key"], message["headers"] = body, key, headers
         result: dict = {"messages": out, "now_ms": now}
         if not out:
             # When to look again, for a claim that waits (a hint: it may be early, never
@@ -936,16 +948,19 @@ class QueueMachine:
         done = topic.subs[QUEUE_SUBSCRIPTION].done if topic.kind == QUEUE else {}
         first = offset = max(start, topic.first)
         end = min(topic.next, first + max(0, min(limit, limits.read_max)))
-        messages = []
+        offsets = []
         size = 0
         while offset < end:
             if offset not in done:
                 size += topic.size_of(offset)
-                if messages and size > limits.read_bytes_max:
+                if offsets and size > limits.read_bytes_max:
                     break
-                body, key, headers = self.payload(topic, offset)
-                messages.append({"offset": offset, "body": body, "key": key, "headers": headers})
+                offsets.append(offset)
             offset += 1
+        messages = [
+            {"offset": at, "body": body, "key": key, "headers": headers}
+            for at, (body, key, headers) in zip(offsets, self.payloads(topic, offsets), strict=True)
+        ]
         return {"from": first, "next": offset, "end": topic.next, "messages": messages}
 
     # ------------------------------------------------------------------------- snapshots
