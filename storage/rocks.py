@@ -547,6 +547,7 @@ class RocksKeySpace:
         pending = self._pending
         found: dict[bytes, bytes | None] = {}
         iterator = None
+        at: bytes | None = None  # the iterator's key; None past the end
         try:
             for key in sorted(keys):
                 full = _APP + key
@@ -555,12 +556,15 @@ class RocksKeySpace:
                     if iterator is None:
                         iterator = self._journal._open_keys()[0].iter()
                         iterator.seek(full)
-                    elif iterator.valid() and iterator.key() < full:
-                        iterator.next()  # at the least key above the last one looked at
-                        if iterator.valid() and iterator.key() < full:
+                        at = iterator.key() if iterator.valid() else None
+                    elif at is not None and at < full:
+                        iterator.next()  # the least key above the last one looked at
+                        at = iterator.key() if iterator.valid() else None
+                        if at is not None and at < full:
                             iterator.seek(full)
+                            at = iterator.key() if iterator.valid() else None
                     # The iterator is at the least key >= full (or past the end).
-                    if iterator.valid() and iterator.key() == full:
+                    if at == full:
                         raw = iterator.value()
                 found[key] = raw
         except JournalClosed:
