@@ -182,10 +182,10 @@ class MisreadsAnsweredPayloads(QueueMachine):
     bodies clients get are wrong while every replica's state (and its results without
     payloads, which followers compute) agree."""
 
-    def payload(self, topic, offset):
-        if self._answered and offset + 1 < topic.next:
-            return super().payload(topic, offset + 1)
-        return super().payload(topic, offset)
+    def payloads(self, topic, offsets):
+        if self._answered:
+            offsets = [offset + 1 if offset + 1 < topic.next else offset for offset in offsets]
+        return super().payloads(topic, offsets)
 
 
 class MisplacesPieces(QueueMachine):
