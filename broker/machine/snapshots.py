@@ -356,13 +356,11 @@ class _State:
         machine.slots, machine.now_ms, machine.token, machine.next_topic_id = self.head
         machine.topics = {t.name: t for t in self.topics.values()}
         machine.by_id = dict(self.topics)
-        machine.expiries = [
+        machine.set_expiries(
             (lease[1], tid, name, offset, lease[0])
             for (tid, name), sub in self.subs.items()
             for offset, lease in sub.leases.items()
-        ]
-        machine.expiries.sort()
-        machine._expiries_bound = max(machine._expiries_bound, 2 * len(machine.expiries))
+        )
         for sub in self.subs.values():
             sub.waiting.sort()
         machine.producers.known.clear()
