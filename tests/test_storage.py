@@ -375,14 +375,23 @@ def test_a_synced_write_fdatasyncs_every_write_ahead_log_and_a_new_ones_director
     synced.clear()
     journal.write(_commit_at(2), sync=False)
     assert synced == []
+    keys = journal.keyspace()
+    keys.put(b"k", b"unsynced")  # the key space's memtable keeps the old log alive
+    keys.flush()
     journal._open_db().flush()  # a memtable switch: a new log file
     journal.write(_commit_at(3))
     now = sorted(p.name for p in (tmp_path / "journal").glob("*.log"))
     assert set(now) - set(logs), "the flush started no new log"
+    assert len(now) == 2
     assert sorted(synced[:-1]) == [f"data {name}" for name in now]
     assert synced[-1] == "dir journal"
+    synced.clear()
+    journal.write(_commit_at(4))  # the old log was synced since it was left: only the new one
+    assert synced == [f"data {now[-1]}"]
     journal.close()
-    assert RocksJournal.open(tmp_path / "journal", ME).load().commit == 3
+    reopened = RocksJournal.open(tmp_path / "journal", ME)
+    assert reopened.load().commit == 4
+    assert reopened.keyspace().get(b"k") == b"unsynced"
 
 
 def test_a_synced_write_that_finds_no_write_ahead_log_fails_and_closes_the_journal(
