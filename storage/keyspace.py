@@ -1,9 +1,12 @@
 """The application's key space: where the replicated machine keeps message payloads.
 
-It lives in the same store as the journal (RocksDB: the same database, so the same write-ahead
-log), under its own prefix. Writes are not synced on their own: they need not be, because
-the log they were derived from is durable, and the journal's next synced write (every round
-has one, and a snapshot's save is one) makes everything written before it durable too.
+It lives in the same store as the journal (RocksDB: the same database, its own column
+family). Its writes skip the write-ahead log, so a payload reaches the log once, in the log
+entry that carries it, not a second time here: a crash loses what the memtable held, and
+that is rebuilt by replaying the log from the snapshot on. What the snapshot needs is made
+durable before it is stored (the journal flushes the key space first). So after a crash
+the key space holds everything written before the stored snapshot, and some prefix of what
+came after, which the replay writes again with the same values.
 
 Values are sealed with a checksum like journal records: a damaged value is refused
 (`CorruptRecord`), never handed back.
@@ -33,7 +36,7 @@ class KeySpace(Protocol):
         ...
 
     def flush(self) -> None:
-        """Write what is buffered (unsynced: the journal's next synced write covers it)."""
+        """Write what is buffered (not durable until the journal stores a snapshot)."""
         ...
 
     def delete_range(self, start: bytes, end: bytes) -> None:
@@ -61,11 +64,11 @@ def unseal(where: str, key: bytes, raw: bytes) -> bytes:
 
 class MemoryKeySpace:
     """The in-memory twin: a dict that outlives crashes (it lives on the `MemoryDisk`).
-    With `log` (the disk's write-ahead log), every write is recorded with what undoes it,
-    so a crash can lose the unsynced ones."""
+    With `log` (the disk's record of unflushed key-space writes), every write is recorded
+    with what undoes it, so a crash can lose those not yet flushed."""
 
     def __init__(
-        self, data: dict[bytes, bytes], log: Callable[[list[tuple]], int] | None = None
+        self, data: dict[bytes, bytes], log: Callable[[list[tuple]], None] | None = None
     ) -> None:
         self._data = data
         self._log = log

@@ -3,11 +3,13 @@
 A `MemoryDisk` is the platter: it outlives the journals opened on it, so a simulated crash
 (dropping the journal and everything above it) keeps exactly what reached the disk.
 
-It models one write-ahead log, as RocksDB has: every write (a journal batch, a snapshot, a
-key-space put or delete) is visible at once and takes the next position in the log; a sync
-makes every write up to a position durable. `crash` keeps the durable writes and a prefix of
-the others, chosen by the caller (the simulator draws it), and undoes the rest, so code that
-treats an unsynced write as durable is caught. A damaged record (`damage`) fails its checksum
+It models one write-ahead log, as RocksDB has: every journal write (a batch, a snapshot) is
+visible at once and takes the next position in the log; a sync makes every write up to a
+position durable. Key-space writes skip the log, as they do in RocksDB: they become durable
+when a snapshot is stored (the journal flushes the key space first). `crash` keeps the
+durable writes and a prefix of the others, of each kind, chosen by the caller (the
+simulator draws them), and undoes the rest, so code that treats an unsynced write as
+durable is caught. A damaged record (`damage`) fails its checksum
 at the next `load`, as a bit flip on a real disk would.
 """
 
@@ -32,6 +34,8 @@ class MemoryDisk:
         self.keys: dict[bytes, bytes] = {}  # the application's key space
         #: writes after the durable point, oldest first, each with what undoes it
         self.unsynced: list[_Undo] = []
+        #: key-space writes since the last stored snapshot, oldest first, likewise
+        self.unflushed: list[_Undo] = []
         self.synced_at = 0  # the log position up to which every write is durable
         #: slots whose stored entry fails its checksum
         self.damaged: set[int] = set()
@@ -45,6 +49,12 @@ class MemoryDisk:
         self.unsynced.append(undo)
         return self.position
 
+    def log_key(self, undo: _Undo) -> None:
+        self.unflushed.append(undo)
+
+    def flush_keys(self) -> None:
+        self.unflushed = []
+
     def sync(self, position: int | None = None) -> None:
         """Every write up to `position` (all of them if None) is durable."""
         end = self.position if position is None else min(position, self.position)
@@ -53,16 +63,19 @@ class MemoryDisk:
             self.synced_at = end
             self.writes += 1
 
-    def crash(self, keep: int) -> int:
-        """The process dies: of the unsynced writes the first `keep` survive; the rest are
-        undone. Returns how many were lost."""
+    def crash(self, keep: int, keep_keys: int = 0) -> int:
+        """The process dies: of the unsynced journal writes the first `keep` survive, of
+        the unflushed key-space writes the first `keep_keys`; the rest are undone. Returns
+        how many were lost."""
         lost = self.unsynced[keep:]
-        for undo in reversed(lost):
+        lost_keys = self.unflushed[keep_keys:]
+        for undo in [*reversed(lost), *reversed(lost_keys)]:
             for item in reversed(undo):
                 self._put_back(item)
         self.unsynced = []
+        self.unflushed = []
         self.synced_at += keep
-        return len(lost)
+        return len(lost) + len(lost_keys)
 
     def _put_back(self, item: tuple) -> None:
         what = item[0]
@@ -163,6 +176,7 @@ class MemoryJournal:
         """`save_snapshot` without the sync; returns its position in the log."""
         disk = self._open_disk()
         check_snapshot(disk.state.snapshot_slot, slot, truncate_below)
+        disk.flush_keys()  # as the real journal does before it stores a snapshot
         undo: _Undo = [("snapshot", disk.state.snapshot_slot, disk.snapshot)]
         disk.snapshot = [bytes(chunk) for chunk in chunks]
         disk.state.snapshot_slot = slot
@@ -192,7 +206,7 @@ class MemoryJournal:
 
     def keyspace(self) -> MemoryKeySpace:
         disk = self._open_disk()
-        return MemoryKeySpace(disk.keys, disk.log)
+        return MemoryKeySpace(disk.keys, disk.log_key)
 
     def close(self) -> None:
         self._disk = None

@@ -377,7 +377,8 @@ class RocksJournal:
         snapshot does not use): a write holds the GIL, so one write of the whole snapshot
         would stop the node for as long as it takes. The last write, synced, makes the new
         generation the snapshot, drops the old one and truncates the log, all at once; a
-        crash before it leaves the old snapshot whole."""
+        crash before it leaves the old snapshot whole. Before it, the key space's memtable
+        is flushed: its writes skip the write-ahead log, and the snapshot needs them."""
         check_snapshot(self._snapshot[0], slot, truncate_below)
         old = self._snapshot[2]
         generation = 1 - old
@@ -388,6 +389,11 @@ class RocksJournal:
             key = _chunk_key(generation, index)
             out.put(key, _seal(key, bytes(chunk)))
             self._commit_batch(out, sync=False)
+        keys = self._open_keys()[0]
+        try:
+            keys.flush(True)  # lets go of the GIL while it waits
+        except Exception as error:
+            raise self.fail(f"flushing the key space of {self.path} failed: {error}") from error
         out = WriteBatch(raw_mode=True)
         if not chunks:
             out.delete_range(*_generation_range(generation))
@@ -532,7 +538,8 @@ class RocksKeySpace:
         self._where = str(journal.path)
         self._pending: dict[bytes, bytes] = {}
         self._batch = WriteBatch(raw_mode=True)
-        self._unsynced = WriteOptions()  # the next synced journal write covers these
+        self._unlogged = WriteOptions()  # see `paxq.storage.keyspace`
+        self._unlogged.disable_wal = True
 
     def put(self, key: bytes, value: bytes) -> None:
         full = _APP + key
@@ -598,7 +605,7 @@ class RocksKeySpace:
         self._pending = {}
         db = self._journal._open_db()
         try:
-            db.write(batch, self._unsynced)
+            db.write(batch, self._unlogged)
         except Exception as error:
             raise self._journal.fail(f"write to {self._where} failed: {error}") from error
 

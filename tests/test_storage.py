@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -392,6 +394,50 @@ def test_a_synced_write_fdatasyncs_every_write_ahead_log_and_a_new_ones_director
     reopened = RocksJournal.open(tmp_path / "journal", ME)
     assert reopened.load().commit == 4
     assert reopened.keyspace().get(b"k") == b"unsynced"
+
+
+_DIES_AFTER_WRITING = """
+import os, sys
+from paxq.storage import Batch, Identity, RocksJournal
+journal = RocksJournal.open(sys.argv[1], Identity("test-cluster", 1), True)
+keys = journal.keyspace()
+keys.put(b"before", b"kept")
+keys.flush()
+journal.save_snapshot(5, [b"chunk"], 0)
+keys.put(b"after", b"lost")
+keys.flush()
+batch = Batch()
+batch.set_commit(7)
+journal.write(batch)  # synced: it does not cover the key space
+os._exit(0)  # no close: what the process held in memory is gone, as after kill -9
+"""
+
+
+def test_the_key_space_skips_the_log_and_a_stored_snapshot_makes_it_durable(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal"
+    subprocess.run([sys.executable, "-c", _DIES_AFTER_WRITING, str(path)], check=True, timeout=60)
+    journal = RocksJournal.open(path, ME)
+    keys = journal.keyspace()
+    assert keys.get(b"before") == b"kept"  # flushed before the snapshot was stored
+    assert keys.get(b"after") is None  # the replay of the log writes it again
+    assert journal.load().commit == 7
+    assert journal.read_snapshot() == (5, [b"chunk"])
+
+
+def test_the_twin_loses_key_space_writes_since_the_last_stored_snapshot() -> None:
+    disk = MemoryDisk()
+    journal = MemoryJournal(disk, ME, True)
+    keys = journal.keyspace()
+    keys.put(b"before", b"kept")
+    journal.save_snapshot(5, [b"chunk"], 0)
+    keys.put(b"after", b"lost")
+    keys.put(b"later", b"lost too")
+    journal.write(_commit_at(7))
+    assert disk.crash(0, keep_keys=0) == 2
+    keys = MemoryJournal(disk, ME).keyspace()
+    assert (keys.get(b"before"), keys.get(b"after"), keys.get(b"later")) == (b"kept", None, None)
 
 
 def test_a_synced_write_that_finds_no_write_ahead_log_fails_and_closes_the_journal(

@@ -646,8 +646,10 @@ class Simulation:
         node.core = None
         node.shipments = {}
         if node.journal is not None:
-            unsynced = len(node.disk.unsynced)
-            self.stats.writes_lost += node.disk.crash(self.rng.randint(0, unsynced))
+            disk = node.disk
+            keep = self.rng.randint(0, len(disk.unsynced))
+            keep_keys = self.rng.randint(0, len(disk.unflushed))
+            self.stats.writes_lost += disk.crash(keep, keep_keys)
             node.journal.close()
             node.journal = None
 
