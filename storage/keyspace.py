@@ -64,31 +64,42 @@ def unseal(where: str, key: bytes, raw: bytes) -> bytes:
 
 class MemoryKeySpace:
     """The in-memory twin: a dict that outlives crashes (it lives on the `MemoryDisk`).
-    With `log` (the disk's record of unflushed key-space writes), every write is recorded
-    with what undoes it, so a crash can lose those not yet flushed."""
+    With `log` (the disk's record of key-space writes not yet flushed by a stored snapshot),
+    puts wait in this object until `flush`, as in `RocksKeySpace`'s batch, and so die with
+    the process; each flush and delete is recorded with what undoes it, so a crash can lose
+    those too. Without it (unit tests) writes go straight to the dict."""
 
     def __init__(
         self, data: dict[bytes, bytes], log: Callable[[list[tuple]], None] | None = None
     ) -> None:
         self._data = data
         self._log = log
+        self._pending: dict[bytes, bytes] = {}
 
     def put(self, key: bytes, value: bytes) -> None:
-        if self._log is not None:
-            self._log([("key", key, self._data.get(key))])
-        self._data[key] = seal(key, value)
+        if self._log is None:
+            self._data[key] = seal(key, value)
+        else:
+            self._pending[key] = seal(key, value)
 
     def get(self, key: bytes) -> bytes | None:
-        raw = self._data.get(key)
+        raw = self._pending.get(key)
+        if raw is None:
+            raw = self._data.get(key)
         return None if raw is None else unseal("memory", key, raw)
 
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
         return [self.get(key) for key in keys]
 
     def flush(self) -> None:
-        pass
+        if not self._pending or self._log is None:
+            return
+        pending, self._pending = self._pending, {}
+        self._log([("key", key, self._data.get(key)) for key in pending])
+        self._data.update(pending)
 
     def delete_range(self, start: bytes, end: bytes) -> None:
+        self.flush()  # as RocksKeySpace: deletes follow the puts buffered before them
         removed = {k: v for k, v in self._data.items() if start <= k < end}
         if removed and self._log is not None:
             self._log([("keys", removed)])

@@ -1,12 +1,12 @@
 """The journal on RocksDB (rocksdict), every write synced.
 
-A synced write is an unsynced RocksDB write followed by an fdatasync of every live
-write-ahead log file (and of the directory once a new one appears), done here rather than by
-`WriteOptions.sync`: rocksdict holds the GIL through a write, so a sync inside it would stop
-every thread of the node, its heartbeats too, for as long as the disk takes to flush, and
-`os.fdatasync` lets go of it. The two are the same on disk: RocksDB hands every write to the
-OS before it returns (its `manual_wal_flush` is off, and rocksdict offers no way to turn it
-on), so what the sync must make durable is in those files already.
+A synced write is an unsynced RocksDB write followed by an fdatasync of the write-ahead log
+files that may hold unsynced writes (and of the directory once a new one appears), done here
+rather than by `WriteOptions.sync`: rocksdict holds the GIL through a write, so a sync
+inside it would stop every thread of the node, its heartbeats too, for as long as the disk
+takes to flush, and `os.fdatasync` lets go of it. The two are the same on disk: RocksDB
+hands every write to the OS before it returns (its `manual_wal_flush` is off, and rocksdict
+offers no way to turn it on), so what the sync must make durable is in those files already.
 
 Layout (raw byte keys):
 
@@ -19,7 +19,8 @@ Layout (raw byte keys):
     snapshot        [slot, chunk count, generation]
     k + index(4 BE) one chunk of a generation-0 snapshot (bytes); j + index: generation 1
 
-and in a column family of its own, `keys`, which shares the write-ahead log:
+and in a column family of its own, `keys`, whose writes skip the write-ahead log (see
+`paxq.storage.keyspace`):
 
     P + key         the application's key space (`keyspace()`): message payloads
 
@@ -93,9 +94,20 @@ def _generation_range(generation: int) -> tuple[bytes, bytes]:
     return prefix, bytes([prefix[0] + 1])
 
 
-def _log_number(name: str) -> int:
-    """The number of a write-ahead log file ("000123.log"): RocksDB counts them up."""
-    return int(name.partition(".")[0])
+def _key_at(iterator) -> bytes | None:
+    """The iterator's key; None past the end. A failed read also leaves it not valid: that
+    raises here rather than pass for the end."""
+    if iterator.valid():
+        return iterator.key()
+    iterator.status()
+    return None
+
+
+def _log_number(name: str) -> int | None:
+    """The number of a write-ahead log file ("000123.log": RocksDB counts them up); None
+    for another name."""
+    stem = name.removesuffix(".log")
+    return int(stem) if stem.isdigit() and name.endswith(".log") else None
 
 
 def _seal(key: bytes, payload: object) -> bytes:
@@ -382,6 +394,11 @@ class RocksJournal:
         check_snapshot(self._snapshot[0], slot, truncate_below)
         old = self._snapshot[2]
         generation = 1 - old
+        keys = self._open_keys()[0]
+        try:
+            keys.flush(False)  # started now, it overlaps the chunks' writes
+        except Exception as error:
+            raise self.fail(f"flushing the key space of {self.path} failed: {error}") from error
         for index, chunk in enumerate(chunks):
             out = WriteBatch(raw_mode=True)
             if index == 0:  # what a save cut short by a crash left there
@@ -389,9 +406,8 @@ class RocksJournal:
             key = _chunk_key(generation, index)
             out.put(key, _seal(key, bytes(chunk)))
             self._commit_batch(out, sync=False)
-        keys = self._open_keys()[0]
         try:
-            keys.flush(True)  # lets go of the GIL while it waits
+            keys.flush(True)  # waits for that flush too; lets go of the GIL meanwhile
         except Exception as error:
             raise self.fail(f"flushing the key space of {self.path} failed: {error}") from error
         out = WriteBatch(raw_mode=True)
@@ -431,7 +447,7 @@ class RocksJournal:
         try:
             with os.scandir(self.path) as entries:
                 for entry in entries:
-                    if not entry.name.endswith(".log"):
+                    if _log_number(entry.name) is None:
                         continue
                     fd = self._logs.pop(entry.name, None)
                     if fd is None:
@@ -447,11 +463,14 @@ class RocksJournal:
             self._logs = live
         if not live:
             raise OSError(f"no write-ahead log file in {self.path} to sync")
-        # RocksDB appends to its newest log only: an older one synced once since a newer
-        # one appeared holds nothing unsynced (a clean fdatasync still costs ~45 us, and
-        # logs stay alive until every column family has flushed what they hold).
+        # RocksDB appends to its newest log only (no recycled logs; with `manual_wal_flush`
+        # off, nothing waits in its buffer when it moves on): an older one synced once since
+        # a newer one appeared holds nothing unsynced. A clean fdatasync still costs ~45 us,
+        # and logs stay alive until every column family has flushed what they hold.
         newest = max(live, key=_log_number)
         sealed = self._sealed_logs
+        if newest in sealed:
+            raise OSError(f"the write-ahead log RocksDB writes to in {self.path} is gone")
         for name, fd in live.items():
             if name not in sealed:
                 os.fdatasync(fd)
@@ -528,6 +547,7 @@ class _View:
         while iterator.valid():
             yield iterator.key(), iterator.value()
             iterator.next()
+        iterator.status()  # raises if a read failed: that ends the iteration too
 
 
 class RocksKeySpace:
@@ -578,13 +598,13 @@ class RocksKeySpace:
                     if iterator is None:
                         iterator = self._journal._open_keys()[0].iter()
                         iterator.seek(full)
-                        at = iterator.key() if iterator.valid() else None
+                        at = _key_at(iterator)
                     elif at is not None and at < full:
                         iterator.next()  # the least key above the last one looked at
-                        at = iterator.key() if iterator.valid() else None
+                        at = _key_at(iterator)
                         if at is not None and at < full:
                             iterator.seek(full)
-                            at = iterator.key() if iterator.valid() else None
+                            at = _key_at(iterator)
                     # The iterator is at the least key >= full (or past the end).
                     if at == full:
                         raw = iterator.value()

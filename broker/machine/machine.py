@@ -15,10 +15,9 @@ the log above it and may need any payload that snapshot still references.
 
 from __future__ import annotations
 
-import heapq
 import itertools
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import cbor2
@@ -43,6 +42,7 @@ from paxq.storage import KeySpace, SnapshotView
 
 from . import args as check
 from .errors import MachineError, bad
+from .expiries import Expiries, Expiry
 from .producers import Producers
 from .snapshots import (
     SnapshotInvalid,
@@ -72,15 +72,6 @@ SYSTEM_SESSION = b"\0" * 8
 QUEUE_SUBSCRIPTION = ""
 
 Value = tuple[bytes, ...]
-#: a lease's expiry: (deadline_ms, topic id, subscription, offset, token)
-Expiry = tuple[int, int, str, int, int]
-#: an entry of the expiry heap: the leases of one subscription that end at one deadline
-#: (a claim's), as (deadline_ms, topic id, subscription, sequence, [(offset, token), ...]);
-#: one heap entry a claim rather than a lease: a heap push and pop were a sixth of a node's
-#: time consuming
-ExpiryGroup = tuple[int, int, str, int, deque[tuple[int, int]]]
-#: the expiry heap is rebuilt without its stale entries when it outgrows twice the live ones
-EXPIRIES_COMPACT_MIN = 4096
 
 
 @dataclass(frozen=True)
@@ -176,10 +167,7 @@ class QueueMachine:
         self.by_id: dict[int, Topic] = {}
         #: heap of every lease's deadline, in groups; entries of leases since acked, given
         #: back or extended stay until popped or compacted away, and are skipped
-        self.expiries: list[ExpiryGroup] = []
-        self.expiry_count = 0  # entries in all groups
-        self._expiry_sequence = 0
-        self._expiries_bound = EXPIRIES_COMPACT_MIN
+        self.expiries = Expiries(lambda entry: self._current(entry) is not None)
         self.producers = Producers(self.limits.producer_window, self.limits.producers_max)
         #: per topic id, the message ids taken within the dedup window, oldest first:
         #: id -> (offset, stamp ms)
@@ -253,14 +241,7 @@ class QueueMachine:
         if stamp_ms <= self.now_ms:
             return
         now = self.now_ms = stamp_ms
-        expiries = self.expiries
-        due: list[Expiry] = []
-        while expiries and expiries[0][0] <= now:
-            deadline, topic_id, name, _, group = heapq.heappop(expiries)
-            self.expiry_count -= len(group)
-            due.extend((deadline, topic_id, name, offset, token) for offset, token in group)
-        due.sort()  # one order on every replica, however its groups were formed
-        for entry in due:
+        for entry in self.expiries.due(now):
             found = self._current(entry)
             if found is None:
                 continue  # acked, extended or given back since
@@ -279,17 +260,8 @@ class QueueMachine:
     def due_ms(self) -> int | None:
         """The earliest stamp at which a time entry would change the state (a lease expires
         or a message ages out), if any: the node proposes one then, traffic or not."""
-        due = []
-        expiries = self.expiries
-        while expiries:  # drop stale heads so an idle cluster does not stamp for nothing
-            deadline, topic_id, name, _, group = expiries[0]
-            while group and self._current((deadline, topic_id, name, *group[0])) is None:
-                group.popleft()
-                self.expiry_count -= 1
-            if group:
-                due.append(deadline)
-                break
-            heapq.heappop(expiries)
+        lease = self.expiries.next_ms()
+        due = [] if lease is None else [lease]
         for topic in self.topics.values():
             if topic.max_age_ms and topic.next > topic.first:
                 due.append(topic.time_of(topic.first) + topic.max_age_ms + 1)
@@ -305,41 +277,6 @@ class QueueMachine:
         if lease is None or lease[0] != token or lease[1] != deadline:
             return None
         return topic, sub
-
-    def _expire_at(self, deadline: int, topic_id: int, name: str, leases: list) -> None:
-        """`leases` [(offset, token), ...] end at `deadline`."""
-        if not leases:
-            return
-        self._expiry_sequence += 1
-        group = deque(leases)
-        heapq.heappush(self.expiries, (deadline, topic_id, name, self._expiry_sequence, group))
-        self.expiry_count += len(group)
-        if self.expiry_count > self._expiries_bound:
-            # Amortised O(1): stale entries (acked or extended leases) would otherwise pile
-            # up for a whole lease length. What expires when does not depend on the heap's
-            # shape nor on the grouping (`advance` sorts), so replicas need not compact alike.
-            self.set_expiries(
-                (deadline, topic_id, name, offset, token)
-                for deadline, topic_id, name, _, group in self.expiries
-                for offset, token in group
-            )
-
-    def set_expiries(self, entries: Iterable[Expiry]) -> None:
-        """The heap made anew from the live ones of `entries`, grouped."""
-        groups: dict[tuple[int, int, str], list[tuple[int, int]]] = {}
-        for entry in entries:
-            if self._current(entry) is not None:
-                deadline, topic_id, name, offset, token = entry
-                groups.setdefault((deadline, topic_id, name), []).append((offset, token))
-        self.expiries = []
-        self.expiry_count = 0
-        for (deadline, topic_id, name), leases in groups.items():
-            self._expiry_sequence += 1
-            group = deque(sorted(leases))
-            self.expiries.append((deadline, topic_id, name, self._expiry_sequence, group))
-            self.expiry_count += len(group)
-        heapq.heapify(self.expiries)
-        self._expiries_bound = max(EXPIRIES_COMPACT_MIN, 2 * self.expiry_count)
 
     # ---------------------------------------------------------------------------- topics
 
@@ -750,7 +687,7 @@ class QueueMachine:
                 "published_ms": topic.time_of(offset),
             }
             out.append(message)
-        self._expire_at(deadline, topic.id, sub.name, leased)
+        self.expiries.add(deadline, topic.id, sub.name, leased)
         if self._answered and out:  # else nobody hears it: no payload is read back
             payloads = self.payloads(topic, [message["offset"] for message in out])
             for message, (body, key, headers) in zip(out, payloads, strict=True):
@@ -867,7 +804,7 @@ class QueueMachine:
                 if held[1] != deadline:  # the same deadline has its heap entry already
                     held[1] = deadline
                     moved.append((offset, token))
-            self._expire_at(deadline, topic.id, sub.name, moved)
+            self.expiries.add(deadline, topic.id, sub.name, moved)
             return {"deadline_ms": deadline}
 
         return self._once(topic, arguments, extend)

@@ -356,7 +356,7 @@ class _State:
         machine.slots, machine.now_ms, machine.token, machine.next_topic_id = self.head
         machine.topics = {t.name: t for t in self.topics.values()}
         machine.by_id = dict(self.topics)
-        machine.set_expiries(
+        machine.expiries.rebuild(
             (lease[1], tid, name, offset, lease[0])
             for (tid, name), sub in self.subs.items()
             for offset, lease in sub.leases.items()

@@ -107,7 +107,7 @@ class SimStats:
     deliveries_checked: int = 0
     stamps: int = 0
     writes: int = 0
-    #: unsynced writes a crash undid
+    #: unsynced journal writes and unflushed key-space writes a crash undid
     writes_lost: int = 0
     write_failures: int = 0
     #: restarts refused because a stored record failed its checksum
