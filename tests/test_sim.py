@@ -108,9 +108,10 @@ def first_violation(factory: type, seeds: int, nodes: int = 3, steps: int = 4_00
 @pytest.mark.parametrize(
     ("bug", "seeds"),
     [
-        # Measured at 3 nodes, 4,000 steps, first 40 seeds: about half of the seeds catch a
-        # too-small quorum, about 1 in 7 ignored phase-1 values, about 1 in 3 a forgotten
-        # promise (through the promise checker; the agreement checker sees it far more rarely).
+        # Measured at 3 nodes, 4,000 steps, first 40 seeds: every seed catches a too-small
+        # quorum, 6 ignored phase-1 values (the first at seed 4), 4 a forgotten promise (the
+        # first at seed 2; through the promise checker, the agreement checker sees it far
+        # more rarely).
         (QuorumTooSmall, 20),
         (IgnoresPhaseOneValues, 40),
         (ForgetsPromise, 30),
@@ -139,10 +140,10 @@ def first_core_violation(core: type, seeds: int, nodes: int = 3, steps: int = 4_
     ("bug", "seeds", "invariants"),
     [
         # Measured at 3 nodes, 4,000 steps over seeds 0-19 (0-39 for the second): a leader
-        # counting its own vote early is caught in 9 of 20 (an answer while the slot is
-        # durable on one disk), Accepted before the write in 26 of 40, an unsynced write
-        # taken for durable in 20 of 20, an install before the last chunk in 6 of 20 (a
-        # payload missing when the machine reads it).
+        # counting its own vote early is caught in seeds 2, 7 and 9 (an answer while the
+        # slot is durable on one disk), Accepted before the write in 23 of 40, an unsynced
+        # write taken for durable in every seed, an install before the last chunk in 8 of 20
+        # (the first at seed 2; a payload missing when the machine reads it).
         (CountsOwnVoteEarly, 10, {"durability", "agreement"}),
         (AcceptedBeforeWrite, 10, {"durability", "acceptor memory", "agreement"}),
     ],
@@ -158,9 +159,9 @@ def test_votes_that_run_ahead_of_their_write_are_caught(bug, seeds, invariants) 
     [
         (SkipsTheSync, 3, {"durability", "acceptor memory", "agreement"}),
         (InstallsEarly, 12, {"node error", "determinism", "liveness", "snapshot"}),
-        # A node restarted with its clock seconds off leads anyway: seeds 11, 14, 18 and 19
-        # of 0-19 (and 5 more of 20-29).
-        (IgnoresClockBound, 20, {"clock"}),
+        # A node restarted with its clock seconds off leads anyway: seeds 3, 7 and 11 of
+        # 0-11 (and 7 more of 12-29).
+        (IgnoresClockBound, 12, {"clock"}),
     ],
 )
 def test_planted_node_core_bugs_are_caught(core, seeds, invariants) -> None:
@@ -179,30 +180,29 @@ def test_a_node_that_campaigns_without_a_pre_vote_is_caught_deposing_a_leader() 
 def test_a_snapshot_stored_before_the_key_space_is_flushed_is_caught(monkeypatch) -> None:
     """Key-space writes skip the write-ahead log: a journal that stores a snapshot without
     flushing them first leaves a crashed node's snapshot without its payloads. Measured at
-    3 nodes, 4,000 steps: caught in 10 of seeds 0-19, the first at seed 11."""
+    3 nodes, 4,000 steps: caught in seeds 2, 5, 7, 11 and 17 of 0-19 (a payload missing when
+    the machine reads it, or a restored replica that does not hold what it held)."""
     monkeypatch.setattr(MemoryDisk, "flush_keys", lambda disk: None)
     for seed in range(16):
         result = run_seed(SimSettings.from_seed(seed, 3, 4_000))
         if not result.ok:
             break
     assert not result.ok, "the unflushed key space survived 16 seeds"
-    assert result.violation.invariant == "node error", report(result)
-    assert "missing from the key space" in str(result.violation), report(result)
+    assert result.violation.invariant in {"node error", "snapshot"}, report(result)
 
 
 def test_a_wiped_replica_that_votes_at_once_is_caught() -> None:
     # Measured at 3 nodes, 4,000 steps, half the crashes wiping the disk: caught in seeds
-    # 12, 14, 15, 24, 32 and 35 of 0-39 (acceptor memory: a promise that forgets an
-    # acceptance of its former self; at the default wipe rates, agreement too, a second
-    # value chosen at a slot).
-    for seed in range(24):
+    # 26, 33 and 34 of 0-39 (acceptor memory: a promise that forgets an acceptance of its
+    # former self; agreement too, a second value chosen at a slot).
+    for seed in range(36):
         settings = SimSettings.from_seed(seed, 3, 4_000)
         settings = settings.with_faults(dataclasses.replace(settings.faults, wipe=0.5))
         result = run_seed(settings, VotesAtOnce)
         if not result.ok:
             break
     else:
-        raise AssertionError("a replica voting with a wiped disk survived 24 seeds")
+        raise AssertionError("a replica voting with a wiped disk survived 36 seeds")
     assert result.stats.wipes >= 1
     assert result.violation.invariant in {"acceptor memory", "agreement", "promise"}, report(result)
 
@@ -273,7 +273,7 @@ def misplacing_pieces(keys, clock) -> MisplacesPieces:
 @pytest.mark.parametrize(
     ("factory", "invariants"),
     [
-        # Measured over seeds 0-19 at 3 nodes, 4,000 steps: 19 of 20 catch a stale ack, all
+        # Measured over seeds 0-19 at 3 nodes, 4,000 steps: all 20 catch a stale ack, all
         # 20 the local clock (as results that differ between replicas, or a lease deadline
         # that is not the stamped time plus the lease).
         (accepting_stale_tokens, {"fencing"}),
@@ -290,13 +290,13 @@ def misplacing_pieces(keys, clock) -> MisplacesPieces:
         (never_forgetting_message_ids, {"deduplication"}),
         # Caught by the check of the answers: the results replicas compare have no bodies.
         (misreading_answered_payloads, {"total order"}),
-        # Seeds 0-11: 11 caught, at the final check of each replica's snapshot (0, 3) or as
-        # a restored replica's results that differ.
+        # Seeds 0-11: 11 caught, at the final check of each replica's snapshot or as a
+        # restored replica's results that differ.
         (misplacing_pieces, {"snapshot", "determinism"}),
     ],
 )
 def test_planted_machine_bugs_are_caught(factory, invariants: set[str]) -> None:
-    for seed in range(10):  # a forgotten settle: caught in 35 of seeds 0-39
+    for seed in range(10):  # a forgotten settle: caught in 34 of seeds 0-39
         result = run_seed(SimSettings.from_seed(seed, 3, 4_000), None, factory)
         if not result.ok:
             break
