@@ -439,9 +439,9 @@ class RocksJournal:
                 raise self.fail(f"write to {self.path} failed: {error}") from error
 
     def _sync_logs(self) -> None:
-        """fdatasync every write-ahead log file there is (a memtable switch starts a new one
-        while the last may still hold unsynced writes), and the directory when one is new, so
-        that it is found after a crash."""
+        """fdatasync every write-ahead log file that may hold unsynced writes (a memtable
+        switch starts a new one while the last may still hold some), and the directory when
+        one is new, so that it is found after a crash."""
         live: dict[str, int] = {}
         new = False
         try:
