@@ -82,7 +82,8 @@ def bare_consume(address, queue: str, messages: int, batch: int) -> float:
     while done < messages:
         rid += 1
         claimed = _exchange(sock, decoder, {"id": rid, "op": "claim", "topic": queue, "max": batch})
-        leases = [[m["offset"], m["token"]] for m in claimed["result"]["messages"]]
+        result = claimed["result"]
+        leases = [list(pair) for pair in zip(result["offsets"], result["tokens"], strict=True)]
         rid += 1
         acked = _exchange(sock, decoder, {"id": rid, "op": "ack", "topic": queue, "leases": leases})
         assert acked["ok"], acked

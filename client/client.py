@@ -308,7 +308,8 @@ class Client:
         result = reply.get("result")
         if op != "claim" or reply.get("ok") is not True or not isinstance(result, dict):
             return
-        leases = [[m["offset"], m["token"]] for m in result.get("messages", ())]
+        offsets, tokens = result.get("offsets", ()), result.get("tokens", ())
+        leases = [list(pair) for pair in zip(offsets, tokens, strict=True)]
         if not leases:
             return
         back: dict = {"leases": leases}
@@ -781,25 +782,35 @@ class Client:
             left = until - anyio.current_time()  # (`max` is an argument here)
             left = left if left > 0 else 0.0
             result = await self.request("claim", fields, retry=Retry.HARMLESS, wait_s=left)
-            if result["messages"] or left * 1000 <= WAIT_MS_MAX:  # type: ignore[index]
+            if result["offsets"] or left * 1000 <= WAIT_MS_MAX:  # type: ignore[index]
                 break
+        r: dict = result  # type: ignore[assignment]
+        deadline_ms = r["deadline_ms"]
+        columns = zip(
+            r["offsets"],
+            r["payloads"],
+            r["deliveries"],
+            r["tokens"],
+            r["published_ms"],
+            strict=True,
+        )
         # Positional, in Delivery's field order: a third of the keyword call's cost, paid
         # for every message a consumer takes.
         return [
             Delivery(
                 topic,
                 subscription,
-                m["offset"],
-                m["body"],
-                m["key"],
-                m["headers"],
-                m["deliveries"],
-                m["token"],
-                m["deadline_ms"],
-                m["published_ms"],
+                offset,
+                body,
+                key,
+                headers,
+                deliveries,
+                token,
+                deadline_ms,
+                published_ms,
                 self,
             )
-            for m in result["messages"]  # type: ignore[index]
+            for offset, (body, key, headers), deliveries, token, published_ms in columns
         ]
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:

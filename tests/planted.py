@@ -161,8 +161,7 @@ class RejectDropsCopies(QueueMachine):
 
         def reject() -> dict:
             self._refuse_lost(sub, leases)
-            for offset, _ in leases:
-                sub.finish(offset, self.now_ms)
+            sub.finish([offset for offset, _ in leases], self.now_ms)
             self._work_done(topic, sub, [offset for offset, _ in leases])
             return {"rejected": len(leases)}
 
@@ -182,10 +181,10 @@ class MisreadsAnsweredPayloads(QueueMachine):
     bodies clients get are wrong while every replica's state (and its results without
     payloads, which followers compute) agree."""
 
-    def payloads(self, topic, offsets):
+    def stored_payloads(self, topic, offsets):
         if self._answered:
             offsets = [offset + 1 if offset + 1 < topic.next else offset for offset in offsets]
-        return super().payloads(topic, offsets)
+        return super().stored_payloads(topic, offsets)
 
 
 class MisplacesPieces(QueueMachine):

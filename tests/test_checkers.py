@@ -113,10 +113,11 @@ def test_an_answered_claim_must_carry_the_bodies_published_there() -> None:
     )
     claim = command_of(b"s" * 8, 2, "claim", {"topic": "q"})
     # A follower's result (no payloads) passes on_command; the leader's answer is checked.
-    lease = {"offset": 0, "deliveries": 1, "token": 1, "deadline_ms": 30_000, "published_ms": 0}
-    oracle.on_command(1, claim, {"messages": [lease], "now_ms": 0})
-    oracle.on_answer(1, claim, {"messages": [{**lease, "body": b"first"}], "now_ms": 0})
+    lease = {"offsets": [0], "tokens": [1], "deliveries": [1], "published_ms": [0]}
+    lease |= {"deadline_ms": 30_000, "now_ms": 0}
+    oracle.on_command(1, claim, lease)
+    oracle.on_answer(1, claim, {**lease, "payloads": [[b"first", None, None]]})
     with pytest.raises(Violation, match="answered b'second'"):
-        oracle.on_answer(1, claim, {"messages": [{**lease, "body": b"second"}], "now_ms": 0})
+        oracle.on_answer(1, claim, {**lease, "payloads": [[b"second", None, None]]})
     with pytest.raises(Violation, match="without its body"):
-        oracle.on_answer(1, claim, {"messages": [lease], "now_ms": 0})
+        oracle.on_answer(1, claim, lease)

@@ -650,6 +650,23 @@ async def test_a_held_claim_ends_with_its_connection(tmp_path: Path) -> None:
         assert delivery.deliveries == 1
 
 
+async def test_a_claim_answered_after_its_caller_gave_up_gives_its_messages_back(
+    tmp_path: Path,
+) -> None:
+    from paxq.client.connection import connect
+
+    async with cluster_client(tmp_path, 1) as (_nodes, clients, client):
+        await client.create_queue("q")
+        await client.publish_many("q", [b"a", b"b"])
+        async with connect(clients[0]) as raw:  # the reply a given-up claim gets later
+            reply = await raw.request("claim", topic="q", max=2)
+        assert (await client.describe("q"))["subscriptions"][""]["in_flight"] == 2
+        await client._orphan("claim", {"topic": "q"}, reply)
+        assert (await client.describe("q"))["subscriptions"][""]["in_flight"] == 0
+        again = await client.claim("q", max=2)
+        assert [(d.body, d.deliveries) for d in again] == [(b"a", 1), (b"b", 1)]
+
+
 async def test_a_follower_that_may_lag_sends_a_missing_topic_to_the_leader(
     tmp_path: Path,
 ) -> None:

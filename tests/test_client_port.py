@@ -9,6 +9,7 @@ from pathlib import Path
 import trio
 from test_node import free_addresses, leader_of
 
+from paxq.broker.machine import claimed
 from paxq.broker.node import Node, NodeSettings, PeerSettings
 from paxq.broker.node.clients import ClientPort
 from paxq.broker.node.metrics import NodeMetrics
@@ -157,7 +158,7 @@ async def test_the_queue_operations_over_real_sockets(tmp_path: Path) -> None:
                     "offset": 0,
                     "count": 2,
                 }
-                taken = (await ok("claim", topic="jobs", max=2, lease_ms=5_000))["messages"]
+                taken = claimed(await ok("claim", topic="jobs", max=2, lease_ms=5_000))
                 assert [m["body"] for m in taken] == [b"a", b"b"]
                 assert taken[0]["deadline_ms"] >= wall[0] + 5_000
                 first, second = ([m["offset"], m["token"]] for m in taken)
@@ -171,7 +172,7 @@ async def test_the_queue_operations_over_real_sockets(tmp_path: Path) -> None:
                 wall[0] += 60_000
                 while (await ok("describe", topic="jobs"))["subscriptions"][""]["in_flight"]:
                     await trio.sleep(0.02)
-                [again] = (await ok("claim", topic="jobs"))["messages"]
+                [again] = claimed(await ok("claim", topic="jobs"))
                 assert (again["offset"], again["deliveries"]) == (1, 2)
                 assert await ok("nack", topic="jobs", leases=[[1, again["token"]]]) == {
                     "nacked": 1,
@@ -183,7 +184,7 @@ async def test_the_queue_operations_over_real_sockets(tmp_path: Path) -> None:
                 await ok("create", topic="news")
                 await ok("subscribe", topic="news", subscription="s", start="earliest")
                 await ok("publish", topic="news", messages=[{"body": b"n"}])
-                [n] = (await ok("claim", topic="news", subscription="s"))["messages"]
+                [n] = claimed(await ok("claim", topic="news", subscription="s"))
                 await ok("ack", topic="news", subscription="s", leases=[[0, n["token"]]])
                 assert await ok("purge", topic="news") == {"purged": 1}
                 await ok("unsubscribe", topic="news", subscription="s")

@@ -13,12 +13,13 @@ from paxq.broker.machine import (
     MachineError,
     QueueMachine,
     SnapshotInvalid,
+    claimed,
     command,
     time_command,
 )
 from paxq.broker.machine.snapshots import write_snapshot
 from paxq.broker.machine.topics import stored_payload
-from paxq.client.wire import ErrorCode
+from paxq.client.wire import Encoded, ErrorCode
 from paxq.storage import MemoryKeySpace
 
 
@@ -59,7 +60,7 @@ class Driver:
         return self.ok("publish", topic=topic, messages=messages)["offset"]
 
     def claim(self, topic: str, max: int = 10, lease_ms: int = 1000, **extra) -> list[dict]:
-        return self.ok("claim", topic=topic, max=max, lease_ms=lease_ms, **extra)["messages"]
+        return claimed(self.ok("claim", topic=topic, max=max, lease_ms=lease_ms, **extra))
 
     def stats(self, topic: str, sub: str = "") -> dict:
         return self.machine.describe(topic)["subscriptions"][sub]
@@ -506,7 +507,41 @@ def test_snapshot_and_restore_give_the_same_state(d: Driver) -> None:
         d.claim("q", max=50),
         copy.run(command(b"x" * 8, 1, "claim", {"topic": "q", "max": 50, "lease_ms": 1000})),
     )
-    assert ours == theirs["messages"]
+    assert ours == claimed(theirs)
+
+
+def test_a_claim_answers_in_columns_and_only_the_proposer_reads_payloads() -> None:
+    answering, silent = Driver(), Driver()
+    for d in (answering, silent):
+        d.ok("create", topic="q", kind="queue")
+        d.publish("q", b"a", b"b", b"c")
+        d.ok("publish", topic="q", messages=[{"body": b"d", "key": b"k", "headers": {"h": 1}}])
+    claim = command(b"client01", 99, "claim", {"topic": "q", "max": 3, "lease_ms": 500})
+    [ours] = answering.machine.apply(answering.machine.slots, (claim,))
+    [theirs] = silent.machine.apply(silent.machine.slots, (claim,), answered=False)
+    assert (
+        {k: v for k, v in ours.items() if k != "payloads"}
+        == theirs
+        == {
+            "offsets": [0, 1, 2],
+            "tokens": [1, 2, 3],
+            "deliveries": [1, 1, 1],
+            "deadline_ms": 1_500,
+            "published_ms": [1_000] * 3,
+            "now_ms": 1_000,
+        }
+    )
+    assert ours["payloads"] == Encoded(
+        cbor2.dumps([[b"a", None, None], [b"b", None, None], [b"c", None, None]])
+    )
+    [last] = answering.claim("q")
+    assert (last["offset"], last["token"], last["body"], last["key"], last["headers"]) == (
+        3,
+        4,
+        b"d",
+        b"k",
+        {"h": 1},
+    )
 
 
 def test_a_damaged_snapshot_is_refused_and_changes_nothing(d: Driver) -> None:
@@ -832,7 +867,7 @@ def test_the_machine_names_the_topics_a_waiting_reader_should_look_at_again(d: D
     assert d.machine.take_changed() == {"q"}
     # Nothing to claim before the delay: the empty answer says when to look again.
     result = d.ok("claim", topic="q")
-    assert result["messages"] == [] and result["next_due_ms"] == 5_000 + 3_000
+    assert result["offsets"] == [] and result["next_due_ms"] == 5_000 + 3_000
     assert "next_due_ms" not in d.ok("claim", topic="quiet")
     d.ok("delete", topic="q")
     assert d.machine.take_changed() == {"q"}

@@ -33,7 +33,8 @@ class Down:
             raise Unavailable(f"{op}: no answer from the cluster within 30.0s (last: refused)")
         await trio.sleep(1.0)  # a long poll that found nothing
         if op == "claim":
-            return {"messages": [], "now_ms": 0}
+            empty: dict = {"offsets": [], "tokens": [], "deliveries": [], "published_ms": []}
+            return empty | {"payloads": [], "deadline_ms": 0, "now_ms": 0}
         return {"from": fields["from"], "next": fields["from"], "end": 0, "messages": []}
 
 

@@ -33,6 +33,7 @@ from paxq.broker.paxos import (
 )
 from paxq.client.wire import (
     HEADER_BYTES,
+    Encoded,
     ErrorCode,
     FrameDecoder,
     FrameTooLarge,
@@ -48,6 +49,14 @@ bodies = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner),
     max_leaves=20,
 )
+
+
+@given(body=bodies, inner=bodies)
+def test_an_encoded_value_is_framed_as_the_value_itself(body: object, inner: object) -> None:
+    framed = encode_frame({"outer": body, "inner": Encoded(cbor2.dumps(inner))})
+    assert framed == encode_frame({"outer": body, "inner": inner})
+    with pytest.raises(cbor2.CBOREncodeTypeError, match="cannot encode object"):
+        encode_frame({"inner": object()})
 
 
 @given(frames=st.lists(bodies, max_size=8), cuts=st.lists(st.integers(0, 400), max_size=10))
@@ -222,7 +231,6 @@ def test_the_limits_client_and_node_share_agree() -> None:
     assert len(cbor2.dumps(request)) + 1024 < protocol.COMMAND_BYTES_MAX
     assert protocol.COMMAND_BYTES_MAX + 4096 < protocol.FRAME_BYTES_MAX
     # A claim's reply: its messages' bytes and a thousand deliveries' fields fit a frame.
-    fields = {"offset": 1 << 62, "key": None, "headers": None, "deliveries": 1 << 30}
-    fields |= {"token": 1 << 62, "deadline_ms": 1 << 50, "published_ms": 1 << 50, "body": b""}
+    fields = [1 << 62, 1 << 62, 1 << 30, 1 << 50, [b"", None, None]]  # offset, token, ...
     reply = protocol.REPLY_MESSAGES_BYTES_MAX + protocol.CLAIM_MAX * len(cbor2.dumps(fields))
     assert reply + 4096 < protocol.FRAME_BYTES_MAX

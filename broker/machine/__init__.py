@@ -6,7 +6,14 @@ command format and `docs/machine.md` for the model.
 
 from .commands import command, time_command
 from .errors import MachineError
-from .machine import HEADER_BYTES, QUEUE_SUBSCRIPTION, SYSTEM_SESSION, Limits, QueueMachine
+from .machine import (
+    HEADER_BYTES,
+    QUEUE_SUBSCRIPTION,
+    SYSTEM_SESSION,
+    Limits,
+    QueueMachine,
+    claimed,
+)
 from .snapshots import SnapshotInvalid
 from .topics import QUEUE, TOPIC
 
@@ -20,6 +27,7 @@ __all__ = [
     "MachineError",
     "QueueMachine",
     "SnapshotInvalid",
+    "claimed",
     "command",
     "time_command",
 ]

@@ -52,13 +52,12 @@ def leases(args: dict, limit: int) -> list[tuple[int, int]]:
         raise bad(f"leases must be a list of 1 to {limit} [offset, token] pairs")
     out = []
     for item in value:
-        if (
-            type(item) is not list
-            or len(item) != 2
-            or not all(type(n) is int and n >= 0 for n in item)
-        ):
+        if type(item) is not list or len(item) != 2:
             raise bad("each lease is [offset, token] with non-negative integers")
-        out.append((item[0], item[1]))
+        offset, token = item
+        if type(offset) is not int or type(token) is not int or offset < 0 or token < 0:
+            raise bad("each lease is [offset, token] with non-negative integers")
+        out.append((offset, token))
     if len({offset for offset, _ in out}) != len(out):
         raise bad("an offset appears twice in leases")
     return out

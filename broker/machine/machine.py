@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import cbor2
 
-from paxq.client.wire import ErrorCode
+from paxq.client.wire import Encoded, ErrorCode
 from paxq.client.wire.protocol import (
     DELAY_MS_MAX,
     HEADERS_MAX,
@@ -57,6 +57,7 @@ from .topics import (
     QUEUE,
     TOPIC,
     Topic,
+    cbor_array,
     dead_letter_name,
     key_hash,
     payload_key,
@@ -563,21 +564,21 @@ class QueueMachine:
         return payload, (NO_KEY if key is None else key_hash(key)), delay_ms
 
     def payload(self, topic: Topic, offset: int) -> tuple[bytes, bytes | None, dict | None]:
-        raw = self.keys.get(payload_key(topic.id, offset))
-        if raw is None:
-            raise AssertionError(f"payload of {topic.name}@{offset} missing from the key space")
-        body, key, headers = cbor2.loads(raw)
+        body, key, headers = self.payloads(topic, [offset])[0]
         return body, key, headers
 
     def payloads(self, topic: Topic, offsets: list[int]) -> list[list]:
-        """[body, key, headers] of each offset, read in one pass over the key space."""
+        """[body, key, headers] of each offset."""
+        return [cbor2.loads(raw) for raw in self.stored_payloads(topic, offsets)]
+
+    def stored_payloads(self, topic: Topic, offsets: list[int]) -> list[bytes]:
+        """Each offset's payload as stored, CBOR [body, key, headers], read in one pass over
+        the key space."""
         raws = self.keys.get_many([payload_key(topic.id, offset) for offset in offsets])
-        out = []
         for offset, raw in zip(offsets, raws, strict=True):
             if raw is None:
                 raise AssertionError(f"payload of {topic.name}@{offset} missing from the key space")
-            out.append(cbor2.loads(raw))
-        return out
+        return raws
 
     # ----------------------------------------------------------------------- subscriptions
 
@@ -672,28 +673,24 @@ class QueueMachine:
             raise bad("consumer is a string of at most 200 characters")
         now = self.now_ms
         deadline = now + lease_ms
-        out = []
-        leased = []
-        for offset in sub.claimable(now, count, limits.scan_max, bytes_max):
-            self.token += 1
-            token = self.token
-            deliveries = sub.lease(offset, token, deadline, consumer)
-            leased.append((offset, token))
-            message = {
-                "offset": offset,
-                "deliveries": deliveries,
-                "token": token,
-                "deadline_ms": deadline,
-                "published_ms": topic.time_of(offset),
-            }
-            out.append(message)
-        self.expiries.add(deadline, topic.id, sub.name, leased)
-        if self._answered and out:  # else nobody hears it: no payload is read back
-            payloads = self.payloads(topic, [message["offset"] for message in out])
-            for message, (body, key, headers) in zip(out, payloads, strict=True):
-                message["body"], message["key"], message["headers"] = body, key, headers
-        result: dict = {"messages": out, "now_ms": now}
-        if not out:
+        offsets = sub.claimable(now, count, limits.scan_max, bytes_max)
+        first = self.token + 1
+        self.token += len(offsets)
+        tokens = list(range(first, self.token + 1))
+        deliveries = sub.lease_many(offsets, first, deadline, consumer)
+        self.expiries.add(deadline, topic.id, sub.name, list(zip(offsets, tokens, strict=True)))
+        time_of = topic.time_of
+        result: dict = {
+            "offsets": offsets,
+            "tokens": tokens,
+            "deliveries": deliveries,
+            "deadline_ms": deadline,
+            "published_ms": [time_of(offset) for offset in offsets],
+            "now_ms": now,
+        }
+        if self._answered:  # else nobody hears it: no payload is read back
+            result["payloads"] = Encoded(cbor_array(self.stored_payloads(topic, offsets)))
+        if not offsets:
             # When to look again, for a claim that waits (a hint: it may be early, never
             # late): at once if the scan stopped at its bound short of the end, else when a
             # delayed or backed-off message falls due.
@@ -725,11 +722,10 @@ class QueueMachine:
 
         def ack() -> dict:
             self._refuse_lost(sub, leases)
-            now = self.now_ms
-            for offset, _ in leases:
-                sub.finish(offset, now)
-                sub.acked += 1
-            self._work_done(topic, sub, [offset for offset, _ in leases])
+            offsets = [offset for offset, _ in leases]
+            sub.finish(offsets, self.now_ms)
+            sub.acked += len(offsets)
+            self._work_done(topic, sub, offsets)
             if sub.key_ordered:
                 self.changed.add(topic.name)  # the next message of a key may be out now
             return {"acked": len(leases)}
@@ -842,7 +838,7 @@ class QueueMachine:
                 self._append(target, [copy])
             else:
                 sub.dead_letter_dropped += 1
-        sub.finish(offset, self.now_ms)
+        sub.finish([offset], self.now_ms)
         self._work_done(topic, sub, [offset])
 
     def _dead_letter_queue(self, name: str) -> Topic:
@@ -1010,3 +1006,31 @@ def _message_id(message: dict) -> str | None:
     ):
         raise bad(f"a message id is text of 1 to {MESSAGE_ID_CHARS_MAX} characters")
     return message_id
+
+
+def claimed(result: dict) -> list[dict]:
+    """A claim's result, in columns, as one map per message (`body`, `key` and `headers`
+    only where the result carries payloads, as an answered claim does)."""
+    columns = zip(
+        result["offsets"],
+        result["tokens"],
+        result["deliveries"],
+        result["published_ms"],
+        strict=True,
+    )
+    out = [
+        {
+            "offset": offset,
+            "token": token,
+            "deliveries": deliveries,
+            "deadline_ms": result["deadline_ms"],
+            "published_ms": published_ms,
+        }
+        for offset, token, deliveries, published_ms in columns
+    ]
+    payloads = result.get("payloads")
+    if payloads is not None:
+        payloads = payloads.decode() if isinstance(payloads, Encoded) else payloads
+        for message, (body, key, headers) in zip(out, payloads, strict=True):
+            message["body"], message["key"], message["headers"] = body, key, headers
+    return out

@@ -130,12 +130,22 @@ class Subscription:
             self.cursor += 1
         return out
 
-    def lease(self, offset: int, token: int, deadline_ms: int, consumer: str) -> int:
-        """Lease one offset out; returns its delivery count."""
-        count = self.counts.get(offset, 0) + 1
-        self.counts[offset] = count
-        self.leases[offset] = [token, deadline_ms, consumer]
-        return count
+    def lease_many(
+        self, offsets: list[int], first_token: int, deadline_ms: int, consumer: str
+    ) -> list[int]:
+        """Lease offsets out, with tokens from `first_token` on; returns their delivery
+        counts."""
+        counts = self.counts
+        leases = self.leases
+        out = []
+        token = first_token
+        for offset in offsets:
+            count = counts.get(offset, 0) + 1
+            counts[offset] = count
+            out.append(count)
+            leases[offset] = [token, deadline_ms, consumer]
+            token += 1
+        return out
 
     def lost(self, leases: list[tuple[int, int]], now_ms: int) -> list[int]:
         """The offsets among `leases` whose token is not the current, unexpired one."""
@@ -148,17 +158,20 @@ class Subscription:
 
     # -------------------------------------------------------------------------- changing
 
-    def finish(self, offset: int, now_ms: int) -> None:
-        """The offset is done (acked, dead-lettered or purged): never delivered again."""
-        self.leases.pop(offset, None)
-        self.counts.pop(offset, None)
-        if offset < self.floor or offset in self.done:
-            return
-        size = self.topic.size_of(offset)
-        self.done[offset] = size
-        self.done_bytes += size
-        if self.key_ordered and offset >= self.topic.first:
-            self._release(self.topic.key_of(offset), offset, now_ms)
+    def finish(self, offsets: list[int], now_ms: int) -> None:
+        """The offsets are done (acked, dead-lettered or purged): never delivered again."""
+        leases, counts, done, topic = self.leases, self.counts, self.done, self.topic
+        floor = self.floor
+        for offset in offsets:
+            leases.pop(offset, None)
+            counts.pop(offset, None)
+            if offset < floor or offset in done:
+                continue
+            size = topic.size_of(offset)
+            done[offset] = size
+            self.done_bytes += size
+            if self.key_ordered and offset >= topic.first:
+                self._release(topic.key_of(offset), offset, now_ms)
         self._advance_floor()
 
     def give_back(self, offset: int, available_ms: int) -> bool:

@@ -51,17 +51,26 @@ def stored_payload(body: bytes, key: bytes | None, headers: dict | None) -> byte
 
 
 def _cbor_bytes(data: bytes) -> bytes:
-    """A CBOR byte string (major type 2) with the shortest length header, as cbor2 writes."""
-    size = len(data)
+    """A CBOR byte string (major type 2)."""
+    return _cbor_head(0x40, len(data)) + data
+
+
+def cbor_array(items: list[bytes]) -> bytes:
+    """A CBOR array (major type 4) of items each already encoded."""
+    return _cbor_head(0x80, len(items)) + b"".join(items)
+
+
+def _cbor_head(major: int, size: int) -> bytes:
+    """The head of a CBOR item of `major` type and `size`, as short as cbor2 writes it."""
     if size < 24:
-        return bytes((0x40 | size,)) + data
+        return bytes((major | size,))
     if size < 0x100:
-        return bytes((0x58, size)) + data
+        return bytes((major | 24, size))
     if size < 0x10000:
-        return b"\x59" + size.to_bytes(2, "big") + data
+        return bytes((major | 25,)) + size.to_bytes(2, "big")
     if size < 0x100000000:
-        return b"\x5a" + size.to_bytes(4, "big") + data
-    return b"\x5b" + size.to_bytes(8, "big") + data
+        return bytes((major | 26,)) + size.to_bytes(4, "big")
+    return bytes((major | 27,)) + size.to_bytes(8, "big")
 
 
 def topic_range(topic_id: int) -> tuple[bytes, bytes]:

@@ -344,7 +344,7 @@ class ClientPort:
                 await applied.wait()
                 kind, value = outcome[0]
                 now = trio.current_time()
-                empty = kind == "ok" and isinstance(value, dict) and not value["messages"]
+                empty = kind == "ok" and isinstance(value, dict) and not value["offsets"]
                 if empty and waiter.cancelled:
                     session.finish(self._cancelled(rid))
                     return

@@ -25,15 +25,11 @@ import cbor2
 
 from paxq.client.wire import ErrorCode
 
-from ..machine import Limits, MachineError
+from ..machine import Limits, MachineError, claimed
 from ..machine.machine import HEADER_BYTES
 from .checkers import Violation
 
 Key = tuple[str, str, int]  # (topic, subscription, offset)
-
-
-#: what only an answered claim carries (a follower's results leave it out)
-_ANSWER_ONLY = ("body", "key", "headers")
 
 
 def encode_results(results: list[object]) -> bytes:
@@ -49,10 +45,10 @@ def encode_results(results: list[object]) -> bytes:
 
 
 def _without_payloads(result: object) -> object:
-    if type(result) is not dict or type(result.get("messages")) is not list:
+    """Only an answered claim carries payloads: a follower's results leave them out."""
+    if type(result) is not dict or "payloads" not in result:
         return result
-    messages = [{k: v for k, v in m.items() if k not in _ANSWER_ONLY} for m in result["messages"]]
-    return {**result, "messages": messages}
+    return {k: v for k, v in result.items() if k != "payloads"}
 
 
 class QueueOracle:
@@ -133,7 +129,7 @@ class QueueOracle:
         if op != "claim" or isinstance(result, MachineError):
             return
         topic = args["topic"]
-        for m in result["messages"]:
+        for m in claimed(result):
             where = f"slot {slot}: {topic}@{m['offset']}"
             if "body" not in m:
                 raise Violation("total order", f"{where} answered without its body")
@@ -230,7 +226,7 @@ class QueueOracle:
         now = self.now
         limit = self.max_deliveries.get((topic, sub), 0)
         lease_ms = args.get("lease_ms", 30_000)
-        for m in result["messages"]:
+        for m in claimed(result):
             self.deliveries += 1
             offset = m["offset"]
             key = (topic, sub, offset)

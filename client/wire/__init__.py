@@ -10,11 +10,12 @@ from .errors import (
     MalformedMessage,
     WireError,
 )
-from .frames import FRAME_BYTES_MAX, HEADER_BYTES, FrameDecoder, encode_frame
+from .frames import FRAME_BYTES_MAX, HEADER_BYTES, Encoded, FrameDecoder, encode_frame
 
 __all__ = [
     "FRAME_BYTES_MAX",
     "HEADER_BYTES",
+    "Encoded",
     "ErrorCode",
     "FrameDecoder",
     "FrameTooLarge",

@@ -19,8 +19,33 @@ _LENGTH = struct.Struct(">I")
 HEADER_BYTES = _LENGTH.size
 
 
+class Encoded:
+    """A value already encoded as CBOR, written into a frame as it is: a claim's payloads go
+    from the key space to the client without being decoded and encoded again."""
+
+    __slots__ = ("cbor",)
+
+    def __init__(self, cbor: bytes) -> None:
+        self.cbor = cbor
+
+    def decode(self) -> object:
+        return cbor2.loads(self.cbor)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Encoded and other.cbor == self.cbor
+
+    def __repr__(self) -> str:
+        return f"Encoded({self.decode()!r})"
+
+
+def _write_encoded(encoder: cbor2.CBOREncoder, value: object) -> None:
+    if type(value) is not Encoded:
+        raise cbor2.CBOREncodeTypeError(f"cannot encode {type(value).__name__} as CBOR")
+    encoder.write(value.cbor)
+
+
 def encode_frame(body: object, frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
-    data = cbor2.dumps(body)
+    data = cbor2.dumps(body, default=_write_encoded)
     if len(data) > frame_bytes_max:
         raise FrameTooLarge(
             f"frame of {len(data):,} bytes; the largest is {frame_bytes_max:,}",
