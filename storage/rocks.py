@@ -74,6 +74,7 @@ _SNAPSHOT = b"snapshot"
 _CHUNKS = (b"k", b"j")
 _APP = b"P"
 _KEYS = "keys"  # the key space's column family
+_SUPER_VERSION = "rocksdb.current-super-version-number"
 #: a move of payloads out of the default column family goes in writes of this many
 _MOVE_KEYS = 10_000
 _INDEX = struct.Struct(">I")
@@ -129,6 +130,7 @@ class RocksJournal:
         self._unsynced = WriteOptions()  # into the write-ahead log; `_sync_logs` makes it durable
         self._logs: dict[str, int] = {}  # live write-ahead log file -> a descriptor of it
         self._sealed_logs: set[str] = set()  # older logs synced since RocksDB left them
+        self._scanned: tuple[int, int] | None = None  # `_memtables()` when `_logs` was listed
         # A close from the loop's thread (a failed key-space flush) waits for a write and its
         # syncs in the writer thread: a descriptor closed under them could be reused by then.
         self._writing = threading.RLock()
@@ -442,6 +444,39 @@ class RocksJournal:
         """fdatasync every write-ahead log file that may hold unsynced writes (a memtable
         switch starts a new one while the last may still hold some), and the directory when
         one is new, so that it is found after a crash."""
+        # RocksDB starts a log only as a column family switches memtables, which installs a
+        # new "super version" of it: while those stay the same, so do the logs, and the
+        # directory need not be listed again (that took a sixth of a synced write). A switch
+        # after this reading changes it, so the next sync lists them.
+        memtables = self._memtables()
+        live = self._logs
+        newest = max(live, key=_log_number) if live else None
+        if memtables != self._scanned or newest is None or os.fstat(live[newest]).st_nlink == 0:
+            self._list_logs()
+            self._scanned = memtables
+            live = self._logs
+            newest = max(live, key=_log_number)
+        # RocksDB appends to its newest log only (no recycled logs; with `manual_wal_flush`
+        # off, nothing waits in its buffer when it moves on): an older one synced once since
+        # a newer one appeared holds nothing unsynced. A clean fdatasync still costs ~45 us,
+        # and logs stay alive until every column family has flushed what they hold.
+        sealed = self._sealed_logs
+        if newest in sealed:
+            raise OSError(f"the write-ahead log RocksDB writes to in {self.path} is gone")
+        for name, fd in live.items():
+            if name not in sealed:
+                os.fdatasync(fd)
+                if name != newest:
+                    sealed.add(name)
+
+    def _memtables(self) -> tuple[int, int]:
+        """Each column family's super version: it changes whenever its memtable does."""
+        db, keys = self._open_db(), self._open_keys()[0]
+        return db.property_int_value(_SUPER_VERSION), keys.property_int_value(_SUPER_VERSION)
+
+    def _list_logs(self) -> None:
+        """Find the live write-ahead logs (descriptors kept open), and sync the directory
+        when one is new, so that it is found after a crash."""
         live: dict[str, int] = {}
         new = False
         try:
@@ -463,20 +498,7 @@ class RocksJournal:
             self._logs = live
         if not live:
             raise OSError(f"no write-ahead log file in {self.path} to sync")
-        # RocksDB appends to its newest log only (no recycled logs; with `manual_wal_flush`
-        # off, nothing waits in its buffer when it moves on): an older one synced once since
-        # a newer one appeared holds nothing unsynced. A clean fdatasync still costs ~45 us,
-        # and logs stay alive until every column family has flushed what they hold.
-        newest = max(live, key=_log_number)
-        sealed = self._sealed_logs
-        if newest in sealed:
-            raise OSError(f"the write-ahead log RocksDB writes to in {self.path} is gone")
-        for name, fd in live.items():
-            if name not in sealed:
-                os.fdatasync(fd)
-                if name != newest:
-                    sealed.add(name)
-        sealed.intersection_update(live)
+        self._sealed_logs.intersection_update(live)
         if new:
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
             try:

@@ -181,21 +181,31 @@ async def test_a_stored_snapshot_that_does_not_match_its_slot_is_refused(tmp_pat
 async def test_an_idle_node_takes_a_command_in_the_proposers_turn(tmp_path: Path) -> None:
     """With the loop parked on an empty inbox, a command is handled where it arrives, and a
     small write is made there too: a lone node commits and answers before propose_nowait
-    returns. A large one goes to the writer thread and is answered later, in order."""
+    returns, and writes the commit point (no sync) after the answer. A large one goes to the
+    writer thread and is answered later, in order."""
     addresses = await free_addresses(1)
     with trio.fail_after(LIMIT_S):
         async with running(tmp_path, addresses, leader_write_inline_bytes_max=1024) as nodes:
             node = await leader_of(nodes)
             await trio.testing.wait_all_tasks_blocked()
             answers: list[tuple[str, object]] = []
+            events: list[str] = []
 
             def answered(kind: str, value: object) -> None:
                 answers.append((kind, value))
+                events.append("answered")
 
+            def write(batch, sync: bool = True) -> None:
+                events.append(f"write {'synced' if sync else 'commit'} {batch.commit}")
+                write_first(batch, sync)
+
+            write_first, node.journal.write = node.journal.write, write
             syncs = node.syncs
             assert node.propose_nowait(b"small", answered)
             assert answers == [("ok", 0)]  # no checkpoint in between: handled right here
             assert node.syncs == syncs + 1
+            commit = node.replica.commit
+            assert events == ["write synced None", "answered", f"write commit {commit}"]
             assert node.propose_nowait(b"x" * 2048, answered)  # over the inline bound
             assert node.propose_nowait(b"after", answered)
             assert answers == [("ok", 0)]  # waiting for the writer thread

@@ -369,14 +369,25 @@ def test_a_synced_write_fdatasyncs_every_write_ahead_log_and_a_new_ones_director
 
         return sync
 
+    listed: list[str] = []
+
+    def list_logs() -> None:
+        listed.append("journal")
+        real_list_logs()
+
+    real_list_logs = journal._list_logs
     monkeypatch.setattr(os, "fdatasync", record("data", os.fdatasync))
     monkeypatch.setattr(os, "fsync", record("dir", os.fsync))
+    monkeypatch.setattr(journal, "_list_logs", list_logs)
     logs = sorted(p.name for p in (tmp_path / "journal").glob("*.log"))
     journal.write(_commit_at(1))
     assert synced == [f"data {name}" for name in logs]  # known since the open: no directory sync
     synced.clear()
     journal.write(_commit_at(2), sync=False)
     assert synced == []
+    journal.write(_commit_at(2))
+    assert synced == [f"data {logs[-1]}"] and listed == []  # no switch: not listed since the open
+    synced.clear()
     keys = journal.keyspace()
     keys.put(b"k", b"payload")  # the key space's memtable keeps the old log alive
     keys.flush()
@@ -385,14 +396,22 @@ def test_a_synced_write_fdatasyncs_every_write_ahead_log_and_a_new_ones_director
     now = sorted(p.name for p in (tmp_path / "journal").glob("*.log"))
     assert set(now) - set(logs), "the flush started no new log"
     assert len(now) == 2
-    assert sorted(synced[:-1]) == [f"data {name}" for name in now]
-    assert synced[-1] == "dir journal"
+    assert sorted(synced) == sorted([f"data {name}" for name in now] + ["dir journal"])
+    assert listed == ["journal"]  # the switch was noticed
     synced.clear()
     journal.write(_commit_at(4))  # the old log was synced since it was left: only the new one
     assert synced == [f"data {now[-1]}"]
+    journal.write(_commit_at(5), sync=False)  # something in the log for the next switch
+    keys.put(b"k2", b"payload")
+    keys.flush()
+    journal._open_keys()[0].flush()  # the key space's memtable alone switches: a new log too
+    synced.clear()
+    journal.write(_commit_at(6))
+    newest = max(p.name for p in (tmp_path / "journal").glob("*.log"))
+    assert newest > now[-1] and f"data {newest}" in synced
     journal.close()
     reopened = RocksJournal.open(tmp_path / "journal", ME)
-    assert reopened.load().commit == 4
+    assert reopened.load().commit == 6
     assert reopened.keyspace().get(b"k") == b"payload"  # flushed at the close
 
 

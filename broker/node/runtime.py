@@ -381,6 +381,10 @@ class Node:
             pass
         while self._carry_out_once(True):
             pass
+        if self._writes and self._writes_inline():  # a commit point held back for the apply
+            self._write_now()
+            while self._carry_out_once(True):
+                pass
         if self._parked is not None and self.core.backlog:
             self._parked.cancel()  # committed slots wait to be applied: the loop comes back
             self._parked = None
@@ -417,8 +421,11 @@ class Node:
             self._ship(effects)
         for level, text in effects.notices:
             getattr(log, level)("%s", text)
-        if wrote:  # after the sends: the leader's accepts leave before its own write
-            self._write_now()  # the votes that waited for it come with the next take
+        # After the sends: the leader's accepts leave before its own write, and the votes
+        # that waited for it come with the next take. A commit point alone (no sync: it can
+        # be learnt again) waits for the apply: the answers need not wait for it.
+        if wrote and (apply or any(write.sync for write in self._writes)):
+            self._write_now()
         return wrote
 
     def _send(self, messages: list[tuple[int, object]]) -> None:
