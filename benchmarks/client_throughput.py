@@ -25,6 +25,7 @@ from provenance import git_commit
 
 from paxq.client import Client, WorkerPool
 from paxq.client.wire import FrameDecoder
+from paxq.client.wire.protocol import HELLO
 
 BODY = b"x" * 100
 
@@ -76,7 +77,7 @@ def fill(seeds: list[str], queue: str, messages: int) -> None:
 def bare_consume(address, queue: str, messages: int, batch: int) -> float:
     sock = socket.create_connection(address)
     decoder = FrameDecoder()
-    _exchange(sock, decoder, {"paxq": "client", "v": 1})
+    _exchange(sock, decoder, HELLO)
     done, rid = 0, 0
     started = time.perf_counter()
     while done < messages:

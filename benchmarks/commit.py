@@ -39,6 +39,7 @@ from pathlib import Path
 from provenance import git_commit
 
 from paxq.client.wire import FrameDecoder, encode_frame
+from paxq.client.wire.protocol import HELLO
 
 HOST = "127.0.0.1"
 
@@ -103,7 +104,7 @@ def find_leader(clients: list[tuple[str, int]], timeout_s: float = 30.0) -> int:
                 socket.create_connection(address, timeout=1) as sock,
             ):
                 decoder = FrameDecoder()
-                _exchange(sock, decoder, {"paxq": "client", "v": 1})
+                _exchange(sock, decoder, HELLO)
                 status = _exchange(sock, decoder, {"id": 1, "op": "status"})
                 if status.get("status", {}).get("role") == "leader":
                     return index
@@ -118,7 +119,7 @@ def paxq_client(
     sock = socket.create_connection(address)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     decoder = FrameDecoder()
-    _exchange(sock, decoder, {"paxq": "client", "v": 1})
+    _exchange(sock, decoder, HELLO)
     payload = os.urandom(size)
     sent_at: dict[int, float] = {}
     next_id = 0
@@ -188,7 +189,7 @@ def paxq_cluster(batch: int = 1024, window: int = 32, extra: tuple[str, ...] = (
         leader = find_leader(addresses)
         with socket.create_connection(addresses[leader], timeout=10) as sock:
             decoder = FrameDecoder()
-            _exchange(sock, decoder, {"paxq": "client", "v": 1})
+            _exchange(sock, decoder, HELLO)
             _exchange(sock, decoder, {"id": 1, "op": "create", "topic": TOPIC})
         yield procs, data, addresses, leader
     finally:

@@ -151,6 +151,7 @@ class PaxqCluster(Cluster):
         from commit import _exchange
 
         from paxq.client.wire import FrameDecoder
+        from paxq.client.wire.protocol import HELLO
 
         out = []
         for address in self.addresses:
@@ -160,7 +161,7 @@ class PaxqCluster(Cluster):
                 socket.create_connection((host, int(port)), timeout=2) as sock,
             ):
                 decoder = FrameDecoder()
-                _exchange(sock, decoder, {"paxq": "client", "v": 1})
+                _exchange(sock, decoder, HELLO)
                 out.append(_exchange(sock, decoder, {"id": 1, "op": "status"})["status"])
         return out
 

@@ -28,6 +28,7 @@ from long_run import folder_mib, rss_mib
 from provenance import git_commit
 
 from paxq.client.wire import ErrorCode, FrameDecoder, encode_frame
+from paxq.client.wire.protocol import HELLO
 
 QUEUE = "work"
 
@@ -36,7 +37,7 @@ def connect(address: tuple[str, int]) -> tuple[socket.socket, FrameDecoder]:
     sock = socket.create_connection(address, timeout=60)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     decoder = FrameDecoder(64 << 20)
-    _exchange(sock, decoder, {"paxq": "client", "v": 1})
+    _exchange(sock, decoder, HELLO)
     return sock, decoder
 
 

@@ -17,6 +17,7 @@ from paxq.broker.node.tracing import CommitTracing
 from paxq.broker.paxos import Config
 from paxq.client.connection import connect
 from paxq.client.wire import ErrorCode, FrameDecoder, encode_frame
+from paxq.client.wire.protocol import HELLO
 from paxq.storage import Identity, RocksJournal
 
 LIMIT_S = 30
@@ -56,7 +57,7 @@ async def raw(address, payload: bytes) -> bytes:
     """Send raw bytes after a proper hello; return what the node sends back until it closes."""
     stream = await trio.open_tcp_stream(*address)
     async with stream:
-        await stream.send_all(encode_frame({"paxq": "client", "v": 1}) + payload)
+        await stream.send_all(encode_frame(HELLO) + payload)
         received = b""
         with trio.move_on_after(5):
             while data := await stream.receive_some(1 << 16):
@@ -108,7 +109,7 @@ async def test_broken_clients_never_stop_the_node(tmp_path: Path) -> None:
             assert list(FrameDecoder().feed(answer))[-1]["error"] == ErrorCode.BAD_FRAME
             # Thousands of requests, then the client vanishes without reading a reply.
             stream = await trio.open_tcp_stream(*address)
-            await stream.send_all(encode_frame({"paxq": "client", "v": 1}))
+            await stream.send_all(encode_frame(HELLO))
             await stream.send_all(
                 b"".join(encode_frame({"id": i, "op": "list"}) for i in range(2000))
             )
@@ -218,9 +219,7 @@ async def test_a_waiting_claim_cancelled_in_the_same_read_is_answered_at_once(
                 claim = {"id": 1, "op": "claim", "topic": "idle", "wait_ms": 60_000}
                 cancel = {"id": 2, "op": "cancel", "request": 1}
                 await stream.send_all(
-                    encode_frame({"paxq": "client", "v": 1})
-                    + encode_frame(claim)
-                    + encode_frame(cancel)
+                    encode_frame(HELLO) + encode_frame(claim) + encode_frame(cancel)
                 )
                 decoder = FrameDecoder(1 << 20)
                 replies: dict[int, dict] = {}

@@ -4,6 +4,7 @@ Pure and deterministic; imports nothing from `paxos` or `node`. See `machine` fo
 command format and `docs/machine.md` for the model.
 """
 
+from .claims import claimed
 from .commands import command, time_command
 from .errors import MachineError
 from .machine import (
@@ -12,7 +13,6 @@ from .machine import (
     SYSTEM_SESSION,
     Limits,
     QueueMachine,
-    claimed,
 )
 from .snapshots import SnapshotInvalid
 from .topics import QUEUE, TOPIC

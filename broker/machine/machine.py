@@ -564,7 +564,8 @@ class QueueMachine:
         return payload, (NO_KEY if key is None else key_hash(key)), delay_ms
 
     def payload(self, topic: Topic, offset: int) -> tuple[bytes, bytes | None, dict | None]:
-        body, key, headers = self.payloads(topic, [offset])[0]
+        raw = _present(topic, offset, self.keys.get(payload_key(topic.id, offset)))
+        body, key, headers = cbor2.loads(raw)
         return body, key, headers
 
     def payloads(self, topic: Topic, offsets: list[int]) -> list[list]:
@@ -575,10 +576,7 @@ class QueueMachine:
         """Each offset's payload as stored, CBOR [body, key, headers], read in one pass over
         the key space."""
         raws = self.keys.get_many([payload_key(topic.id, offset) for offset in offsets])
-        for offset, raw in zip(offsets, raws, strict=True):
-            if raw is None:
-                raise AssertionError(f"payload of {topic.name}@{offset} missing from the key space")
-        return raws
+        return [_present(topic, offset, raw) for offset, raw in zip(offsets, raws, strict=True)]
 
     # ----------------------------------------------------------------------- subscriptions
 
@@ -674,10 +672,9 @@ class QueueMachine:
         now = self.now_ms
         deadline = now + lease_ms
         offsets = sub.claimable(now, count, limits.scan_max, bytes_max)
-        first = self.token + 1
+        tokens = list(range(self.token + 1, self.token + 1 + len(offsets)))
         self.token += len(offsets)
-        tokens = list(range(first, self.token + 1))
-        deliveries = sub.lease_many(offsets, first, deadline, consumer)
+        deliveries = sub.lease_many(offsets, tokens, deadline, consumer)
         self.expiries.add(deadline, topic.id, sub.name, list(zip(offsets, tokens, strict=True)))
         time_of = topic.time_of
         result: dict = {
@@ -999,6 +996,12 @@ __all__ = [
 ]
 
 
+def _present(topic: Topic, offset: int, raw: bytes | None) -> bytes:
+    if raw is None:
+        raise AssertionError(f"payload of {topic.name}@{offset} missing from the key space")
+    return raw
+
+
 def _message_id(message: dict) -> str | None:
     message_id = message.get("id")
     if message_id is not None and (
@@ -1006,31 +1009,3 @@ def _message_id(message: dict) -> str | None:
     ):
         raise bad(f"a message id is text of 1 to {MESSAGE_ID_CHARS_MAX} characters")
     return message_id
-
-
-def claimed(result: dict) -> list[dict]:
-    """A claim's result, in columns, as one map per message (`body`, `key` and `headers`
-    only where the result carries payloads, as an answered claim does)."""
-    columns = zip(
-        result["offsets"],
-        result["tokens"],
-        result["deliveries"],
-        result["published_ms"],
-        strict=True,
-    )
-    out = [
-        {
-            "offset": offset,
-            "token": token,
-            "deliveries": deliveries,
-            "deadline_ms": result["deadline_ms"],
-            "published_ms": published_ms,
-        }
-        for offset, token, deliveries, published_ms in columns
-    ]
-    payloads = result.get("payloads")
-    if payloads is not None:
-        payloads = payloads.decode() if isinstance(payloads, Encoded) else payloads
-        for message, (body, key, headers) in zip(out, payloads, strict=True):
-            message["body"], message["key"], message["headers"] = body, key, headers
-    return out

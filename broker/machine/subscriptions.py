@@ -131,20 +131,17 @@ class Subscription:
         return out
 
     def lease_many(
-        self, offsets: list[int], first_token: int, deadline_ms: int, consumer: str
+        self, offsets: list[int], tokens: list[int], deadline_ms: int, consumer: str
     ) -> list[int]:
-        """Lease offsets out, with tokens from `first_token` on; returns their delivery
-        counts."""
+        """Lease each offset out under its token; returns their delivery counts."""
         counts = self.counts
         leases = self.leases
         out = []
-        token = first_token
-        for offset in offsets:
+        for offset, token in zip(offsets, tokens, strict=True):
             count = counts.get(offset, 0) + 1
             counts[offset] = count
             out.append(count)
             leases[offset] = [token, deadline_ms, consumer]
-            token += 1
         return out
 
     def lost(self, leases: list[tuple[int, int]], now_ms: int) -> list[int]:

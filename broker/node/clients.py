@@ -1,6 +1,6 @@
 """The client port of a node: sessions of the client protocol (`docs/protocol.md`).
 
-    hello    -> {"paxq": "client", "v": 1}
+    hello    -> {"paxq": "client", "v": 2}
              <- {"ok": true, "node": N, "leader": "host:port" (when known)}
     command  -> {"id": I, "op": "publish", "topic": "orders", "messages": [{"body": b"..."}]}
              <- {"id": I, "ok": true, "result": {"offset": n, "count": 1}}

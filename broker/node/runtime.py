@@ -170,6 +170,7 @@ class Node:
         self._write_ready = trio.Event()
         self._writer_busy = False  # a write is running in the writer's thread
         self._sync_slow = False  # the last synced write took too long to make inline
+        self._commit_held = False  # a commit point alone waits in `_writes` for the apply
         self._shipments: dict[int, _Shipment] = {}
         self._nursery: trio.Nursery | None = None
         self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
@@ -381,10 +382,14 @@ class Node:
             pass
         while self._carry_out_once(True):
             pass
-        if self._writes and self._writes_inline():  # a commit point held back for the apply
-            self._write_now()
-            while self._carry_out_once(True):
-                pass
+        if self._commit_held:  # the answers are out: now the commit point
+            self._commit_held = False
+            if self._writes_inline():
+                self._write_now()
+                while self._carry_out_once(True):
+                    pass
+            else:
+                self._write_ready.set()
         if self._parked is not None and self.core.backlog:
             self._parked.cancel()  # committed slots wait to be applied: the loop comes back
             self._parked = None
@@ -424,8 +429,12 @@ class Node:
         # After the sends: the leader's accepts leave before its own write, and the votes
         # that waited for it come with the next take. A commit point alone (no sync: it can
         # be learnt again) waits for the apply: the answers need not wait for it.
-        if wrote and (apply or any(write.sync for write in self._writes)):
-            self._write_now()
+        if wrote:
+            if apply or any(write.sync for write in self._writes):
+                self._write_now()
+            else:
+                self._commit_held = True
+                wrote = False
         return wrote
 
     def _send(self, messages: list[tuple[int, object]]) -> None:
@@ -490,6 +499,7 @@ class Node:
     def _write_now(self) -> None:
         run = self._writes[:]
         self._writes.clear()
+        self._commit_held = False
         batch, synced = _one_write(run)
         started = time.perf_counter()
         self.journal.write(batch, synced)

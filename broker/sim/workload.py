@@ -16,8 +16,6 @@ from random import Random
 
 import cbor2
 
-from ..machine import claimed
-
 QUEUE, TOPIC = "q", "t"
 SUBSCRIPTIONS = ("s1", "s2")
 KEYS = (None,) * 8 + tuple(b"k%d" % i for i in range(16))
@@ -195,8 +193,9 @@ class Consumer:
         """The command was applied; `result` is None when the reply carried none."""
         if op == "claim" and isinstance(result, dict):
             sub = args.get("subscription")
-            for m in claimed(result):
-                self.held.append((args["topic"], sub, m["offset"], m["token"], m["deadline_ms"]))
+            deadline = result["deadline_ms"]
+            for offset, token in zip(result["offsets"], result["tokens"], strict=True):
+                self.held.append((args["topic"], sub, offset, token, deadline))
         elif op != "publish" and args.get("seq", 1) % 16 == 0 and args["seq"] not in self.resent:
             # Sent again (once) as if its answer was lost: a sequenced settle must be answered
             # with its first result, never applied twice (lost answers alone make this rare).

@@ -35,7 +35,7 @@ class Encoded:
         return type(other) is Encoded and other.cbor == self.cbor
 
     def __repr__(self) -> str:
-        return f"Encoded({self.decode()!r})"
+        return f"Encoded({len(self.cbor):,} bytes)"
 
 
 def _write_encoded(encoder: cbor2.CBOREncoder, value: object) -> None:

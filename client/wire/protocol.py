@@ -4,7 +4,7 @@ share. `docs/protocol.md` describes the whole exchange; this is its executable p
 from __future__ import annotations
 
 #: the version in the hello; a node that speaks another answers UNSUPPORTED_VERSION
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 HELLO = {"paxq": "client", "v": PROTOCOL_VERSION}
 
 #: operations that go through the log (the leader's; a follower answers NOT_LEADER)
